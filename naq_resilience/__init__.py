@@ -1,0 +1,1 @@
+"""naq-resilience: background jobs that survive the real world."""

@@ -92,19 +92,21 @@ def exception_types(value: object, argument: str) -> ExcTypes:
     """Validate a user's exception-class argument (one class or an iterable of them)."""
     if value is None:
         return ()
+    hint = f"write e.g. {argument}=(ConnectionError, TimeoutError)"
+    if isinstance(value, str):
+        raise TypeError(f"{argument} takes exception classes, not names: got {value!r}; {hint}")
     items: Iterable[object] = (value,) if isinstance(value, type) else value  # type: ignore[assignment]
     try:
         result = tuple(items)
     except TypeError:
         raise TypeError(
-            f"{argument} must be an exception class or a tuple of them, got {value!r}"
+            f"{argument} must be an exception class or a tuple of them, got {value!r}; {hint}"
         ) from None
     for item in result:
+        if isinstance(item, str):
+            raise TypeError(f"{argument} takes exception classes, not names: got {item!r}; {hint}")
         if not (isinstance(item, type) and issubclass(item, BaseException)):
-            raise TypeError(
-                f"{argument} must contain exception classes, got {item!r}; "
-                f"write e.g. {argument}=(ConnectionError, TimeoutError)"
-            )
+            raise TypeError(f"{argument} must contain exception classes, got {item!r}; {hint}")
     return result  # type: ignore[return-value]
 
 

@@ -50,7 +50,8 @@ class DelaySchedule:
     """How long to wait before retry number n: base delay, strategy, cap, jitter.
 
     `delays`, when set, is an explicit list (NAQ's `retry_delay=[1, 5, 30]`): retry n
-    waits `delays[n-1]`, and the last entry repeats.
+    waits `delays[n-1]`, and the last entry repeats. Such a list is used as given, with
+    no jitter: whoever wrote the numbers meant them.
     """
 
     strategy: Strategy | Literal["explicit"] = "exponential"
@@ -80,7 +81,7 @@ class DelaySchedule:
             delays = tuple(_seconds(d, "each delay in the list") for d in explicit)
             if not delays:
                 raise ValueError("an explicit delay list needs at least one delay, e.g. [1, 5, 30]")
-            return cls("explicit", delays[0], cap, jitter, delays)  # type: ignore[arg-type]
+            return cls("explicit", delays[0], cap, None, delays)
         if not isinstance(retry_strategy, str) or retry_strategy not in STRATEGIES:
             raise ValueError(
                 f"unknown retry_strategy {retry_strategy!r}; use one of "

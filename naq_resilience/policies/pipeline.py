@@ -75,6 +75,13 @@ class Pipeline:
         return tuple(stage.policy for stage in self.stages)
 
 
+def qualified_name(func: object) -> str:
+    """`module:qualname`, the name jobs, breakers and records use; any callable works."""
+    module = getattr(func, "__module__", None) or type(func).__module__
+    qualname = getattr(func, "__qualname__", None) or type(func).__qualname__
+    return f"{module}:{qualname}"
+
+
 def pipeline_of(func: object) -> Pipeline | None:
     """The pipeline `func` runs, if `func` is one of our wrappers.
 

@@ -28,7 +28,15 @@ from naq_resilience.policies.classify import (
     report_critical,
 )
 from naq_resilience.policies.delays import DelaySchedule
-from naq_resilience.policies.pipeline import Args, AsyncRunner, Kwargs, Runner, Stage, apply_stage
+from naq_resilience.policies.pipeline import (
+    Args,
+    AsyncRunner,
+    Kwargs,
+    Runner,
+    Stage,
+    apply_stage,
+    qualified_name,
+)
 
 __all__ = [
     "Attempt",
@@ -172,10 +180,10 @@ class RetryStage(Stage):
             with contextlib.suppress(AttributeError):
                 setattr(exc, _ATTEMPTS, frozen)
             exc.add_note(
-                f"naq-resilience @retry on {func.__qualname__}: gave up after attempt "
+                f"naq-resilience @retry on {qualified_name(func)}: gave up after attempt "
                 f"{attempt} of {self.policy.max_attempts}: {reason}"
             )
-        return RetryState(func.__qualname__, attempt, exc, result, 0.0, frozen)
+        return RetryState(qualified_name(func), attempt, exc, result, 0.0, frozen)
 
     def _retrying(
         self,
@@ -189,7 +197,7 @@ class RetryStage(Stage):
         history.append(Attempt(attempt, exc, result, delay, time.time()))
         if self.policy.on_retry is None:
             return None
-        return RetryState(func.__qualname__, attempt, exc, result, delay, tuple(history))
+        return RetryState(qualified_name(func), attempt, exc, result, delay, tuple(history))
 
     # ------------------------------------------------------------------ sync
     def build_sync(self, inner: Runner, func: Callable[..., Any]) -> Runner:

@@ -51,6 +51,7 @@ from naq_resilience.policies.pipeline import (
     Stage,
     apply_stage,
     pipeline_of,
+    qualified_name,
 )
 
 __all__ = [
@@ -176,9 +177,7 @@ def step_name(func: object) -> str:
     """The name a step is recorded and looked up under: `"module:qualname"`."""
     if isinstance(func, (classmethod, staticmethod)):
         func = func.__func__
-    module = getattr(func, "__module__", None) or type(func).__module__
-    qualname = getattr(func, "__qualname__", None) or type(func).__qualname__
-    return f"{module}:{qualname}"
+    return qualified_name(func)
 
 
 def undo_for(step: str) -> Callable[..., Any]:

@@ -42,6 +42,7 @@ __all__ = [
     "ENV_NAMES",
     "ENV_SEED",
     "Chaos",
+    "ChaosBlock",
     "ChaosMonkey",
     "ChaosPolicy",
     "ChaosSwitch",
@@ -454,8 +455,12 @@ def make_chaos_policy(
     )
 
 
-class _Enabled(AbstractContextManager[None], AbstractAsyncContextManager[None]):
-    """Switch chaos on for a block, then put back whatever the switch was before."""
+class ChaosBlock(AbstractContextManager[None], AbstractAsyncContextManager[None]):
+    """What `chaos.enabled()` returns: chaos on for a block, then the previous state back.
+
+    Both a sync and an async context manager, so `async with` works where a `with`
+    around an `await` would read oddly; the switch itself is the same either way.
+    """
 
     __slots__ = ("_saved", "_switch")
 
@@ -591,13 +596,13 @@ class Chaos:
         failure_rate: float | None = None,
         latency_rate: float | None = None,
         seed: int | None = None,
-    ) -> _Enabled:
+    ) -> ChaosBlock:
         """`with` / `async with` block with chaos on; the previous state comes back after.
 
         The switch is process-wide, not per task: blocks must nest, not interleave
         across threads or tasks, or one block's exit restores over another's.
         """
-        return _Enabled(self.switch(names, failure_rate, latency_rate, seed))
+        return ChaosBlock(self.switch(names, failure_rate, latency_rate, seed))
 
     def is_enabled(self, name: str | None = None) -> bool:
         """Whether the switch is on at all, or (given `name`) on for that chaos point."""

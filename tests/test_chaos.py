@@ -818,3 +818,11 @@ def test_switch_argument_errors(
     with pytest.raises(error, match=message):
         chaos.enabled(**kwargs)
     assert chaos.current() is None
+
+
+def test_monkey_settings_are_read_only() -> None:
+    monkey = ChaosMonkey(failure_rate=0.2, seed=1, name="m")
+    assert (monkey.failure_rate, monkey.seed, monkey.name) == (0.2, 1, "m")
+    assert repr(monkey) == "ChaosMonkey(failure_rate=0.2, seed=1, name='m')"
+    with pytest.raises(AttributeError):
+        monkey.failure_rate = 0.5  # type: ignore[misc]

@@ -266,13 +266,12 @@ class _Roll:
     """One chaos point's view of one switch generation."""
 
     generation: int
-    targeted: bool
     failure_rate: float
     latency_rate: float
-    rng: random.Random | None
+    rng: random.Random | None  # None: this point is not targeted
 
 
-_STALE: Final = _Roll(-1, False, 0.0, 0.0, None)
+_STALE: Final = _Roll(-1, 0.0, 0.0, None)
 
 
 class _Dice:
@@ -302,13 +301,13 @@ class _Dice:
     def _reseed(self, live: _Live) -> _Roll:
         switch = live.switch
         if switch is None or not switch.targets(self._name):
-            return _Roll(live.generation, False, 0.0, 0.0, None)
+            return _Roll(live.generation, 0.0, 0.0, None)
         seed = switch.seed if switch.seed is not None else self._seed
         # A str seed is hashed with SHA-512, so it is stable across processes.
         rng = random.Random() if seed is None else random.Random(f"{seed}:{self._name}")
         failure = self._failure_rate if switch.failure_rate is None else switch.failure_rate
         latency = self._latency_rate if switch.latency_rate is None else switch.latency_rate
-        return _Roll(live.generation, True, failure, latency, rng)
+        return _Roll(live.generation, failure, latency, rng)
 
 
 # --------------------------------------------------------------------------- @chaos
@@ -444,13 +443,16 @@ def make_chaos_policy(
             f"latency_rate={latency_rate!r} has no effect without latency; pass latency= "
             "seconds or a (min, max) range"
         )
-    resolved_latency_rate = 0.0 if delay is None else _optional_rate(latency_rate, "latency_rate")
+    if delay is None:
+        delay_rate = 0.0
+    else:
+        delay_rate = 1.0 if latency_rate is None else _rate(latency_rate, "latency_rate")
     return ChaosPolicy(
         name=_name(name),
         failure_rate=rate,
         exceptions=types,
         latency=delay,
-        latency_rate=1.0 if resolved_latency_rate is None else resolved_latency_rate,
+        latency_rate=delay_rate,
         seed=_seed(seed),
     )
 
@@ -648,7 +650,7 @@ class ChaosMonkey:
     `latency_rate` for `maybe_delay` (which otherwise uses `failure_rate` too).
     """
 
-    __slots__ = ("_async_sleep", "_dice", "_sleep", "failure_rate", "name", "seed")
+    __slots__ = ("_async_sleep", "_dice", "_failure_rate", "_name", "_seed", "_sleep")
 
     def __init__(
         self,
@@ -659,14 +661,28 @@ class ChaosMonkey:
         sleep: Callable[[float], object] | None = None,
         async_sleep: Callable[[float], Awaitable[object]] | None = None,
     ) -> None:
-        self.failure_rate = _rate(failure_rate, "failure_rate")
-        self.seed = _seed(seed)
-        self.name = _name(name)
+        self._failure_rate = _rate(failure_rate, "failure_rate")
+        self._seed = _seed(seed)
+        self._name = _name(name)
         _check_sleep(sleep, "sleep")
         _check_sleep(async_sleep, "async_sleep")
         self._sleep = time.sleep if sleep is None else sleep
         self._async_sleep = asyncio.sleep if async_sleep is None else async_sleep
-        self._dice = _Dice(self.name, self.seed, self.failure_rate, self.failure_rate)
+        self._dice = _Dice(self._name, self._seed, self._failure_rate, self._failure_rate)
+
+    # Read-only: the dice are built from these, so changing one later would silently
+    # do nothing.
+    @property
+    def failure_rate(self) -> float:
+        return self._failure_rate
+
+    @property
+    def seed(self) -> int | None:
+        return self._seed
+
+    @property
+    def name(self) -> str:
+        return self._name
 
     def maybe_fail(
         self, error_type: type[Exception] = Exception, message: str = "Chaos monkey strike!"

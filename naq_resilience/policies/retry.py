@@ -205,7 +205,7 @@ class RetryStage(Stage):
         check_result = policy.retry_if_result
         clock = self._clock
         needs_start = policy.deadline is not None
-        sleep = self._sleep or time.sleep
+        sleep = time.sleep if self._sleep is None else self._sleep
 
         def failing(
             args: Args,
@@ -259,7 +259,7 @@ class RetryStage(Stage):
         check_result = policy.retry_if_result
         clock = self._clock
         needs_start = policy.deadline is not None
-        sleep = self._sleep or asyncio.sleep
+        sleep = asyncio.sleep if self._sleep is None else self._sleep
 
         async def failing(
             args: Args,

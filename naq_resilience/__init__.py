@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from naq_resilience.policies import classify as _classify
+from naq_resilience.policies.chaos import ChaosMonkey, ChaosPolicy, ChaosSwitch, chaos, is_injected
 from naq_resilience.policies.classify import (
     Classification,
     classify,
@@ -18,6 +19,19 @@ from naq_resilience.policies.classify import (
     error_context,
     on_critical,
     remove_critical_hook,
+)
+from naq_resilience.policies.compensate import (
+    Action,
+    ActionLog,
+    ActionStatus,
+    CompensatePolicy,
+    MemoryActionLog,
+    Saga,
+    SagaPolicy,
+    compensate,
+    compensation_of,
+    current_saga,
+    saga,
 )
 from naq_resilience.policies.delays import DelaySchedule
 from naq_resilience.policies.errors import (
@@ -37,6 +51,7 @@ from naq_resilience.policies.errors import (
     SystemFailureError,
     TemporaryResourceError,
 )
+from naq_resilience.policies.fallback import FallbackPolicy, fallback
 from naq_resilience.policies.pipeline import policies_of
 from naq_resilience.policies.retry import (
     Attempt,
@@ -63,37 +78,55 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "Action",
+    "ActionLog",
+    "ActionStatus",
     "Attempt",
+    "attempts_of",
     "AuthenticationError",
-    "CRITICAL_ERRORS",
+    "chaos",
+    "ChaosMonkey",
+    "ChaosPolicy",
+    "ChaosSwitch",
     "CircuitBreakerOpenError",
     "Classification",
+    "classify",
+    "compensate",
+    "CompensatePolicy",
+    "compensation_of",
     "CompensationError",
+    "configure_errors",
+    "context_of",
     "CorruptionError",
     "Critical",
+    "CRITICAL_ERRORS",
+    "current_saga",
     "DataCorruptionError",
     "DataValidationError",
     "DelaySchedule",
     "EnrichedError",
+    "error_context",
+    "fallback",
+    "FallbackPolicy",
+    "is_injected",
+    "MemoryActionLog",
     "NON_RETRYABLE_ERRORS",
     "NonRetryable",
-    "ProcessingError",
-    "RETRYABLE_ERRORS",
-    "RateLimitError",
-    "RetryPolicy",
-    "RetryState",
-    "Retryable",
-    "SecurityError",
-    "SystemFailureError",
-    "TemporaryResourceError",
-    "attempts_of",
-    "classify",
-    "configure_errors",
-    "context_of",
-    "error_context",
     "on_critical",
     "policies_of",
+    "ProcessingError",
+    "RateLimitError",
     "remove_critical_hook",
     "retry",
+    "Retryable",
+    "RETRYABLE_ERRORS",
+    "RetryPolicy",
+    "RetryState",
+    "saga",
+    "Saga",
+    "SagaPolicy",
+    "SecurityError",
     "set_testing",
+    "SystemFailureError",
+    "TemporaryResourceError",
 ]

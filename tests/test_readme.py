@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from naq_resilience import set_testing
+from naq_resilience.policies import classify
 
 ROOT = Path(__file__).parent.parent
 README = (ROOT / "README.md").read_text()
@@ -17,17 +18,18 @@ SNIPPETS = re.findall(r"```python\n(.*?)```", README, flags=re.DOTALL)
 def test_readme_has_the_two_setup_commands() -> None:
     assert "<!-- run-command -->" in README
     assert "<!-- test-command -->" in README
-    assert ".ci/run" in (ROOT / ".ci" / "run").as_posix()
-    assert "test-command" in (ROOT / ".ci" / "run").read_text()
+    assert "<!-- test-command -->" in (ROOT / ".ci" / "run").read_text()
 
 
 @pytest.mark.parametrize("index", range(len(SNIPPETS)))
 def test_readme_snippet_runs(index: int) -> None:
     set_testing(True)  # the snippets use real delays; the test must not wait for them
+    hooks = list(classify._hooks)  # snippets register hooks, as users would
     try:
         _run_snippet(index)
     finally:
         set_testing(False)
+        classify._hooks[:] = hooks
 
 
 def _run_snippet(index: int) -> None:

@@ -390,3 +390,34 @@ def test_async_default_sleep_is_asyncio(monkeypatch: pytest.MonkeyPatch) -> None
 
     assert asyncio.run(job()) == "ok"
     assert slept == [3]
+
+
+@pytest.mark.parametrize("failures", [1, 3])
+def test_errors_of_a_retried_success_are_freed_without_the_gc(failures: int) -> None:
+    """A retry that ends well must not leave reference cycles for the collector."""
+    import gc
+    import weakref
+
+    refs: list[weakref.ref[BaseException]] = []
+
+    class Blip(ConnectionError):
+        """A Python-level subclass, so it can be weakly referenced."""
+
+    def blip() -> BaseException:
+        err = Blip("blip")
+        refs.append(weakref.ref(err))
+        return err
+
+    @retry(max_retries=5, retry_delay=0)
+    def flaky() -> str:
+        if len(refs) < failures:
+            raise blip()  # no local holds the error, so the function adds no cycle
+        return "ok"
+
+    gc.disable()
+    try:
+        assert flaky() == "ok"
+        assert len(refs) == failures
+        assert all(ref() is None for ref in refs)
+    finally:
+        gc.enable()

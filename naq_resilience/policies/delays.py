@@ -119,7 +119,12 @@ class DelaySchedule:
         decorrelated jitter reads it (AWS's "decorrelated jitter": uniform between the
         base and three times the previous delay, capped).
         """
-        delay = self.base_delay(retry_number)
+        return self.jittered(self.base_delay(retry_number), previous, rand)
+
+    def jittered(
+        self, delay: float, previous: float = 0.0, rand: Callable[[], float] = random.random
+    ) -> float:
+        """Apply this schedule's jitter to a base delay computed earlier (see `delay`)."""
         jitter = self.jitter
         if jitter is None or delay == 0.0:
             return delay

@@ -113,6 +113,14 @@ class RetryPolicy:
 _GIVE_UP = -1.0
 
 
+# Base delays precomputed per stage, up to this many retries; rarer ones are computed.
+_PRECOMPUTED = 64
+# One failed attempt while retrying: (number, error, result, delay, failed_at). Plain
+# tuples, turned into `Attempt`s only when someone reads them: the retry loop runs
+# often, the history is read rarely.
+_Raw = tuple[int, BaseException | None, Any, float, float]
+
+
 class RetryStage(Stage):
     policy: RetryPolicy
 
@@ -125,6 +133,9 @@ class RetryStage(Stage):
         self.policy = policy
         self._sleep = sleep
         self._clock = clock
+        schedule = policy.schedule
+        count = min(policy.max_retries, _PRECOMPUTED)
+        self._bases = tuple(schedule.base_delay(n) for n in range(1, count + 1))
 
     def check(self, func: Callable[..., Any], is_async: bool) -> None:
         if self._sleep is not None and is_async != inspect.iscoroutinefunction(self._sleep):
@@ -154,7 +165,11 @@ class RetryStage(Stage):
         if isinstance(retry_after, (int, float)) and retry_after >= 0:
             delay = float(retry_after)
         else:
-            delay = policy.schedule.delay(attempt, previous)
+            bases = self._bases
+            base = (
+                bases[attempt - 1] if attempt <= len(bases) else policy.schedule.base_delay(attempt)
+            )
+            delay = policy.schedule.jittered(base, previous)
         deadline = policy.deadline
         past_deadline = (
             started is not None
@@ -171,11 +186,11 @@ class RetryStage(Stage):
         attempt: int,
         exc: BaseException | None,
         result: Any,
-        history: list[Attempt],
+        history: list[_Raw],
         reason: str,
     ) -> RetryState:
-        history.append(Attempt(attempt, exc, result, 0.0, time.time()))
-        frozen = tuple(history)
+        history.append((attempt, exc, result, 0.0, time.time()))
+        frozen = _freeze(history)
         if exc is not None:
             with contextlib.suppress(AttributeError):
                 setattr(exc, _ATTEMPTS, frozen)
@@ -192,12 +207,12 @@ class RetryStage(Stage):
         exc: BaseException | None,
         result: Any,
         delay: float,
-        history: list[Attempt],
+        history: list[_Raw],
     ) -> RetryState | None:
-        history.append(Attempt(attempt, exc, result, delay, time.time()))
+        history.append((attempt, exc, result, delay, time.time()))
         if self.policy.on_retry is None:
             return None
-        return RetryState(qualified_name(func), attempt, exc, result, delay, tuple(history))
+        return RetryState(qualified_name(func), attempt, exc, result, delay, _freeze(history))
 
     # ------------------------------------------------------------------ sync
     def build_sync(self, inner: Runner, func: Callable[..., Any]) -> Runner:
@@ -214,7 +229,7 @@ class RetryStage(Stage):
             result: Any,
             started: float | None,
         ) -> Any:
-            history: list[Attempt] = []
+            history: list[_Raw] = []
             attempt, previous = 1, 0.0
             while True:
                 delay, reason = self._next_delay(attempt, exc, previous, started)
@@ -237,6 +252,7 @@ class RetryStage(Stage):
                     exc = error
                     continue
                 if check_result is None or not check_result(result):
+                    history.clear()  # its errors' tracebacks hold this frame
                     return result
 
         def run(args: Args, kwargs: Kwargs) -> Any:
@@ -244,12 +260,15 @@ class RetryStage(Stage):
             try:
                 result = inner(args, kwargs)
             except Exception as error:
-                exc: BaseException = error
+                exc: BaseException | None = error
             else:
                 if check_result is None or not check_result(result):
                     return result
                 return failing(args, kwargs, None, result, started)
-            return failing(args, kwargs, exc, None, started)
+            try:
+                return failing(args, kwargs, exc, None, started)
+            finally:
+                exc = None  # the error's traceback holds this frame: no cycle for the GC
 
         return run
 
@@ -268,7 +287,7 @@ class RetryStage(Stage):
             result: Any,
             started: float | None,
         ) -> Any:
-            history: list[Attempt] = []
+            history: list[_Raw] = []
             attempt, previous = 1, 0.0
             while True:
                 delay, reason = self._next_delay(attempt, exc, previous, started)
@@ -291,6 +310,7 @@ class RetryStage(Stage):
                     exc = error
                     continue
                 if check_result is None or not check_result(result):
+                    history.clear()  # its errors' tracebacks hold this frame
                     return result
 
         async def run(args: Args, kwargs: Kwargs) -> Any:
@@ -298,14 +318,21 @@ class RetryStage(Stage):
             try:
                 result = await inner(args, kwargs)
             except Exception as error:
-                exc: BaseException = error
+                exc: BaseException | None = error
             else:
                 if check_result is None or not check_result(result):
                     return result
                 return await failing(args, kwargs, None, result, started)
-            return await failing(args, kwargs, exc, None, started)
+            try:
+                return await failing(args, kwargs, exc, None, started)
+            finally:
+                exc = None  # the error's traceback holds this frame: no cycle for the GC
 
         return run
+
+
+def _freeze(history: list[_Raw]) -> tuple[Attempt, ...]:
+    return tuple(Attempt(*raw) for raw in history)
 
 
 async def _maybe_await(value: object) -> None:

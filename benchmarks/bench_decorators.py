@@ -769,6 +769,21 @@ def _notes(cases: dict[str, Case]) -> list[str]:
     ]
 
 
+def _load_warning(meta: dict[str, Any]) -> list[str]:
+    """A warning when other processes were competing for the CPU during the run."""
+    cores = meta.get("usable_cores") or meta.get("cores") or 1
+    try:
+        load = max(float(meta[key].split()[0]) for key in ("loadavg_start", "loadavg_end"))
+    except (KeyError, ValueError, IndexError):
+        return []
+    if load < cores / 2:
+        return []
+    return [
+        f"WARNING: load average {load:.2f} on {cores} cores: other processes compete for "
+        "the CPU, so these numbers are noisy (see the spread of the repeats in --json)."
+    ]
+
+
 def render(result: RunResult) -> str:
     meta = result.meta
     lines = [
@@ -783,6 +798,7 @@ def render(result: RunResult) -> str:
         f"each (noise only adds time), GC {'on' if meta['gc_while_timing'] else 'off'} "
         "while timing; us = overhead per call over "
         "the baseline; ratio = peer / naq-resilience.",
+        *_load_warning(meta),
         "",
         "| case | peer | naq-resilience us | peer us | ratio |",
         "|---|---|---:|---:|---:|",

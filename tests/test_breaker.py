@@ -7,9 +7,11 @@ tests are bounded barriers that only time out when the code under test is wrong.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import sys
 import threading
+import weakref
 from collections.abc import Callable, Coroutine, Generator, Iterator
 from dataclasses import replace
 from typing import Any
@@ -288,6 +290,48 @@ def test_snapshot_is_plain_data_and_counts_generations(
     assert breaker.snapshot() == BreakerSnapshot("dep", CLOSED, 0, 0, None, 3)
     assert breaker.snapshot().state == "closed"  # a str enum: JSON-ready as is
     assert repr(breaker) == "<CircuitBreaker 'dep' closed failures=0 successes=0>"
+
+
+@pytest.fixture
+def no_gc() -> Iterator[None]:
+    gc.collect()
+    gc.disable()
+    yield
+    gc.enable()
+
+
+@pytest.mark.usefixtures("no_gc")
+@pytest.mark.parametrize("when", ["closed", "probe"])
+def test_a_failure_is_freed_without_the_garbage_collector(
+    clock: FakeClock, store: MemoryBreakerStore, when: str
+) -> None:
+    """No frame of ours keeps the error its own traceback points back to."""
+    f, breaker, _ = make(clock, store, failure_threshold=2, recovery_timeout=1)
+
+    @circuit_breaker(name="dep", failure_threshold=2, recovery_timeout=1, clock=clock, store=store)
+    async def af(outcome: str) -> str:
+        await asyncio.sleep(0)
+        return outcome_of(outcome)
+
+    if when == "probe":
+        breaker.force_open()
+        clock.advance(1)
+    try:
+        f("fail")
+    except Boom as error:
+        sync_ref = weakref.ref(error)
+    if when == "probe":
+        breaker.force_open()
+        clock.advance(1)
+    coro = af("fail")
+    try:
+        while True:  # by hand: asyncio.run keeps a failed task's error in a cycle itself
+            coro.send(None)
+    except Boom as error:
+        async_ref = weakref.ref(error)
+    del coro
+    assert sync_ref() is None
+    assert async_ref() is None
 
 
 # ---------------------------------------------------------------------- the store

@@ -441,8 +441,11 @@ class BreakerStage(Stage):
                 if breaker._failures:
                     breaker._closed_success()
                 return result
-            breaker._closed_error(error)
-            raise error
+            try:
+                breaker._closed_error(error)
+                raise error
+            finally:
+                del error  # its traceback holds this frame: no cycle left for the GC
 
         def probe(args: Args, kwargs: Kwargs) -> Any:
             ticket = breaker._admit()
@@ -458,8 +461,11 @@ class BreakerStage(Stage):
             else:
                 breaker._probe_done(ticket, None)
                 return result
-            breaker._probe_done(ticket, error)
-            raise error
+            try:
+                breaker._probe_done(ticket, error)
+                raise error
+            finally:
+                del error  # its traceback holds this frame: no cycle left for the GC
 
         return run
 
@@ -478,8 +484,11 @@ class BreakerStage(Stage):
                 if breaker._failures:
                     breaker._closed_success()
                 return result
-            breaker._closed_error(error)
-            raise error
+            try:
+                breaker._closed_error(error)
+                raise error
+            finally:
+                del error  # its traceback holds this frame: no cycle left for the GC
 
         async def probe(args: Args, kwargs: Kwargs) -> Any:
             ticket = breaker._admit()
@@ -495,8 +504,11 @@ class BreakerStage(Stage):
             else:
                 breaker._probe_done(ticket, None)
                 return result
-            breaker._probe_done(ticket, error)
-            raise error
+            try:
+                breaker._probe_done(ticket, error)
+                raise error
+            finally:
+                del error  # its traceback holds this frame: no cycle left for the GC
 
         return run
 

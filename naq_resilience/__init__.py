@@ -10,6 +10,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from naq_resilience.policies import classify as _classify
+from naq_resilience.policies.breaker import (
+    BreakerPolicy,
+    BreakerSnapshot,
+    BreakerStore,
+    CircuitBreaker,
+    CircuitState,
+    MemoryBreakerStore,
+    circuit_breaker,
+    get_breaker,
+)
 from naq_resilience.policies.chaos import ChaosMonkey, ChaosPolicy, ChaosSwitch, chaos, is_injected
 from naq_resilience.policies.classify import (
     Classification,
@@ -84,11 +94,17 @@ __all__ = [
     "Attempt",
     "attempts_of",
     "AuthenticationError",
+    "BreakerPolicy",
+    "BreakerSnapshot",
+    "BreakerStore",
     "chaos",
     "ChaosMonkey",
     "ChaosPolicy",
     "ChaosSwitch",
+    "circuit_breaker",
+    "CircuitBreaker",
     "CircuitBreakerOpenError",
+    "CircuitState",
     "Classification",
     "classify",
     "compensate",
@@ -108,8 +124,10 @@ __all__ = [
     "error_context",
     "fallback",
     "FallbackPolicy",
+    "get_breaker",
     "is_injected",
     "MemoryActionLog",
+    "MemoryBreakerStore",
     "NON_RETRYABLE_ERRORS",
     "NonRetryable",
     "on_critical",
@@ -122,8 +140,8 @@ __all__ = [
     "RETRYABLE_ERRORS",
     "RetryPolicy",
     "RetryState",
-    "saga",
     "Saga",
+    "saga",
     "SagaPolicy",
     "SecurityError",
     "set_testing",

@@ -17,23 +17,31 @@ import asyncio
 from naq_resilience import (
     CircuitBreakerOpenError,
     DataValidationError,
+    RetryState,
     attempts_of,
     chaos,
     circuit_breaker,
     compensate,
     fallback,
+    is_injected,
     on_critical,
     retry,
     saga,
 )
 
 ledger: list[str] = []
+absorbed: list[str] = []
+
+
+def note_retry(state: RetryState) -> None:
+    injected = " (injected)" if state.error is not None and is_injected(state.error) else ""
+    absorbed.append(f"attempt {state.attempt} failed with {state.error!r}{injected}")
 
 
 # --------------------------------------------------------------------------- retry + chaos
 
 
-@retry(max_retries=5, retry_delay=0.01, retry_strategy="exponential", jitter="full")
+@retry(max_retries=5, retry_delay=0.01, retry_strategy="exponential", on_retry=note_retry)
 @chaos(failure_rate=0.3, exceptions=(ConnectionError, TimeoutError), name="payments")
 async def charge_card(order_id: int, cents: int) -> str:
     """A payment API call; chaos stands in for the network."""
@@ -113,6 +121,9 @@ async def main() -> None:
     with chaos.enabled(seed=7, names=["payments"]):
         for order_id in range(1, 6):
             print(f"  order {order_id}: {await charge_card(order_id, 1200)}")
+    print(f"  {len(absorbed)} failures absorbed on the way:")
+    for line in absorbed:
+        print(f"    {line}")
 
     print("2. the circuit breaker opens after 3 failures and stops calling inventory")
     for attempt in range(1, 6):

@@ -44,28 +44,9 @@ from naq_resilience.policies.errors import CircuitBreakerOpenError, Retryable
 from naq_resilience.policies.pipeline import policies_of
 from naq_resilience.policies.retry import retry
 
+from conftest import FakeClock
+
 CLOSED, OPEN, HALF_OPEN = CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN
-
-
-class FakeClock:
-    """A monotonic clock that moves only when told to (or when something 'sleeps')."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-    async def async_sleep(self, seconds: float) -> None:
-        self.sleep(seconds)
 
 
 class Boom(Exception):
@@ -83,11 +64,6 @@ class RecordingStore(MemoryBreakerStore):
 
     def publish(self, snapshot: BreakerSnapshot) -> None:
         self.published.append(snapshot)
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 @pytest.fixture

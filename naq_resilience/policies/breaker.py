@@ -516,13 +516,31 @@ class BreakerStage(Stage):
 class MemoryBreakerStore:
     """Breakers shared within this process: the default store.
 
-    Nothing to publish (everyone who uses a name is here) and `apply` exists so tests
-    and a later networked store can feed it snapshots.
+    Within one process everyone who uses a name shares the object itself; the job
+    worker `subscribe`s to the transitions to share them with other processes through
+    a JetStream KV bucket, and `apply`s what the others publish.
     """
 
     def __init__(self) -> None:
         self._breakers: dict[str, CircuitBreaker] = {}
         self._lock = threading.Lock()
+        self._subscribers: tuple[Callable[[BreakerSnapshot], None], ...] = ()
+
+    def subscribe(self, callback: Callable[[BreakerSnapshot], None]) -> None:
+        """Hear every transition of every breaker here (the job worker shares them).
+
+        The callback runs on the thread that made the transition, outside the
+        breaker's lock, and must not block.
+        """
+        with self._lock:
+            self._subscribers = (*self._subscribers, callback)
+
+    def unsubscribe(self, callback: Callable[[BreakerSnapshot], None]) -> None:
+        with self._lock:
+            self._subscribers = tuple(c for c in self._subscribers if c is not callback)
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._breakers)
 
     def __repr__(self) -> str:
         return f"<MemoryBreakerStore {sorted(self._breakers)}>"
@@ -550,7 +568,8 @@ class MemoryBreakerStore:
         return self._breakers.get(name)
 
     def publish(self, snapshot: BreakerSnapshot) -> None:
-        return None
+        for callback in self._subscribers:
+            callback(snapshot)
 
     def apply(self, snapshot: BreakerSnapshot) -> bool:
         breaker = self.get(snapshot.name)

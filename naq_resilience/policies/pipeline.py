@@ -121,6 +121,22 @@ def apply_stage(func: Callable[P, R], stage: Stage, decorator: str) -> Callable[
     return cast(Callable[P, R], wrapper)
 
 
+def rebuild_without(func: Callable[..., Any], drop: tuple[type[Stage], ...]) -> Callable[..., Any]:
+    """`func`'s pipeline minus the stages of the `drop` types, as a new single wrapper.
+
+    The job worker runs a job this way without its `RetryStage`: the broker schedules
+    the retries, so no worker slot sleeps. Stage objects are shared with `func`, so a
+    breaker's state is the same whichever wrapper ran the call.
+    """
+    pipeline = pipeline_of(func)
+    if pipeline is None:
+        return func
+    stages = tuple(stage for stage in pipeline.stages if not isinstance(stage, drop))
+    if not stages:
+        return pipeline.func
+    return _build(pipeline.func, stages, pipeline.is_async)
+
+
 def _check_target(func: object, decorator: str) -> Callable[..., Any]:
     if not callable(func):
         raise TypeError(f"@{decorator} decorates a function, got {func!r}")

@@ -1,0 +1,90 @@
+"""Every stream, subject, consumer and KV bucket the job layer uses, named in one place.
+
+A Go or Node service that wants to enqueue a job or read a dead letter needs nothing
+but these names and docs/wire-format.md. Queue names become one subject token, so they
+are restricted to letters, digits, `-` and `_`: a `.` would split the token and a `*`
+or `>` would turn a publish into a wildcard.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+__all__ = [
+    "BREAKER_BUCKET",
+    "DEAD_STREAM",
+    "DEFERRAL_BUCKET",
+    "FAILURE_STREAM",
+    "JOB_STREAM",
+    "RESULT_BUCKET",
+    "SAGA_BUCKET",
+    "check_queue_name",
+    "dead_letter_queue_for",
+    "dead_subject",
+    "failure_subject",
+    "job_subject",
+    "queue_of_subject",
+    "worker_consumer",
+]
+
+JOB_STREAM: Final = "NAQ_JOBS"
+"""Work-queue retention: a job message is deleted when a worker acks it."""
+JOB_SUBJECTS: Final = "naq.jobs.*"
+
+FAILURE_STREAM: Final = "NAQ_FAILURES"
+"""One failure record per failed attempt, for monitoring and dead-letter history."""
+FAILURE_SUBJECTS: Final = "naq.failures.>"
+FAILURE_MAX_AGE: Final = 7 * 24 * 3600.0
+
+DEAD_STREAM: Final = "NAQ_DEAD"
+"""Dead letters; per-message TTL (`dead_letter_ttl`) bounds how long one is kept."""
+DEAD_SUBJECTS: Final = "naq.dead.>"
+
+BREAKER_BUCKET: Final = "naq-breakers"
+"""Circuit-breaker state shared by every worker: one key per breaker name."""
+SAGA_BUCKET: Final = "naq-sagas"
+"""Compensation logs of running jobs: one key per job id, deleted when the job ends."""
+RESULT_BUCKET: Final = "naq-results"
+"""Results of jobs enqueued with `result_ttl`: one key per job id, expiring after it."""
+DEFERRAL_BUCKET: Final = "naq-deferrals"
+"""How often a job was deferred by an open breaker: deferrals are not attempts."""
+
+_QUEUE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
+def check_queue_name(name: str, argument: str = "queue_name") -> str:
+    if not isinstance(name, str) or not _QUEUE.match(name):
+        raise ValueError(
+            f"{argument} must be 1-128 letters, digits, '-' or '_' (it becomes a NATS "
+            f"subject token), got {name!r}; e.g. {argument}='emails'"
+        )
+    return name
+
+
+def job_subject(queue: str) -> str:
+    return f"naq.jobs.{queue}"
+
+
+def queue_of_subject(subject: str) -> str:
+    """The queue a job message was published to (the last token of its subject)."""
+    return subject.rsplit(".", 1)[-1]
+
+
+def worker_consumer(queue: str) -> str:
+    """The durable pull consumer every worker of `queue` shares."""
+    return f"naq-worker-{queue}"
+
+
+def failure_subject(queue: str, job_id: str) -> str:
+    return f"naq.failures.{queue}.{job_id}"
+
+
+def dead_letter_queue_for(queue: str) -> str:
+    """The default dead-letter queue of `queue`."""
+    return f"{queue}.dead"
+
+
+def dead_subject(dead_letter_queue: str, job_id: str) -> str:
+    """`dead_letter_queue` may contain one '.' (`emails.dead`): it spans two tokens."""
+    return f"naq.dead.{dead_letter_queue}.{job_id}"

@@ -1,0 +1,223 @@
+"""Which functions a job may name, and how a worker finds and calls them.
+
+A job names its function as `module:qualname`. The worker imports the modules it was
+told to (`--import`, `NAQ_IMPORTS`) and resolves a name only inside them: a job naming
+anything else is refused without importing a thing, so a message on the queue can
+never make a worker import or run code it was not given.
+
+A function defined in a script run as `python script.py` lives in `__main__`; it is
+named after the script's file (`script:func`) so that a worker started beside it with
+`--import script` finds it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import sys
+import typing
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from naq_resilience.policies.breaker import BreakerStage
+from naq_resilience.policies.compensate import SagaStage
+from naq_resilience.policies.errors import DataValidationError
+from naq_resilience.policies.pipeline import pipeline_of, rebuild_without
+from naq_resilience.policies.retry import RetryPolicy, RetryStage
+
+__all__ = ["FunctionRegistry", "JobFunction", "UnknownFunction", "function_name"]
+
+
+class UnknownFunction(LookupError):
+    """The job names a function this worker may not run; `reason` goes to the dead letter."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _main_module_name() -> str:
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name and spec.name != "__main__":
+        return str(spec.name)  # run with `python -m package.module`
+    path = getattr(main, "__file__", None)
+    if path:
+        return str(os.path.splitext(os.path.basename(path))[0])
+    raise ValueError(
+        "a function defined in an interactive session cannot be enqueued: a worker could "
+        "never import it; define it in a module and pass that module to the worker"
+    )
+
+
+def function_name(func: Callable[..., Any]) -> str:
+    """The `module:qualname` a job uses for `func` (decorated or not)."""
+    pipeline = pipeline_of(func)
+    target = pipeline.func if pipeline is not None else inspect.unwrap(func)
+    module = getattr(target, "__module__", None)
+    qualname = getattr(target, "__qualname__", None)
+    if not module or not qualname:
+        raise TypeError(f"{func!r} has no module and name to enqueue it by; pass a function")
+    if "<locals>" in qualname or "<lambda>" in qualname:
+        raise TypeError(
+            f"{qualname} cannot be enqueued: a worker can only find functions defined at "
+            "module level (not lambdas or functions inside functions)"
+        )
+    if module == "__main__":
+        module = _main_module_name()
+    return f"{module}:{qualname}"
+
+
+_NO_CONVERSION = (inspect.Parameter.empty, Any, object)
+
+
+@dataclass(frozen=True, slots=True)
+class JobFunction:
+    """A resolved job function, with what the worker precomputes once per function."""
+
+    name: str
+    func: Callable[..., Any]
+    runner: Callable[..., Any]
+    """The function's pipeline without its retry stage: the broker does the retrying."""
+    is_async: bool
+    retry: RetryPolicy | None
+    has_breaker: bool
+    has_saga: bool
+    positional: tuple[tuple[str, Any], ...]
+    var_positional: Any
+    keywords: dict[str, Any]
+    var_keyword: Any
+    converts: bool
+
+    def convert(self, args: list[Any], kwargs: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+        """Arguments converted to the annotated types (JSON has no tuple, datetime, ...)."""
+        if not self.converts:
+            return args, kwargs
+        positional = self.positional
+        out_args = list(args)
+        for i, value in enumerate(args):
+            name, hint = positional[i] if i < len(positional) else ("*args", self.var_positional)
+            out_args[i] = self._one(name, hint, value)
+        out_kwargs = dict(kwargs)
+        for key, value in kwargs.items():
+            hint = self.keywords.get(key, self.var_keyword)
+            out_kwargs[key] = self._one(key, hint, value)
+        return out_args, out_kwargs
+
+    def _one(self, name: str, hint: Any, value: Any) -> Any:
+        if hint in _NO_CONVERSION or type(value) is hint:
+            return value
+        try:
+            return msgspec.convert(value, hint, strict=False)
+        except (msgspec.ValidationError, TypeError) as exc:
+            raise DataValidationError(
+                f"argument {name!r} of {self.name} does not match its annotation "
+                f"{getattr(hint, '__name__', hint)!s}: {exc} (got {value!r})"
+            ) from None
+
+
+def _describe(name: str, func: Callable[..., Any]) -> JobFunction:
+    pipeline = pipeline_of(func)
+    stages = pipeline.stages if pipeline is not None else ()
+    original = pipeline.func if pipeline is not None else func
+    retry = next((s.policy for s in stages if isinstance(s, RetryStage)), None)
+    try:
+        hints = typing.get_type_hints(original)
+    except Exception:  # unresolvable forward references: pass arguments through as sent
+        hints = {}
+    positional: list[tuple[str, Any]] = []
+    keywords: dict[str, Any] = {}
+    var_positional: Any = Any
+    var_keyword: Any = Any
+    params = inspect.signature(original).parameters.values()
+    for param in params:
+        hint = hints.get(param.name, Any)
+        if param.kind is param.VAR_POSITIONAL:
+            var_positional = hint
+        elif param.kind is param.VAR_KEYWORD:
+            var_keyword = hint
+        else:
+            if param.kind is not param.KEYWORD_ONLY:
+                positional.append((param.name, hint))
+            if param.kind is not param.POSITIONAL_ONLY:
+                keywords[param.name] = hint
+    hinted = [h for _, h in positional] + list(keywords.values()) + [var_positional, var_keyword]
+    return JobFunction(
+        name=name,
+        func=func,
+        runner=rebuild_without(func, (RetryStage,)),
+        is_async=inspect.iscoroutinefunction(original),
+        retry=retry,
+        has_breaker=any(isinstance(s, BreakerStage) for s in stages),
+        has_saga=any(isinstance(s, SagaStage) for s in stages),
+        positional=tuple(positional),
+        var_positional=var_positional,
+        keywords=keywords,
+        var_keyword=var_keyword,
+        converts=any(h not in _NO_CONVERSION for h in hinted),
+    )
+
+
+class FunctionRegistry:
+    """The functions one worker may run: those defined in the modules it imported."""
+
+    def __init__(self, modules: Iterable[str] = ()) -> None:
+        self._modules: dict[str, Any] = {}
+        self._resolved: dict[str, JobFunction] = {}
+        for module in modules:
+            self.allow_module(module)
+
+    @property
+    def modules(self) -> tuple[str, ...]:
+        return tuple(self._modules)
+
+    def allow_module(self, module: str) -> None:
+        """Import `module` (the worker's `--import`) and allow its functions."""
+        if module not in self._modules:
+            self._modules[module] = importlib.import_module(module)
+
+    def register(self, func: Callable[..., Any], name: str | None = None) -> str:
+        """Allow one function explicitly (for workers embedded in a program)."""
+        key = name or function_name(func)
+        self._resolved[key] = _describe(key, func)
+        return key
+
+    def resolve(self, name: str) -> JobFunction:
+        found = self._resolved.get(name)
+        if found is not None:
+            return found
+        module_name, sep, qualname = name.partition(":")
+        if not sep or not qualname:
+            raise UnknownFunction(f"function name {name!r} is not of the form 'module:qualname'")
+        module = self._modules.get(module_name)
+        if module is None:
+            allowed = ", ".join(sorted(self._modules)) or "none"
+            raise UnknownFunction(
+                f"function {name} is not in a module this worker was told to import "
+                f"(allowed: {allowed}); start the worker with --import {module_name} if it "
+                "should run it"
+            )
+        target: Any = module
+        for part in qualname.split("."):
+            target = getattr(target, part, None)
+            if target is None:
+                raise UnknownFunction(f"module {module_name} has no function {qualname}")
+        if not callable(target) or isinstance(target, type):
+            raise UnknownFunction(f"{name} is not a function")
+        pipeline = pipeline_of(target)
+        defined_in = getattr(pipeline.func if pipeline else target, "__module__", None)
+        if defined_in != module_name and not (
+            defined_in == "__main__" and getattr(module, "__name__", None) == module_name
+        ):
+            # `allowed_module:os.system` must not reach what the module merely imported.
+            raise UnknownFunction(
+                f"{name} is defined in {defined_in}, not in {module_name}; a job may only "
+                "name functions defined in a module the worker imported"
+            )
+        described = _describe(name, target)
+        self._resolved[name] = described
+        return described

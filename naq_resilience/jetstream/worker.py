@@ -50,6 +50,7 @@ from naq_resilience.codec import Format, InvalidMessage, decode, decode_envelope
 from naq_resilience.jetstream import layout
 from naq_resilience.jetstream.connection import ConnectionSettings, connect
 from naq_resilience.jetstream.registry import FunctionRegistry, JobFunction, UnknownFunction
+from naq_resilience.jetstream.stores import BreakerSync, KVActionLog, load_action_log
 from naq_resilience.jetstream.streams import Buckets, ensure_layout
 from naq_resilience.models import DeadLetter, FailureRecord, JobEnvelope, JobResult, JobStatus
 from naq_resilience.policies.chaos import is_injected
@@ -60,6 +61,7 @@ from naq_resilience.policies.classify import (
     context_of,
     report_critical,
 )
+from naq_resilience.policies.compensate import Saga, reset_action_log, use_action_log
 from naq_resilience.policies.delays import DelaySchedule
 from naq_resilience.policies.errors import CircuitBreakerOpenError
 from naq_resilience.policies.pipeline import qualified_name
@@ -182,6 +184,7 @@ class Worker:
         self._js: JetStreamContext | None = None
         self._buckets: Buckets | None = None
         self._pool: ThreadPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._free = concurrency
         self._slot_freed = asyncio.Event()
         self._running: dict[asyncio.Task[None], tuple[Msg, float]] = {}
@@ -193,9 +196,12 @@ class Worker:
     # ------------------------------------------------------------------ lifecycle
     async def run(self) -> None:
         """Work until `stop()`; then finish in-flight jobs within `shutdown_grace`."""
+        self._loop = asyncio.get_running_loop()
         self._nc = await connect(self._settings, max_reconnect_attempts=-1)
         self._js = self._nc.jetstream()
         self._buckets = await ensure_layout(self._js)
+        breakers = BreakerSync(self._buckets.breakers, self.worker_id)
+        await breakers.start()
         self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="naq-job")
         subs = [await self._subscribe(queue) for queue in self.queues]
         log.info(
@@ -218,6 +224,7 @@ class Worker:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
+            await breakers.stop()
             self._pool.shutdown(wait=False, cancel_futures=True)
             with contextlib.suppress(Exception):
                 await self._nc.flush(timeout=5)  # the acks of the last jobs
@@ -345,6 +352,11 @@ class Worker:
                 )  # fmt: skip
                 return
         token = _current_job.set(env)
+        logs: list[KVActionLog] = []
+        if fn.has_saga:
+            if delivered > 1:
+                await self._roll_back_crashed(env)
+            log_token = use_action_log(lambda: self._saga_log(env, logs))
         started = time.time()
         try:
             args, kwargs = fn.convert(env.args, env.kwargs)
@@ -363,6 +375,8 @@ class Worker:
                 result = await (
                     asyncio.wait_for(future, env.timeout) if env.timeout is not None else future
                 )
+            for saga_log in logs:
+                await saga_log.flush()  # the saga's outcome is stored before the job's
         except CircuitBreakerOpenError as exc:
             await self._defer(msg, env, exc, deferrals)
         except Exception as exc:
@@ -374,6 +388,30 @@ class Worker:
             self.processed += 1
         finally:
             _current_job.reset(token)
+            if fn.has_saga:
+                reset_action_log(log_token)
+
+    def _saga_log(self, env: JobEnvelope, logs: list[KVActionLog]) -> KVActionLog:
+        assert self._buckets is not None
+        assert self._loop is not None  # the factory may run on a job thread: no running loop
+        created = KVActionLog(self._buckets.sagas, env.id, self._loop)
+        logs.append(created)
+        return created
+
+    async def _roll_back_crashed(self, env: JobEnvelope) -> None:
+        """A delivery of this job died mid-saga: undo its steps before running it again."""
+        assert self._buckets is not None
+        stored = await load_action_log(self._buckets.sagas, env.id, asyncio.get_running_loop())
+        if stored is None:
+            return
+        saga = Saga(stored, name=f"{env.function} (job {env.id}, an interrupted delivery)")
+        compensation = await saga.arollback()
+        await stored.flush()
+        if compensation is not None:
+            report_critical(compensation)
+            log.error("job %s: %s", env.id, compensation)
+        else:
+            log.info("job %s: rolled back the steps of an interrupted delivery", env.id)
 
     async def _defer(
         self, msg: Msg, env: JobEnvelope, exc: CircuitBreakerOpenError, deferrals: int

@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import msgspec
+import nats.errors
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
@@ -69,6 +70,11 @@ class BreakerSync:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         watcher = await self._kv.watchall()
+        # Take on the current state before the worker fetches a job: a worker that
+        # starts while a breaker is open must not call the dependency first.
+        with contextlib.suppress(nats.errors.TimeoutError):
+            while (entry := await watcher.updates(timeout=5.0)) is not None:
+                self._receive(entry)
         self._tasks = [
             asyncio.create_task(self._watch(watcher)),
             asyncio.create_task(self._write()),
@@ -128,17 +134,21 @@ class BreakerSync:
 
     async def _watch(self, watcher: Any) -> None:
         async for entry in watcher:
-            if entry is None or not entry.value:
-                continue
-            if entry.revision is not None:
-                self._revisions[entry.key] = max(self._revisions.get(entry.key, 0), entry.revision)
-            try:
-                record = decode(entry.value, BreakerRecord)
-            except msgspec.DecodeError:
-                log.warning("ignoring an unreadable breaker record under %s", entry.key)
-                continue
-            if record.updated_by != self._owner:
-                self._apply(record)
+            if entry is not None:
+                self._receive(entry)
+
+    def _receive(self, entry: Any) -> None:
+        if not entry.value:
+            return
+        if entry.revision is not None:
+            self._revisions[entry.key] = max(self._revisions.get(entry.key, 0), entry.revision)
+        try:
+            record = decode(entry.value, BreakerRecord)
+        except msgspec.DecodeError:
+            log.warning("ignoring an unreadable breaker record under %s", entry.key)
+            return
+        if record.updated_by != self._owner:
+            self._apply(record)
 
     def _apply(self, record: BreakerRecord) -> None:
         breaker = self._store.get(record.name)

@@ -76,14 +76,61 @@ if TYPE_CHECKING:
     RETRYABLE_ERRORS: tuple[type[BaseException], ...]
     NON_RETRYABLE_ERRORS: tuple[type[BaseException], ...]
     CRITICAL_ERRORS: tuple[type[BaseException], ...]
+    from naq_resilience.jetstream.client import (
+        Client,
+        Job,
+        JobFailedError,
+        SyncClient,
+        SyncJob,
+        enqueue,
+        enqueue_many,
+        enqueue_sync,
+        get_dead_letter_jobs,
+    )
+    from naq_resilience.jetstream.connection import ConnectionSettings, NatsUnavailableError
+    from naq_resilience.jetstream.server import EmbeddedServer
+    from naq_resilience.jetstream.worker import Worker, current_job
+    from naq_resilience.models import DeadLetter, FailureRecord, JobEnvelope, JobStatus
+    from naq_resilience.ops.logging import setup_logging
 
 _LIVE = frozenset({"RETRYABLE_ERRORS", "NON_RETRYABLE_ERRORS", "CRITICAL_ERRORS"})
 
+# The job layer loads on first use: code that only decorates functions (and the
+# pytest plugin, loaded in every test session) never imports nats-py.
+_LAZY = {
+    "Client": "naq_resilience.jetstream.client",
+    "Job": "naq_resilience.jetstream.client",
+    "JobFailedError": "naq_resilience.jetstream.client",
+    "SyncClient": "naq_resilience.jetstream.client",
+    "SyncJob": "naq_resilience.jetstream.client",
+    "enqueue": "naq_resilience.jetstream.client",
+    "enqueue_many": "naq_resilience.jetstream.client",
+    "enqueue_sync": "naq_resilience.jetstream.client",
+    "get_dead_letter_jobs": "naq_resilience.jetstream.client",
+    "ConnectionSettings": "naq_resilience.jetstream.connection",
+    "NatsUnavailableError": "naq_resilience.jetstream.connection",
+    "EmbeddedServer": "naq_resilience.jetstream.server",
+    "Worker": "naq_resilience.jetstream.worker",
+    "current_job": "naq_resilience.jetstream.worker",
+    "DeadLetter": "naq_resilience.models",
+    "FailureRecord": "naq_resilience.models",
+    "JobEnvelope": "naq_resilience.models",
+    "JobStatus": "naq_resilience.models",
+    "setup_logging": "naq_resilience.ops.logging",
+}
+
 
 def __getattr__(name: str) -> Any:
-    """The error lists are read live, so `configure_errors` shows through the root."""
+    """Live error lists (so `configure_errors` shows through) and the lazy job layer."""
     if name in _LIVE:
         return getattr(_classify, name)
+    module = _LAZY.get(name)
+    if module is not None:
+        import importlib
+
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'naq_resilience' has no attribute {name!r}")
 
 
@@ -107,27 +154,42 @@ __all__ = [
     "CircuitState",
     "Classification",
     "classify",
+    "Client",
     "compensate",
     "CompensatePolicy",
     "compensation_of",
     "CompensationError",
     "configure_errors",
+    "ConnectionSettings",
     "context_of",
     "CorruptionError",
     "Critical",
     "CRITICAL_ERRORS",
+    "current_job",
     "current_saga",
     "DataCorruptionError",
     "DataValidationError",
+    "DeadLetter",
     "DelaySchedule",
+    "EmbeddedServer",
+    "enqueue",
+    "enqueue_many",
+    "enqueue_sync",
     "EnrichedError",
     "error_context",
+    "FailureRecord",
     "fallback",
     "FallbackPolicy",
     "get_breaker",
+    "get_dead_letter_jobs",
     "is_injected",
+    "Job",
+    "JobEnvelope",
+    "JobFailedError",
+    "JobStatus",
     "MemoryActionLog",
     "MemoryBreakerStore",
+    "NatsUnavailableError",
     "NON_RETRYABLE_ERRORS",
     "NonRetryable",
     "on_critical",
@@ -140,11 +202,15 @@ __all__ = [
     "RETRYABLE_ERRORS",
     "RetryPolicy",
     "RetryState",
-    "Saga",
     "saga",
+    "Saga",
     "SagaPolicy",
     "SecurityError",
     "set_testing",
+    "setup_logging",
+    "SyncClient",
+    "SyncJob",
     "SystemFailureError",
     "TemporaryResourceError",
+    "Worker",
 ]

@@ -50,11 +50,11 @@ RESULT_BUCKET: Final = "naq-results"
 DEFERRAL_BUCKET: Final = "naq-deferrals"
 """How often a job was deferred by an open breaker: deferrals are not attempts."""
 
-_QUEUE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+QUEUE_PATTERN: Final = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
 
 def check_queue_name(name: str, argument: str = "queue_name") -> str:
-    if not isinstance(name, str) or not _QUEUE.match(name):
+    if not isinstance(name, str) or not QUEUE_PATTERN.match(name):
         raise ValueError(
             f"{argument} must be 1-128 letters, digits, '-' or '_' (it becomes a NATS "
             f"subject token), got {name!r}; e.g. {argument}='emails'"

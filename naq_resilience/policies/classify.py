@@ -41,6 +41,7 @@ __all__ = [
     "NON_RETRYABLE_ERRORS",
     "RETRYABLE_ERRORS",
     "classify",
+    "classify_by_name",
     "configure_errors",
     "context_of",
     "error_context",
@@ -198,6 +199,29 @@ def classify(
         return _N
     if retry_on is not None:
         return _R if issubclass(cls, retry_on) else _N
+    return kind
+
+
+def classify_by_name(
+    exc: BaseException,
+    retry_on: frozenset[str] | None = None,
+    ignore_on: frozenset[str] = frozenset(),
+) -> Classification:
+    """`classify` with `retry_on` / `ignore_on` given as `module:qualname` names.
+
+    That is how a job's enqueue-time options reach a worker. Subclass semantics come
+    from the error's MRO, so matching never imports the named classes: a message
+    cannot make a worker import anything.
+    """
+    cls = type(exc)
+    kind = _default_kind(cls)
+    if kind is _C or (not ignore_on and retry_on is None):
+        return kind
+    names = {f"{base.__module__}:{base.__qualname__}" for base in cls.__mro__}
+    if not names.isdisjoint(ignore_on):
+        return _N
+    if retry_on is not None:
+        return _R if not names.isdisjoint(retry_on) else _N
     return kind
 
 

@@ -194,6 +194,24 @@ def undo_for(step: str) -> Callable[..., Any]:
 # --------------------------------------------------------------------------- the saga
 
 _active: ContextVar[Saga | None] = ContextVar("naq_resilience_saga", default=None)
+_log_override: ContextVar[Callable[[], ActionLog] | None] = ContextVar(
+    "naq_resilience_saga_log", default=None
+)
+
+
+def use_action_log(
+    factory: Callable[[], ActionLog] | None,
+) -> Token[Callable[[], ActionLog] | None]:
+    """Make `@saga` jobs run in this context keep their log where `factory` says.
+
+    The job worker uses it to persist each job's log in JetStream, so a crash mid-job
+    can still be rolled back on redelivery; returns the token to `reset_action_log`.
+    """
+    return _log_override.set(factory)
+
+
+def reset_action_log(token: Token[Callable[[], ActionLog] | None]) -> None:
+    _log_override.reset(token)
 
 
 def current_saga() -> Saga | None:
@@ -535,7 +553,7 @@ class SagaStage(Stage):
         make_log, name = self.policy.log, func.__qualname__
 
         def run(args: Args, kwargs: Kwargs) -> Any:
-            active = Saga(make_log, name=name)
+            active = Saga(_log_override.get() or make_log, name=name)
             active._open()
             try:
                 result = inner(args, kwargs)
@@ -553,7 +571,7 @@ class SagaStage(Stage):
         make_log, name = self.policy.log, func.__qualname__
 
         async def run(args: Args, kwargs: Kwargs) -> Any:
-            active = Saga(make_log, name=name)
+            active = Saga(_log_override.get() or make_log, name=name)
             active._open()
             try:
                 result = await inner(args, kwargs)

@@ -1,0 +1,67 @@
+"""`naq worker QUEUE... [--concurrency N] [--import MODULE]... [--log-level LEVEL]`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+__all__ = ["add_worker_command"]
+
+
+def add_worker_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "worker",
+        help="run jobs from one or more queues",
+        description=(
+            "Run the jobs of QUEUE(s). A worker runs only functions defined in the modules "
+            "it is told to import (--import, or NAQ_IMPORTS as a comma list); the current "
+            "directory is importable, as with `python script.py`."
+        ),
+    )
+    parser.add_argument("queues", nargs="*", default=["default"], metavar="QUEUE")
+    parser.add_argument(
+        "-i", "--import", dest="imports", action="append", default=[], metavar="MODULE",
+        help="a module whose functions jobs may name (repeatable)",
+    )  # fmt: skip
+    parser.add_argument("-c", "--concurrency", type=int, default=10)
+    parser.add_argument("--nats-url", default=None, help="default: $NAQ_NATS_URL")
+    parser.add_argument(
+        "--ack-wait", type=float, default=30.0,
+        help="seconds the broker waits for a sign of life before redelivering a job",
+    )  # fmt: skip
+    parser.add_argument(
+        "--shutdown-grace", type=float, default=30.0,
+        help="seconds in-flight jobs get to finish after SIGTERM/SIGINT",
+    )  # fmt: skip
+    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-json", action="store_true", help="one JSON object per log line")
+    parser.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from naq_resilience.jetstream.connection import NatsUnavailableError
+    from naq_resilience.jetstream.worker import Worker
+    from naq_resilience.ops.logging import setup_logging
+
+    setup_logging(args.log_level, json=args.log_json)
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        worker = Worker(
+            args.queues,
+            nats_url=args.nats_url,
+            concurrency=args.concurrency,
+            imports=args.imports,
+            ack_wait=args.ack_wait,
+            shutdown_grace=args.shutdown_grace,
+        )
+    except (ImportError, ValueError) as exc:
+        print(f"naq worker: {exc}", file=sys.stderr)
+        return 2
+    try:
+        worker.run_forever()
+    except NatsUnavailableError as exc:
+        print(f"naq worker: {exc}", file=sys.stderr)
+        return 1
+    return 0

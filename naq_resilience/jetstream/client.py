@@ -1,0 +1,578 @@
+"""Enqueueing jobs, NAQ-style: `enqueue`, `enqueue_sync`, `enqueue_many`, `Client`, `SyncClient`.
+
+`enqueue` waits for JetStream's ack, so a job it returned is stored; `enqueue_many`
+pipelines (`publish_async` for all, then one wait for the acks), which is what makes it
+as fast as raw nats-py. The per-job options (`max_retries=`, `retry_on=`, ...) are
+validated here, at the caller, so a typo fails where it was written and not later in a
+worker; every other keyword goes to the job function, as in NAQ.
+
+The sync API runs the async client on one event loop in a background thread, so
+`enqueue_sync` works from plain code and from a thread that is already running an
+event loop (where `asyncio.run` would fail), and reuses one connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import threading
+import time
+import uuid
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from typing import Any, TypeVar
+
+import msgspec
+import nats.errors
+from nats.aio.client import Client as NatsClient
+from nats.js.client import JetStreamContext
+from nats.js.errors import KeyNotFoundError, NotFoundError
+
+from naq_resilience.codec import Format, decode, encode, encode_job_arguments
+from naq_resilience.jetstream import layout
+from naq_resilience.jetstream.connection import ConnectionSettings, connect
+from naq_resilience.jetstream.registry import function_name
+from naq_resilience.jetstream.streams import Buckets, ensure_layout
+from naq_resilience.models import DeadLetter, JobEnvelope, JobResult, JobStatus
+from naq_resilience.policies.classify import exception_types
+from naq_resilience.policies.delays import DelaySchedule
+from naq_resilience.policies.errors import ProcessingError
+from naq_resilience.policies.pipeline import qualified_name
+
+__all__ = [
+    "Client",
+    "Job",
+    "JobFailedError",
+    "SyncClient",
+    "SyncJob",
+    "enqueue",
+    "enqueue_many",
+    "enqueue_sync",
+    "get_dead_letter_jobs",
+]
+
+T = TypeVar("T")
+
+
+class JobFailedError(ProcessingError):
+    """`Job.result()` of a job that ended in its dead-letter queue."""
+
+
+class _Options(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Validated per-job options, ready to copy into every envelope of a batch."""
+
+    queue: str = "default"
+    max_retries: int | None = None
+    retry_delay: float | list[float] | None = None
+    retry_strategy: str | list[float] | None = None
+    retry_on: list[str] | None = None
+    ignore_on: list[str] | None = None
+    dead_letter_queue: str | None = None
+    dead_letter_ttl: float | None = None
+    timeout: float | None = None
+    result_ttl: float | None = None
+
+
+def _positive(value: object, argument: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{argument} must be a number of seconds > 0 or None, got {value!r}")
+    return float(value)
+
+
+def _options(
+    queue_name: str,
+    max_retries: int | None,
+    retry_delay: float | Sequence[float] | None,
+    retry_strategy: str | Sequence[float] | None,
+    retry_on: Any,
+    ignore_on: Any,
+    dead_letter_queue: str | None,
+    dead_letter_ttl: float | None,
+    timeout: float | None,
+    result_ttl: float | None,
+) -> _Options:
+    layout.check_queue_name(queue_name)
+    if max_retries is not None and (
+        isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0
+    ):
+        raise ValueError(f"max_retries must be a whole number >= 0, got {max_retries!r}")
+    if retry_delay is not None or retry_strategy is not None:
+        # Same validation as @retry, so an enqueue-time override fails here, not in a worker.
+        DelaySchedule.build(
+            1.0 if retry_delay is None else retry_delay,
+            "exponential" if retry_strategy is None else retry_strategy,
+            None,
+            None,
+        )
+    if dead_letter_queue is not None:
+        dead_parts = dead_letter_queue.split(".")
+        if len(dead_parts) > 2 or not all(layout.QUEUE_PATTERN.match(p) for p in dead_parts):
+            raise ValueError(
+                "dead_letter_queue must be a name like 'emails.dead' (letters, digits, '-', "
+                f"'_' and at most one '.'), got {dead_letter_queue!r}"
+            )
+    return _Options(
+        queue=queue_name,
+        max_retries=max_retries,
+        retry_delay=(
+            None
+            if retry_delay is None
+            else (
+                float(retry_delay) if isinstance(retry_delay, (int, float)) else list(retry_delay)
+            )
+        ),
+        retry_strategy=(
+            retry_strategy
+            if retry_strategy is None or isinstance(retry_strategy, str)
+            else [float(d) for d in retry_strategy]
+        ),
+        retry_on=_exception_names(retry_on, "retry_on"),
+        ignore_on=_exception_names(ignore_on, "ignore_on"),
+        dead_letter_queue=dead_letter_queue,
+        dead_letter_ttl=_positive(dead_letter_ttl, "dead_letter_ttl"),
+        timeout=_positive(timeout, "timeout"),
+        result_ttl=_positive(result_ttl, "result_ttl"),
+    )
+
+
+def _exception_names(value: Any, argument: str) -> list[str] | None:
+    """Exception classes travel as `module:qualname`; names given as strings pass as-is."""
+    if value is None:
+        return None
+    if isinstance(value, str) or (
+        isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value)
+    ):
+        names = [value] if isinstance(value, str) else list(value)
+        for name in names:
+            if ":" not in name:
+                raise ValueError(
+                    f"{argument} names exceptions as 'module:qualname' (e.g. "
+                    f"'builtins:ConnectionError'), got {name!r}; or pass the classes"
+                )
+        return names
+    return [qualified_name(cls) for cls in exception_types(value, argument)]
+
+
+class Job:
+    """A job that was enqueued: its id, and how to ask what became of it."""
+
+    __slots__ = (
+        "_client",
+        "dead_letter_queue",
+        "function",
+        "job_id",
+        "queue",
+        "result_ttl",
+        "sequence",
+    )
+
+    def __init__(
+        self,
+        client: Client,
+        envelope: JobEnvelope,
+        sequence: int,
+    ) -> None:
+        self._client = client
+        self.job_id = envelope.id
+        self.function = envelope.function
+        self.queue = envelope.queue
+        self.sequence = sequence
+        self.result_ttl = envelope.result_ttl
+        self.dead_letter_queue = envelope.dead_letter_queue or layout.dead_letter_queue_for(
+            envelope.queue
+        )
+
+    def __repr__(self) -> str:
+        return f"<Job {self.job_id} {self.function} queue={self.queue}>"
+
+    async def status(self) -> JobStatus:
+        return await self._client.job_status(self)
+
+    async def result(self, timeout: float | None = 30.0) -> Any:
+        """The job's return value; raises `JobFailedError` if it ended as a dead letter."""
+        return await self._client.job_result(self, timeout)
+
+
+class Client:
+    """One connection for enqueueing, reading results and dead letters.
+
+    `async with Client() as client:`; the URL and credentials come from the arguments
+    or the environment (`NAQ_NATS_URL`, see `ConnectionSettings`).
+    """
+
+    def __init__(
+        self,
+        nats_url: str | None = None,
+        *,
+        settings: ConnectionSettings | None = None,
+        format: Format = "json",
+        connection: NatsClient | None = None,
+    ) -> None:
+        if settings is None:
+            settings = ConnectionSettings.from_env(**({"url": nats_url} if nats_url else {}))
+        self._settings = settings
+        self._format: Format = format
+        self._nc = connection
+        self._owns_connection = connection is None
+        self._js: JetStreamContext | None = None
+        self._buckets: Buckets | None = None
+        self._lock = asyncio.Lock()
+
+    async def __aenter__(self) -> Client:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        await self._ready()
+
+    async def close(self) -> None:
+        nc, self._nc, self._js, self._buckets = self._nc, None, None, None
+        if nc is not None and self._owns_connection and not nc.is_closed:
+            await nc.drain()
+
+    async def _ready(self) -> tuple[JetStreamContext, Buckets]:
+        if self._js is not None and self._buckets is not None:
+            return self._js, self._buckets
+        async with self._lock:
+            if self._js is None or self._buckets is None:
+                if self._nc is None:
+                    self._nc = await connect(self._settings)
+                js = self._nc.jetstream()
+                self._buckets = await ensure_layout(js)
+                self._js = js
+            return self._js, self._buckets
+
+    # ------------------------------------------------------------------ enqueue
+    def _envelope(
+        self, name: str, options: _Options, args: Sequence[Any], kwargs: dict[str, Any]
+    ) -> tuple[JobEnvelope, bytes]:
+        envelope = JobEnvelope(
+            id=uuid.uuid4().hex,
+            function=name,
+            queue=options.queue,
+            args=list(args),
+            kwargs=kwargs,
+            enqueued_at=time.time(),
+            max_retries=options.max_retries,
+            retry_delay=options.retry_delay,
+            retry_strategy=options.retry_strategy,
+            retry_on=options.retry_on,
+            ignore_on=options.ignore_on,
+            dead_letter_queue=options.dead_letter_queue,
+            dead_letter_ttl=options.dead_letter_ttl,
+            timeout=options.timeout,
+            result_ttl=options.result_ttl,
+        )
+        try:
+            return envelope, encode(envelope, self._format)
+        except (TypeError, msgspec.EncodeError, OverflowError):
+            encode_job_arguments(name, args, kwargs, self._format)
+            raise
+
+    async def enqueue(
+        self,
+        func: Callable[..., Any],
+        *args: Any,
+        queue_name: str = "default",
+        max_retries: int | None = None,
+        retry_delay: float | Sequence[float] | None = None,
+        retry_strategy: str | Sequence[float] | None = None,
+        retry_on: Any = None,
+        ignore_on: Any = None,
+        dead_letter_queue: str | None = None,
+        dead_letter_ttl: float | None = None,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+        result_ttl: float | None = None,
+        **kwargs: Any,
+    ) -> Job:
+        """Put one job on `queue_name` and wait until JetStream has stored it.
+
+        Keywords other than the options are the job function's own. With
+        `idempotency_key`, a second enqueue with the same key within two minutes
+        returns the first job's sequence instead of adding a job.
+        """
+        options = _options(
+            queue_name, max_retries, retry_delay, retry_strategy, retry_on, ignore_on,
+            dead_letter_queue, dead_letter_ttl, timeout, result_ttl,
+        )  # fmt: skip
+        name = function_name(func)
+        envelope, payload = self._envelope(name, options, args, kwargs)
+        js, _ = await self._ready()
+        headers = {"Nats-Msg-Id": idempotency_key} if idempotency_key else None
+        ack = await js.publish(layout.job_subject(options.queue), payload, headers=headers)
+        return Job(self, envelope, ack.seq)
+
+    async def enqueue_many(
+        self,
+        func: Callable[..., Any],
+        calls: Iterable[Sequence[Any]],
+        *,
+        queue_name: str = "default",
+        max_retries: int | None = None,
+        retry_delay: float | Sequence[float] | None = None,
+        retry_strategy: str | Sequence[float] | None = None,
+        retry_on: Any = None,
+        ignore_on: Any = None,
+        dead_letter_queue: str | None = None,
+        dead_letter_ttl: float | None = None,
+        timeout: float | None = None,
+        result_ttl: float | None = None,
+        kwargs: dict[str, Any] | None = None,
+    ) -> list[Job]:
+        """Enqueue one job per item of `calls` (a tuple of positional arguments each).
+
+        Pipelined: every publish goes out before any ack is awaited, so this runs at
+        the broker's pace rather than one round trip per job. `kwargs`, if given, go
+        to every call.
+        """
+        options = _options(
+            queue_name, max_retries, retry_delay, retry_strategy, retry_on, ignore_on,
+            dead_letter_queue, dead_letter_ttl, timeout, result_ttl,
+        )  # fmt: skip
+        name = function_name(func)
+        shared_kwargs = dict(kwargs or {})
+        subject = layout.job_subject(options.queue)
+        js, _ = await self._ready()
+        envelopes: list[JobEnvelope] = []
+        futures: list[asyncio.Future[Any]] = []
+        for call in calls:
+            if not isinstance(call, (tuple, list)):
+                raise TypeError(
+                    f"enqueue_many takes an iterable of argument tuples, got {call!r}; "
+                    "write e.g. [(1,), (2,)] or [(order_id, email), ...]"
+                )
+            envelope, payload = self._envelope(name, options, call, shared_kwargs)
+            envelopes.append(envelope)
+            futures.append(await js.publish_async(subject, payload))
+        acks = await asyncio.gather(*futures)
+        return [Job(self, env, ack.seq) for env, ack in zip(envelopes, acks, strict=True)]
+
+    # ------------------------------------------------------------------ what became of a job
+    async def job_status(self, job: Job | str, queue_name: str = "default") -> JobStatus:
+        """Where the job is now, from the broker's own state (no bookkeeping per job)."""
+        js, buckets = await self._ready()
+        job_id = job.job_id if isinstance(job, Job) else job
+        try:
+            entry = await buckets.results.get(job_id)
+        except KeyNotFoundError:
+            pass
+        else:
+            if entry.value:
+                return decode(entry.value, JobResult).status
+        if isinstance(job, Job):
+            try:
+                await js.get_msg(layout.JOB_STREAM, job.sequence)
+            except NotFoundError:
+                pass
+            else:
+                return JobStatus.QUEUED
+            dead_queue = job.dead_letter_queue
+        else:
+            dead_queue = layout.dead_letter_queue_for(queue_name)
+        try:
+            await js.get_last_msg(layout.DEAD_STREAM, layout.dead_subject(dead_queue, job_id))
+        except NotFoundError:
+            return JobStatus.FINISHED
+        return JobStatus.DEAD
+
+    async def job_result(self, job: Job, timeout: float | None = 30.0) -> Any:
+        if job.result_ttl is None:
+            raise ValueError(
+                f"job {job.job_id} was enqueued without result_ttl, so its result was not "
+                "kept; enqueue with result_ttl=<seconds> to fetch it"
+            )
+        _, buckets = await self._ready()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.005
+        while True:
+            try:
+                entry = await buckets.results.get(job.job_id)
+            except KeyNotFoundError:
+                entry = None
+            if entry is not None and entry.value:
+                record = decode(entry.value, JobResult)
+                if record.status is JobStatus.COMPLETED:
+                    return record.result
+                raise JobFailedError(f"job {job.job_id} ({job.function}) failed: {record.error}")
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {job.job_id} has no result after {timeout}s")
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.25)
+
+    async def get_dead_letter_jobs(self, name: str, limit: int = 100) -> list[DeadLetter]:
+        """The oldest `limit` dead letters of dead-letter queue `name` (e.g. "emails.dead")."""
+        js, _ = await self._ready()
+        subject = f"naq.dead.{name}.*"
+        sub = await js.subscribe(subject, ordered_consumer=True, stream=layout.DEAD_STREAM)
+        letters: list[DeadLetter] = []
+        try:
+            while len(letters) < limit:
+                try:
+                    msg = await sub.next_msg(timeout=0.5)
+                except nats.errors.TimeoutError:
+                    break
+                letters.append(decode(msg.data, DeadLetter))
+                if msg.metadata.num_pending == 0:
+                    break
+        finally:
+            await sub.unsubscribe()
+        return letters
+
+
+# --------------------------------------------------------------------------- sync API
+
+
+class _LoopThread:
+    """One event loop in a daemon thread, shared by the sync API of a process."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        loop = self._loop
+        if loop is None:
+            with self._lock:
+                if self._loop is None:
+                    self._loop = self._start()
+                loop = self._loop
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
+
+    @staticmethod
+    def _start() -> asyncio.AbstractEventLoop:
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, name="naq-sync-client", daemon=True)
+        thread.start()
+        return loop
+
+
+_loop_thread = _LoopThread()
+
+
+class SyncJob:
+    """`Job` for synchronous code."""
+
+    __slots__ = ("_job", "_runner")
+
+    def __init__(self, job: Job, runner: _LoopThread) -> None:
+        self._job = job
+        self._runner = runner
+
+    @property
+    def job_id(self) -> str:
+        return self._job.job_id
+
+    @property
+    def queue(self) -> str:
+        return self._job.queue
+
+    @property
+    def function(self) -> str:
+        return self._job.function
+
+    def __repr__(self) -> str:
+        return repr(self._job)
+
+    def status(self) -> JobStatus:
+        return self._runner.run(self._job.status())
+
+    def result(self, timeout: float | None = 30.0) -> Any:
+        return self._runner.run(self._job.result(timeout))
+
+
+class SyncClient:
+    """`Client` for synchronous code: `with SyncClient() as client: client.enqueue(...)`."""
+
+    def __init__(self, nats_url: str | None = None, **options: Any) -> None:
+        self._client = Client(nats_url, **options)
+        self._runner = _loop_thread
+
+    def __enter__(self) -> SyncClient:
+        self._runner.run(self._client.connect())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._runner.run(self._client.close())
+
+    def enqueue(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> SyncJob:
+        return SyncJob(self._runner.run(self._client.enqueue(func, *args, **kwargs)), self._runner)
+
+    def enqueue_many(
+        self, func: Callable[..., Any], calls: Iterable[Sequence[Any]], **options: Any
+    ) -> list[SyncJob]:
+        jobs = self._runner.run(self._client.enqueue_many(func, calls, **options))
+        return [SyncJob(job, self._runner) for job in jobs]
+
+    def get_dead_letter_jobs(self, name: str, limit: int = 100) -> list[DeadLetter]:
+        return self._runner.run(self._client.get_dead_letter_jobs(name, limit))
+
+
+# --------------------------------------------------------------------------- module-level API
+
+_default_clients: dict[str, Client] = {}
+
+
+def _default_client(nats_url: str | None) -> Client:
+    """One client per URL for the module-level functions, kept for the process's life."""
+    url = nats_url or ConnectionSettings.from_env().url
+    client = _default_clients.get(url)
+    if client is None:
+        client = _default_clients[url] = Client(url)
+    return client
+
+
+async def enqueue(
+    func: Callable[..., Any], *args: Any, nats_url: str | None = None, **kwargs: Any
+) -> Job:
+    """`Client.enqueue` on a shared connection to `nats_url` (or `NAQ_NATS_URL`)."""
+    return await _default_client(nats_url).enqueue(func, *args, **kwargs)
+
+
+async def enqueue_many(
+    func: Callable[..., Any],
+    calls: Iterable[Sequence[Any]],
+    *,
+    nats_url: str | None = None,
+    **options: Any,
+) -> list[Job]:
+    return await _default_client(nats_url).enqueue_many(func, calls, **options)
+
+
+async def get_dead_letter_jobs(
+    name: str, limit: int = 100, *, nats_url: str | None = None
+) -> list[DeadLetter]:
+    return await _default_client(nats_url).get_dead_letter_jobs(name, limit)
+
+
+_sync_clients: dict[str, SyncClient] = {}
+
+
+def _default_sync_client(nats_url: str | None) -> SyncClient:
+    url = nats_url or ConnectionSettings.from_env().url
+    client = _sync_clients.get(url)
+    if client is None:
+        client = _sync_clients[url] = SyncClient(url)
+    return client
+
+
+def enqueue_sync(
+    func: Callable[..., Any], *args: Any, nats_url: str | None = None, **kwargs: Any
+) -> SyncJob:
+    """`enqueue` for synchronous code; safe to call from inside a running event loop's thread."""
+    return _default_sync_client(nats_url).enqueue(func, *args, **kwargs)
+
+
+@atexit.register
+def _close_sync_clients() -> None:
+    for client in list(_sync_clients.values()):
+        with contextlib.suppress(Exception):  # exiting: a dead server must not block it
+            client.close()

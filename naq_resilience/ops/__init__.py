@@ -1,0 +1,1 @@
+"""Floor 4: operations around failure (logging now; monitoring, alerts, incidents next)."""

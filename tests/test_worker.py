@@ -1,0 +1,353 @@
+"""The worker against a real nats-server, in this process: outcomes, retries, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import nats
+import pytest
+import worker_jobs
+from nats.js.errors import NotFoundError
+
+from naq_resilience import (
+    Client,
+    DataValidationError,
+    JobFailedError,
+    JobStatus,
+    SecurityError,
+    Worker,
+    on_critical,
+    remove_critical_hook,
+)
+from naq_resilience.codec import decode
+from naq_resilience.jetstream import layout
+from naq_resilience.models import FailureRecord
+
+pytestmark = pytest.mark.usefixtures("clean_jetstream")
+T = TypeVar("T")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_job_module() -> None:
+    worker_jobs.calls.clear()
+    worker_jobs.undone.clear()
+    worker_jobs._attempts.clear()
+
+
+@asynccontextmanager
+async def working(url: str, **options: Any) -> AsyncIterator[Worker]:
+    options.setdefault("imports", ["worker_jobs"])
+    worker = Worker(options.pop("queues", "default"), nats_url=url, **options)
+    task = asyncio.create_task(worker.run())
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        await task
+
+
+async def failure_records(url: str, job_id: str, queue: str = "default") -> list[FailureRecord]:
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        sub = await js.subscribe(
+            layout.failure_subject(queue, job_id), ordered_consumer=True,
+            stream=layout.FAILURE_STREAM,
+        )  # fmt: skip
+        records: list[FailureRecord] = []
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=1)
+            except nats.errors.TimeoutError:
+                return records
+            records.append(decode(msg.data, FailureRecord))
+            if msg.metadata.num_pending == 0:
+                return records
+    finally:
+        await nc.close()
+
+
+async def until(predicate: Callable[[], Any], timeout: float = 20.0) -> None:
+    """Poll until `predicate()` (maybe async) is true; a generous bound, not a timing test."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(0.02)
+
+
+def test_async_and_sync_jobs_run_and_return_results(nats_url: str) -> None:
+    async def main() -> None:
+        async with Client(nats_url) as client, working(nats_url):
+            added = await client.enqueue(worker_jobs.add, 2, b=3, result_ttl=60)
+            multiplied = await client.enqueue(worker_jobs.sync_multiply, 6, 7, result_ttl=60)
+            assert await added.result(timeout=20) == 5
+            assert await multiplied.result(timeout=20) == 42
+            assert await added.status() is JobStatus.COMPLETED
+        assert ("add", (2, 3)) in worker_jobs.calls
+        assert ("sync_multiply", (6, 7)) in worker_jobs.calls
+
+    run(main())
+
+
+def test_arguments_are_converted_to_annotations(nats_url: str) -> None:
+    when = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+
+    async def main() -> None:
+        async with Client(nats_url) as client, working(nats_url):
+            job = await client.enqueue(worker_jobs.typed, when, 3, ("a", "b"), result_ttl=60)
+            assert await job.result(timeout=20) == "2026:3:a,b"
+        ((_, (got_when, count, tags)),) = worker_jobs.calls
+        assert got_when == when
+        assert count == 3
+        assert tags == ("a", "b")
+
+    run(main())
+
+
+def test_argument_that_does_not_match_is_a_dead_letter_at_once(nats_url: str) -> None:
+    async def main() -> None:
+        async with Client(nats_url) as client, working(nats_url):
+            job = await client.enqueue(worker_jobs.typed, "not a date", 3, [], max_retries=5)
+            await until(lambda: _is(job.status(), JobStatus.DEAD))
+            (letter,) = await client.get_dead_letter_jobs("default.dead")
+        assert "non-retryable" in letter.reason
+        assert (
+            letter.failures[0].error_type == f"{DataValidationError.__module__}:DataValidationError"
+        )
+        assert "'when'" in letter.failures[0].message
+        assert worker_jobs.calls == []
+
+    run(main())
+
+
+async def _is(status: Coroutine[Any, Any, JobStatus], expected: JobStatus) -> bool:
+    return await status is expected
+
+
+def test_broker_scheduled_retries_then_success(nats_url: str) -> None:
+    async def main() -> None:
+        async with Client(nats_url) as client, working(nats_url):
+            job = await client.enqueue(worker_jobs.fails_twice, "k1", result_ttl=60)
+            assert await job.result(timeout=30) == "k1 ok after 3"
+            records = await failure_records(nats_url, job.job_id)
+        assert [(r.attempt, r.outcome, r.max_attempts) for r in records] == [
+            (1, "retry", 4),
+            (2, "retry", 4),
+        ]
+        for record in records:
+            assert record.error_type == "builtins:ConnectionError"
+            assert record.classification == "retryable"
+            assert record.next_retry_at is not None
+            assert record.next_retry_at - record.failed_at == pytest.approx(0.2)
+            assert "Traceback" in record.traceback
+            assert record.worker_id
+        # The broker, not the worker, waited: the next attempt began after the delay.
+        assert records[1].started_at >= records[0].next_retry_at - 0.01  # type: ignore[operator]
+
+    run(main())
+
+
+def test_enqueue_options_override_the_decorator(nats_url: str) -> None:
+    async def main() -> None:
+        async with Client(nats_url) as client, working(nats_url):
+            # retry_on names the only errors to retry: KeyError is retried up to 2 times.
+            keys = await client.enqueue(
+                worker_jobs.raises, "key", retry_on=[KeyError], max_retries=2, retry_delay=0
+            )
+            # ConnectionError is not in retry_on: dead after one attempt.
+            down = await client.enqueue(worker_jobs.raises, "connection", retry_on=(KeyError,))
+            # ignore_on beats the decorator's defaults: TimeoutError is not retried.
+            slow = await client.enqueue(worker_jobs.raises, "timeout", ignore_on=TimeoutError)
+            for job in (keys, down, slow):
+                await until(lambda job=job: _is(job.status(), JobStatus.DEAD))
+            letters = {d.job.id: d for d in await client.get_dead_letter_jobs("default.dead")}
+        assert [f.attempt for f in letters[keys.job_id].failures] == [1, 2, 3]
+        assert "out of attempts (3 of 3)" in letters[keys.job_id].reason
+        assert [f.attempt for f in letters[down.job_id].failures] == [1]
+        assert "non-retryable" in letters[down.job_id].reason
+        assert [f.attempt for f in letters[slow.job_id].failures] == [1]
+
+    run(main())
+
+
+def test_critical_error_is_dead_at_once_and_reported(nats_url: str) -> None:
+    seen: list[BaseException] = []
+    hook = on_critical(seen.append)
+
+    async def main() -> None:
+        async with Client(nats_url) as client, working(nats_url):
+            job = await client.enqueue(worker_jobs.raises, "security", max_retries=5, result_ttl=60)
+            with pytest.raises(JobFailedError, match="tampered"):
+                await job.result(timeout=20)
+            (letter,) = await client.get_dead_letter_jobs("default.dead")
+        assert letter.reason.startswith("critical error")
+        assert letter.failures[0].classification == "critical"
+        assert len(seen) == 1
+        assert isinstance(seen[0], SecurityError)
+
+    try:
+        run(main())
+    finally:
+        remove_critical_hook(hook)
+
+
+def test_dead_letter_holds_envelope_history_and_reason_in_its_queue(nats_url: str) -> None:
+    async def main() -> None:
+        async with Client(nats_url) as client, working(nats_url):
+            job = await client.enqueue(
+                worker_jobs.raises, "connection", max_retries=1, retry_delay=0,
+                dead_letter_queue="ops.review", dead_letter_ttl=3600,
+            )  # fmt: skip
+            await until(lambda: _is(job.status(), JobStatus.DEAD))
+            assert await client.get_dead_letter_jobs("default.dead") == []
+            (letter,) = await client.get_dead_letter_jobs("ops.review")
+            nc = await nats.connect(nats_url)
+            stored = await nc.jetstream().get_last_msg(
+                layout.DEAD_STREAM, layout.dead_subject("ops.review", job.job_id)
+            )
+            await nc.close()
+        assert letter.job is not None
+        assert letter.job.id == job.job_id
+        assert letter.job.args == ["connection"]
+        assert letter.dead_letter_queue == "ops.review"
+        assert [f.attempt for f in letter.failures] == [1, 2]
+        assert [f.outcome for f in letter.failures] == ["retry", "dead"]
+        assert stored.headers is not None
+        assert stored.headers.get("Nats-TTL") == "3600"
+
+    run(main())
+
+
+def test_unallowed_function_is_dead_lettered_without_importing(nats_url: str) -> None:
+    import json_helpers_never_imported_by_workers as forbidden  # a module on sys.path
+
+    async def main() -> None:
+        async with Client(nats_url) as client:
+            job = await client.enqueue(forbidden.anything, 1)
+            sys.modules.pop(forbidden.__name__)
+            async with working(nats_url):
+                await until(lambda: _is(job.status(), JobStatus.DEAD))
+                follow_up = await client.enqueue(worker_jobs.add, 1, 1, result_ttl=60)
+                assert await follow_up.result(timeout=20) == 2
+            (letter,) = await client.get_dead_letter_jobs("default.dead")
+        assert "not in a module this worker was told to import" in letter.reason
+        assert forbidden.__name__ not in sys.modules
+
+    run(main())
+
+
+def test_unencodable_argument_fails_at_enqueue_naming_it(nats_url: str) -> None:
+    async def main() -> None:
+        async with Client(nats_url) as client:
+            with pytest.raises(TypeError, match="keyword argument 'b' of worker_jobs:add"):
+                await client.enqueue(worker_jobs.add, 1, b=object())
+
+    run(main())
+
+
+def test_bad_options_fail_at_enqueue(nats_url: str) -> None:
+    async def main() -> None:
+        async with Client(nats_url) as client:
+            with pytest.raises(ValueError, match="queue_name"):
+                await client.enqueue(worker_jobs.add, 1, 2, queue_name="a.b")
+            with pytest.raises(ValueError, match="max_retries"):
+                await client.enqueue(worker_jobs.add, 1, 2, max_retries=-1)
+            with pytest.raises(ValueError, match="unknown retry_strategy"):
+                await client.enqueue(worker_jobs.add, 1, 2, retry_strategy="soon")
+            with pytest.raises(TypeError, match="exception classes"):
+                await client.enqueue(worker_jobs.add, 1, 2, retry_on=[3])
+
+    run(main())
+
+
+def test_open_breaker_defers_without_using_attempts(nats_url: str, tmp_path: Any) -> None:
+    import os
+
+    os.environ["NAQ_TEST_TRACE_DIR"] = str(tmp_path)
+
+    async def main() -> None:
+        async with Client(nats_url) as client, working(nats_url, concurrency=1):
+            first = [
+                await client.enqueue(worker_jobs.call_dependency, f"f{i}", max_retries=0)
+                for i in range(3)
+            ]
+            for job in first:
+                await until(lambda job=job: _is(job.status(), JobStatus.DEAD))
+            # The breaker is open now: these are deferred, not failed.
+            later = [
+                await client.enqueue(worker_jobs.call_dependency, f"l{i}", max_retries=0,
+                                     result_ttl=60)
+                for i in range(3)
+            ]  # fmt: skip
+            await asyncio.sleep(0.3)
+            worker_jobs.flag_path().touch()
+            results = [await job.result(timeout=30) for job in later]
+            for job in later:
+                # deferred, never failed: no failure record, and not a dead letter
+                assert await failure_records(nats_url, job.job_id) == []
+            nc = await nats.connect(nats_url)
+            deferrals = await nc.jetstream().key_value(layout.DEFERRAL_BUCKET)
+            deferred = await deferrals.get(later[0].job_id)
+            await nc.close()
+        assert results == ["l0", "l1", "l2"]
+        assert deferred.value is not None
+        assert int(deferred.value) >= 1
+
+    try:
+        run(main())
+    finally:
+        os.environ.pop("NAQ_TEST_TRACE_DIR", None)
+
+
+def test_enqueue_sync_from_plain_code_and_from_a_running_loop(nats_url: str) -> None:
+    from naq_resilience import SyncClient, enqueue_sync
+
+    with SyncClient(nats_url) as client:
+        first = client.enqueue(worker_jobs.add, 1, 1)
+    second = enqueue_sync(worker_jobs.add, 2, 2, nats_url=nats_url)
+
+    async def inside_a_loop() -> str:
+        return enqueue_sync(worker_jobs.add, 3, 3, nats_url=nats_url).job_id
+
+    third = run(inside_a_loop())
+    assert len({first.job_id, second.job_id, third}) == 3
+
+    async def drain() -> None:
+        async with working(nats_url):
+            await until(lambda: len(worker_jobs.calls) == 3)
+
+    run(drain())
+    assert sorted(args for _, args in worker_jobs.calls) == [(1, 1), (2, 2), (3, 3)]
+
+
+def test_job_status_of_a_queued_job(nats_url: str) -> None:
+    async def main() -> None:
+        async with Client(nats_url) as client:
+            job = await client.enqueue(worker_jobs.add, 1, 2)
+            assert await job.status() is JobStatus.QUEUED
+            with pytest.raises(ValueError, match="result_ttl"):
+                await job.result()
+            nc = await nats.connect(nats_url)
+            with pytest.raises(NotFoundError):
+                await nc.jetstream().get_last_msg(
+                    layout.DEAD_STREAM, layout.dead_subject("default.dead", job.job_id)
+                )
+            await nc.close()
+
+    run(main())

@@ -1,0 +1,251 @@
+"""Workers as real processes: kill -9, server crash and restart, SIGTERM, poison jobs,
+breaker state shared between processes, and saga rollback after a crash."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+import worker_jobs
+
+from naq_resilience import Client, JobStatus
+from naq_resilience.codec import decode
+from naq_resilience.jetstream import layout
+from naq_resilience.models import BreakerRecord
+
+TESTS = Path(__file__).parent
+
+
+class WorkerProcess:
+    """`naq worker default --import worker_jobs ...` in its own process group."""
+
+    def __init__(self, url: str, trace: Path, *options: str, name: str = "worker") -> None:
+        env = dict(os.environ)
+        env.update(
+            NAQ_NATS_URL=url,
+            NAQ_TEST_TRACE_DIR=str(trace),
+            PYTHONPATH=os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")]),
+        )
+        self.log_path = trace / f"{name}.stderr"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "naq_resilience.cli", "worker", "default",
+             "--import", "worker_jobs", "--log-level", "INFO", *options],
+            env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        self.wait_for_log("started")
+
+    def wait_for_log(self, text: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.log_path.read_text(errors="replace"):
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited {self.proc.returncode}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"worker never logged {text!r}:\n{self.log()}")
+            time.sleep(0.05)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        self._log.close()
+
+
+@pytest.fixture
+def trace(tmp_path: Path) -> Iterator[Path]:
+    os.environ["NAQ_TEST_TRACE_DIR"] = str(tmp_path)
+    yield tmp_path
+    os.environ.pop("NAQ_TEST_TRACE_DIR", None)
+
+
+@pytest.fixture
+def workers(trace: Path) -> Iterator[list[WorkerProcess]]:
+    started: list[WorkerProcess] = []
+    yield started
+    for worker in started:
+        worker.stop()
+
+
+def events(trace: Path) -> list[str]:
+    lines: list[str] = []
+    for path in sorted(trace.glob("*.log")):
+        lines += path.read_text().splitlines()
+    return lines
+
+
+def wait_until(predicate: Any, timeout: float = 60.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout}s")
+        time.sleep(0.05)
+
+
+def enqueue(url: str, func: Any, calls: list[tuple[Any, ...]], **options: Any) -> list[str]:
+    async def main() -> list[str]:
+        async with Client(url) as client:
+            jobs = await client.enqueue_many(func, calls, **options)
+        return [job.job_id for job in jobs]
+
+    return asyncio.run(main())
+
+
+def status(url: str, job_id: str) -> JobStatus:
+    async def main() -> JobStatus:
+        async with Client(url) as client:
+            return await client.job_status(job_id)
+
+    return asyncio.run(main())
+
+
+pytestmark = pytest.mark.usefixtures("clean_jetstream")
+
+
+def test_kill_9_of_a_worker_mid_run_loses_no_job(
+    nats_url: str, trace: Path, workers: list[WorkerProcess]
+) -> None:
+    tags = [f"k{i}" for i in range(12)]
+    enqueue(nats_url, worker_jobs.slow, [(0.4, tag) for tag in tags], max_retries=3)
+    first = WorkerProcess(nats_url, trace, "--concurrency", "4", "--ack-wait", "2", name="a")
+    workers.append(first)
+    wait_until(lambda: sum(e.startswith("start") for e in events(trace)) >= 4, what="jobs start")
+    first.kill()
+    in_flight = {e.split()[1] for e in events(trace) if e.startswith("start")} - {
+        e.split()[1] for e in events(trace) if e.startswith("done")
+    }
+    assert in_flight, "the kill should land while jobs run"
+    workers.append(
+        WorkerProcess(nats_url, trace, "--concurrency", "4", "--ack-wait", "2", name="b")
+    )
+    wait_until(
+        lambda: {e.split()[1] for e in events(trace) if e.startswith("done")} == set(tags),
+        what="every job done",
+    )
+    # The jobs killed mid-run ran again: at-least-once, never lost.
+    started = [e.split()[1] for e in events(trace) if e.startswith("start")]
+    assert all(started.count(tag) >= 2 for tag in in_flight)
+
+
+def test_server_killed_and_restarted_mid_run_loses_no_job(
+    fresh_nats_server: Any, trace: Path, workers: list[WorkerProcess]
+) -> None:
+    url = fresh_nats_server.url
+    tags = [f"s{i}" for i in range(150)]
+    enqueue(url, worker_jobs.slow, [(0.02, tag) for tag in tags], max_retries=5)
+    workers.append(WorkerProcess(url, trace, "--concurrency", "4", name="w"))
+    wait_until(lambda: sum(e.startswith("done") for e in events(trace)) >= 20, what="progress")
+    fresh_nats_server.kill()
+    time.sleep(0.5)
+    fresh_nats_server.restart()
+    wait_until(
+        lambda: {e.split()[1] for e in events(trace) if e.startswith("done")} == set(tags),
+        timeout=90,
+        what="every job done after the restart",
+    )
+    assert workers[0].proc.poll() is None, "the worker must survive the server restart"
+
+
+def test_sigterm_finishes_the_running_job_then_exits(
+    nats_url: str, trace: Path, workers: list[WorkerProcess]
+) -> None:
+    (job_id,) = enqueue(nats_url, worker_jobs.slow, [(1.0, "g")])
+    worker = WorkerProcess(nats_url, trace, "--concurrency", "2", name="g")
+    workers.append(worker)
+    wait_until(lambda: "start g" in events(trace), what="the job starts")
+    assert worker.terminate() == 0
+    assert events(trace) == ["start g", "done g"]
+    assert status(nats_url, job_id) is JobStatus.FINISHED
+    assert "stopped" in worker.log()
+
+
+def test_poison_job_ends_in_the_dead_letter_queue(
+    nats_url: str, trace: Path, workers: list[WorkerProcess]
+) -> None:
+    (job_id,) = enqueue(nats_url, worker_jobs.crash, [("p",)], max_retries=1)
+    for round_ in range(2):  # each delivery takes the worker down with it
+        worker = WorkerProcess(nats_url, trace, "--ack-wait", "1", name=f"p{round_}")
+        workers.append(worker)
+        worker.proc.wait(30)
+        assert worker.proc.returncode == 17
+    survivor = WorkerProcess(nats_url, trace, "--ack-wait", "1", name="survivor")
+    workers.append(survivor)
+    wait_until(lambda: status(nats_url, job_id) is JobStatus.DEAD, what="dead letter")
+    assert survivor.proc.poll() is None
+    assert events(trace).count("crash p") == 2
+
+    async def letters() -> Any:
+        async with Client(nats_url) as client:
+            return await client.get_dead_letter_jobs("default.dead")
+
+    (letter,) = asyncio.run(letters())
+    assert "poison" in letter.reason
+
+
+def test_open_breaker_is_shared_with_another_worker_process(
+    nats_url: str, trace: Path, workers: list[WorkerProcess]
+) -> None:
+    enqueue(nats_url, worker_jobs.call_dependency, [(f"f{i}",) for i in range(3)], max_retries=0)
+    first = WorkerProcess(nats_url, trace, "--concurrency", "1", name="a")
+    workers.append(first)
+    wait_until(lambda: events(trace).count("fail f0") + events(trace).count("fail f1")
+               + events(trace).count("fail f2") == 3, what="three failures")  # fmt: skip
+
+    async def breaker_state() -> str:
+        nc = await nats.connect(nats_url)
+        try:
+            kv = await nc.jetstream().key_value(layout.BREAKER_BUCKET)
+            keys = await kv.keys()
+            entry = await kv.get(keys[0])
+            assert entry.value is not None
+            return decode(entry.value, BreakerRecord).state
+        finally:
+            await nc.close()
+
+    wait_until(lambda: asyncio.run(breaker_state()) == "open", what="breaker open in KV")
+    assert first.terminate() == 0
+    # A new worker learns the open state from the bucket: it must not call the
+    # dependency, only defer, until the breaker may close.
+    later = enqueue(nats_url, worker_jobs.call_dependency, [(f"l{i}",) for i in range(4)],
+                    max_retries=0)  # fmt: skip
+    workers.append(WorkerProcess(nats_url, trace, "--concurrency", "1", name="b"))
+    time.sleep(0.5)
+    assert not [e for e in events(trace) if e.startswith("fail l")]
+    worker_jobs.flag_path().touch()
+    wait_until(lambda: all(f"ok l{i}" in events(trace) for i in range(4)), what="jobs complete")
+    assert not [e for e in events(trace) if e.startswith("fail l")]
+    assert all(status(nats_url, job_id) is JobStatus.FINISHED for job_id in later)
+
+
+def test_saga_interrupted_by_a_crash_is_rolled_back_on_redelivery(
+    nats_url: str, trace: Path, workers: list[WorkerProcess]
+) -> None:
+    enqueue(nats_url, worker_jobs.order, [("book", True)], max_retries=2)
+    crashed = WorkerProcess(nats_url, trace, "--ack-wait", "1", name="crashed")
+    workers.append(crashed)
+    crashed.proc.wait(30)
+    assert events(trace) == ["reserve book"]
+    workers.append(WorkerProcess(nats_url, trace, "--ack-wait", "1", name="next"))
+    wait_until(lambda: "ordered book" in events(trace), what="the job completes")
+    assert events(trace) == ["reserve book", "undo reserve book", "reserve book", "ordered book"]

@@ -1,0 +1,131 @@
+"""Job functions for the worker tests; a worker imports this module by name.
+
+In-process tests read the module-level lists; subprocess workers leave their trace in
+files under $NAQ_TEST_TRACE_DIR, one line per event, so a test can count what ran
+even across killed processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from datetime import datetime
+from pathlib import Path
+
+from naq_resilience import (
+    CircuitBreakerOpenError,
+    SecurityError,
+    circuit_breaker,
+    compensate,
+    retry,
+    saga,
+)
+
+calls: list[tuple[str, object]] = []
+undone: list[object] = []
+
+
+def trace(event: str) -> None:
+    directory = os.environ.get("NAQ_TEST_TRACE_DIR")
+    if directory:
+        with open(Path(directory) / f"{os.getpid()}.log", "a") as f:
+            f.write(event + "\n")
+
+
+async def add(a: int, b: int) -> int:
+    calls.append(("add", (a, b)))
+    return a + b
+
+
+def sync_multiply(a: int, b: int) -> int:
+    calls.append(("sync_multiply", (a, b)))
+    return a * b
+
+
+def typed(when: datetime, count: int, tags: tuple[str, ...]) -> str:
+    calls.append(("typed", (when, count, tags)))
+    return f"{when.year}:{count}:{','.join(tags)}"
+
+
+_attempts: dict[str, int] = {}
+
+
+@retry(max_retries=3, retry_delay=0.2, retry_strategy="fixed", jitter=None)
+async def fails_twice(key: str) -> str:
+    _attempts[key] = _attempts.get(key, 0) + 1
+    calls.append(("fails_twice", (key, _attempts[key])))
+    if _attempts[key] <= 2:
+        raise ConnectionError(f"attempt {_attempts[key]} of {key} failed")
+    return f"{key} ok after {_attempts[key]}"
+
+
+@retry(max_retries=5, retry_delay=0)
+async def raises(kind: str) -> None:
+    calls.append(("raises", kind))
+    errors: dict[str, BaseException] = {
+        "key": KeyError("missing"),
+        "connection": ConnectionError("down"),
+        "value": ValueError("bad input"),
+        "security": SecurityError("tampered payload"),
+        "timeout": TimeoutError("slow"),
+    }
+    raise errors[kind]
+
+
+async def slow(seconds: float, tag: str) -> str:
+    trace(f"start {tag}")
+    await asyncio.sleep(seconds)
+    trace(f"done {tag}")
+    return tag
+
+
+def slow_sync(seconds: float, tag: str) -> str:
+    trace(f"start {tag}")
+    time.sleep(seconds)
+    trace(f"done {tag}")
+    return tag
+
+
+def crash(tag: str) -> None:
+    """Takes the whole worker process down, like a segfault would."""
+    trace(f"crash {tag}")
+    os._exit(17)
+
+
+def flag_path() -> Path:
+    return Path(os.environ["NAQ_TEST_TRACE_DIR"]) / "dependency-is-up"
+
+
+@circuit_breaker(name="tests:shared-dependency", failure_threshold=3, recovery_timeout=1.5)
+async def call_dependency(tag: str) -> str:
+    """Fails until the test creates the flag file: a dependency that is down, then up."""
+    if not flag_path().exists():
+        trace(f"fail {tag}")
+        raise ConnectionError("dependency down")
+    trace(f"ok {tag}")
+    return tag
+
+
+def _undo_reserve(result: str, item: str) -> None:
+    undone.append(("reserve", item))
+    trace(f"undo reserve {item}")
+
+
+@compensate(undo=_undo_reserve)
+def reserve(item: str) -> str:
+    trace(f"reserve {item}")
+    return f"reservation-{item}"
+
+
+@saga
+def order(item: str, crash_after_reserve: bool = False) -> str:
+    reserve(item)
+    if crash_after_reserve and not (Path(os.environ["NAQ_TEST_TRACE_DIR"]) / "crashed").exists():
+        (Path(os.environ["NAQ_TEST_TRACE_DIR"]) / "crashed").touch()
+        os._exit(17)
+    trace(f"ordered {item}")
+    return item
+
+
+__all__ = ["CircuitBreakerOpenError"]

@@ -100,11 +100,15 @@ DEAD_STREAM = "NAQ_DEAD"
 FAILURE_STREAM = "NAQ_FAILURES"
 WORKER_CONSUMER = f"naq-worker-{QUEUE}"
 DEAD_FILTER = f"naq.dead.{QUEUE}.dead.>"
-NAQ_WORKER_ARGS: tuple[str, ...] = (
-    "-m", "naq_resilience.cli", "worker", QUEUE,
-    "--import", "bench_jobs",
-    "--concurrency", "256",
-)  # fmt: skip
+NAQ_WORKER_ARGS: tuple[str, ...] = (QUEUE, "--import", "bench_jobs", "--concurrency", "256")
+_CLI_SHIM = (  # the `naq worker` sub-command mounted by hand, while `naq_resilience.cli` is absent
+    "import argparse, sys\n"
+    "from naq_resilience.cli_worker import add_worker_command\n"
+    "parser = argparse.ArgumentParser(prog='naq')\n"
+    "add_worker_command(parser.add_subparsers(dest='command', required=True))\n"
+    "args = parser.parse_args()\n"
+    "sys.exit(args.handler(args))\n"
+)
 
 WHO = ("producer", "worker", "server")
 WARMUP_JOBS = 256
@@ -656,8 +660,6 @@ def _naq_api() -> tuple[Any, Any, Any]:
             "naq_resilience has no Client yet (the job layer has not landed in this "
             f"checkout): {exc}"
         ) from exc
-    if importlib.util.find_spec("naq_resilience.cli") is None:
-        raise RuntimeError("naq_resilience.cli (the worker command) is missing in this checkout")
     from bench_jobs import always_fails, noop
 
     return Client, noop, always_fails
@@ -697,8 +699,17 @@ async def naq_enqueue(ctx: Ctx, n: int) -> Sample:
     return Sample(n, seconds, cpu)
 
 
+def naq_worker_command() -> list[str]:
+    """``python -m naq_resilience.cli worker bench --import bench_jobs --concurrency 256``."""
+    if importlib.util.find_spec("naq_resilience.cli") is not None:
+        return [sys.executable, "-m", "naq_resilience.cli", "worker", *NAQ_WORKER_ARGS]
+    if importlib.util.find_spec("naq_resilience.cli_worker") is not None:
+        return [sys.executable, "-c", _CLI_SHIM, "worker", *NAQ_WORKER_ARGS]
+    raise RuntimeError("this checkout has no worker command (naq_resilience.cli)")
+
+
 def _naq_worker(ctx: Ctx) -> WorkerProcess:
-    return ctx.worker("naq-worker", [sys.executable, *NAQ_WORKER_ARGS])
+    return ctx.worker("naq-worker", naq_worker_command())
 
 
 async def _naq_started(ctx: Ctx, client: Any, noop: Any) -> None:

@@ -28,10 +28,11 @@ timed window starts before the first job is enqueued and ends when the worker's
 durable consumer has an ack floor at the last enqueued stream sequence with nothing
 pending or unacknowledged (polled every 5 ms); rate = N / window, so an end-to-end rate
 includes enqueueing (producer and worker run concurrently, as in production). Enqueue
-only is timed until the last publish ack. CPU seconds of the producer (this process,
-which also polls), the worker's process group and the nats-server are read from
-/proc around the window and shown in microseconds per job: on a 2-core machine they
-say where the time goes (``total`` near ``2 x wall`` means CPU-bound). Worker memory is
+only is timed until the last publish ack. CPU seconds of the producer (this process:
+the enqueueing and also the polling, which costs per second, so it weighs more in slow
+cases), the worker's process group and the nats-server are read from /proc around the
+window and shown in microseconds per job: on a 2-core machine they say where the time
+goes (producer + worker + server near ``2 x wall`` means CPU-bound). Worker memory is
 VmRSS from /proc/<pid>/status, summed over the worker's process group, after a 5,000-job
 warm-up and again after 100,000 more jobs have been acknowledged (0.5 s after each).
 
@@ -56,6 +57,11 @@ Run from the repository root (the script puts its own checkout first on
 
     python benchmarks/bench_worker.py [--quick] [--n 20000] [--rounds 3]
         [--memory-jobs 100000] [--cases raw,naq,taskiq,faststream] [--json PATH]
+        [--log-dir DIR] [--profile-dir DIR]
+
+``--profile-dir`` attaches py-spy (250 Hz, collapsed stacks) to the producer and to
+each worker during the timed windows; such a run's timings are perturbed. The peers
+need ``pip install -e '.[bench]'``; without them their rows are ``n/a``.
 """
 
 from __future__ import annotations
@@ -81,7 +87,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import IO, TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NatsClient
@@ -480,13 +486,63 @@ class Ctx:
     js: JetStreamContext
     log_dir: Path
     timeout: float
+    profile_dir: Path | None = None
+    label: str = ""  # the running case and round, for profile file names
 
     def meter(self, worker: WorkerProcess | None = None) -> CpuMeter:
         return CpuMeter(self.server_pid, worker.pgid if worker else None)
 
+    @contextlib.asynccontextmanager
+    async def profiling(self, worker: WorkerProcess | None = None) -> Any:
+        """py-spy on the producer and the worker during the timed window (--profile-dir).
+
+        Collapsed stacks go to ``<profile-dir>/<case>.<round>.<process>.txt``; the
+        timings of such a run are perturbed by the sampling and must not be compared.
+        """
+        if self.profile_dir is None:
+            yield
+            return
+        procs = _spy_start(
+            self.profile_dir, self.label, os.getpid(), worker.pgid if worker else None
+        )
+        await asyncio.sleep(1.0)  # let py-spy attach before the window opens
+        try:
+            yield
+        finally:
+            _spy_stop(procs)
+
     def worker(self, name: str, cmd: list[str]) -> WorkerProcess:
         env = {"NAQ_NATS_URL": self.url, "BENCH_NATS_URL": self.url}
         return WorkerProcess(name, cmd, env, self.log_dir)
+
+
+def _spy_start(
+    profile_dir: Path, label: str, producer: int, worker_pgid: int | None
+) -> list[tuple[subprocess.Popen[bytes], IO[bytes]]]:
+    spy = Path(sys.executable).parent / "py-spy"
+    procs = []
+    targets = [("producer", producer), *([("worker", worker_pgid)] if worker_pgid else [])]
+    for who, pid in targets:
+        out = profile_dir / f"{label}.{who}.txt"
+        cmd = [str(spy), "record", "-p", str(pid), "-r", "250", "-f", "raw", "-o", str(out)]
+        # The worker is a child of the producer: only the worker's own children (taskiq's
+        # worker processes) may be followed.
+        cmd += ["--nonblocking", *(["--subprocesses"] if who == "worker" else [])]
+        log = open(profile_dir / f"{label}.{who}.log", "ab")  # noqa: SIM115 (closed by _spy_stop)
+        procs.append((subprocess.Popen(cmd, stdout=log, stderr=log), log))
+    return procs
+
+
+def _spy_stop(procs: list[tuple[subprocess.Popen[bytes], IO[bytes]]]) -> None:
+    for proc, _ in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+    for proc, log in procs:
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
 
 
 CaseFn = Callable[[Ctx, int], Awaitable[Sample]]
@@ -600,12 +656,13 @@ async def raw_enqueue(ctx: Ctx, n: int) -> Sample:
         await _raw_publish(js, WARMUP_JOBS)
         await ctx.js.purge_stream(RAW_STREAM)
         meter = ctx.meter()
-        gc.collect()
-        before = meter.snap()
-        t0 = time.perf_counter()
-        await _raw_publish(js, n)
-        seconds = time.perf_counter() - t0
-        cpu = meter.delta(before, meter.snap())
+        async with ctx.profiling():
+            gc.collect()
+            before = meter.snap()
+            t0 = time.perf_counter()
+            await _raw_publish(js, n)
+            seconds = time.perf_counter() - t0
+            cpu = meter.delta(before, meter.snap())
     await delete_streams(ctx.js, RAW_STREAM)
     return Sample(n, seconds, cpu)
 
@@ -637,14 +694,15 @@ async def _timed_e2e(
 ) -> Sample:
     """Enqueue `n` jobs and wait until the worker acknowledged them all."""
     meter = ctx.meter(worker)
-    gc.collect()
-    before = meter.snap()
-    t0 = time.perf_counter()
-    await enqueue()
-    t_enqueued = time.perf_counter()
-    seq = await last_seq(ctx.js, stream)
-    t1 = await wait_acked(ctx.js, stream, consumer, seq, ctx.timeout)
-    cpu = meter.delta(before, meter.snap())
+    async with ctx.profiling(worker):
+        gc.collect()
+        before = meter.snap()
+        t0 = time.perf_counter()
+        await enqueue()
+        t_enqueued = time.perf_counter()
+        seq = await last_seq(ctx.js, stream)
+        t1 = await wait_acked(ctx.js, stream, consumer, seq, ctx.timeout)
+        cpu = meter.delta(before, meter.snap())
     return Sample(n, t1 - t0, cpu, {"enqueue_rate_during": n / (t_enqueued - t0)})
 
 
@@ -684,12 +742,13 @@ async def naq_enqueue(ctx: Ctx, n: int) -> Sample:
         await ctx.js.purge_stream(JOB_STREAM)
         args = [(i,) for i in range(n)]
         meter = ctx.meter()
-        gc.collect()
-        before = meter.snap()
-        t0 = time.perf_counter()
-        jobs = await client.enqueue_many(noop, args, queue_name=QUEUE)
-        seconds = time.perf_counter() - t0
-        cpu = meter.delta(before, meter.snap())
+        async with ctx.profiling():
+            gc.collect()
+            before = meter.snap()
+            t0 = time.perf_counter()
+            jobs = await client.enqueue_many(noop, args, queue_name=QUEUE)
+            seconds = time.perf_counter() - t0
+            cpu = meter.delta(before, meter.snap())
     if len(jobs) != n:
         raise RuntimeError(f"enqueue_many returned {len(jobs)} jobs for {n} items")
     stored = (await ctx.js.stream_info(JOB_STREAM)).state.messages
@@ -776,12 +835,6 @@ async def naq_dead(ctx: Ctx, n: int) -> Sample:
                 raise RuntimeError(f"{already} dead letters before the failing jobs")
             args = [(i,) for i in range(n)]
             meter = ctx.meter(worker)
-            gc.collect()
-            before = meter.snap()
-            t0 = time.perf_counter()
-            await client.enqueue_many(always_fails, args, queue_name=QUEUE)
-            t_enqueued = time.perf_counter()
-            seq = await last_seq(ctx.js, JOB_STREAM)
 
             async def all_dead() -> bool:
                 info = await ctx.js.consumer_info(DEAD_STREAM, counter)
@@ -789,8 +842,15 @@ async def naq_dead(ctx: Ctx, n: int) -> Sample:
                     ctx.js, JOB_STREAM, WORKER_CONSUMER, seq
                 )
 
-            t1 = await poll_until(all_dead, ctx.timeout, f"{n} dead letters on {DEAD_FILTER}")
-            cpu = meter.delta(before, meter.snap())
+            async with ctx.profiling(worker):
+                gc.collect()
+                before = meter.snap()
+                t0 = time.perf_counter()
+                await client.enqueue_many(always_fails, args, queue_name=QUEUE)
+                t_enqueued = time.perf_counter()
+                seq = await last_seq(ctx.js, JOB_STREAM)
+                t1 = await poll_until(all_dead, ctx.timeout, f"{n} dead letters on {DEAD_FILTER}")
+                cpu = meter.delta(before, meter.snap())
             dead = (await ctx.js.consumer_info(DEAD_STREAM, counter)).num_pending or 0
         failures = await _stream_messages(ctx.js, FAILURE_STREAM)
     await _naq_reset(ctx.js)
@@ -878,12 +938,13 @@ async def taskiq_enqueue(ctx: Ctx, n: int) -> Sample:
         await _taskiq_enqueue(task, WARMUP_JOBS)
         await ctx.js.purge_stream(TQ_STREAM)
         meter = ctx.meter()
-        gc.collect()
-        before = meter.snap()
-        t0 = time.perf_counter()
-        await _taskiq_enqueue(task, n)
-        seconds = time.perf_counter() - t0
-        return Sample(n, seconds, meter.delta(before, meter.snap()))
+        async with ctx.profiling():
+            gc.collect()
+            before = meter.snap()
+            t0 = time.perf_counter()
+            await _taskiq_enqueue(task, n)
+            seconds = time.perf_counter() - t0
+            return Sample(n, seconds, meter.delta(before, meter.snap()))
 
 
 async def taskiq_e2e(ctx: Ctx, n: int) -> Sample:
@@ -947,12 +1008,13 @@ async def faststream_enqueue(ctx: Ctx, n: int) -> Sample:
         await _faststream_enqueue(broker, WARMUP_JOBS)
         await ctx.js.purge_stream(FS_STREAM)
         meter = ctx.meter()
-        gc.collect()
-        before = meter.snap()
-        t0 = time.perf_counter()
-        await _faststream_enqueue(broker, n)
-        seconds = time.perf_counter() - t0
-        return Sample(n, seconds, meter.delta(before, meter.snap()))
+        async with ctx.profiling():
+            gc.collect()
+            before = meter.snap()
+            t0 = time.perf_counter()
+            await _faststream_enqueue(broker, n)
+            seconds = time.perf_counter() - t0
+            return Sample(n, seconds, meter.delta(before, meter.snap()))
 
 
 async def faststream_e2e(ctx: Ctx, n: int) -> Sample:
@@ -1239,6 +1301,11 @@ def render(result: RunResult) -> str:
         f"{meta['n']:,} jobs per case; statistic: median of {meta['rounds']} interleaved "
         f"round(s) (best round beside it); one worker process; CPU in us per job.",
         *_load_warning(meta),
+        *(
+            [f"PROFILED with py-spy into {meta['profiled']}: timings are perturbed."]
+            if meta.get("profiled")
+            else []
+        ),
         "",
         "| library | case | how | jobs/s | best | vs raw | producer us | worker us "
         "| server us | wall us | notes |",
@@ -1332,6 +1399,7 @@ def to_json(result: RunResult) -> dict[str, Any]:
 
 async def _run_case(case: Case, ctx: Ctx, n: int, progress: bool, label: str) -> None:
     started = time.perf_counter()
+    ctx.label = f"{case.key}.{label.replace(' ', '')}"
     try:
         sample = await case.fn(ctx, n)
     except Exception as exc:
@@ -1359,7 +1427,7 @@ async def _run_all(
 
     await wait_jetstream(server.url)
     nc = await nats.connect(server.url)
-    ctx = Ctx(server.url, server.pid, nc.jetstream(), log_dir, args.timeout)
+    ctx = Ctx(server.url, server.pid, nc.jetstream(), log_dir, args.timeout, args.profile_dir)
     try:
         for round_number in range(args.rounds):
             runnable = [case for case in cases if case.status == "ok"]
@@ -1400,6 +1468,7 @@ def run(args: argparse.Namespace) -> RunResult:
         n=args.n,
         rounds=args.rounds,
         memory_jobs=args.memory_jobs,
+        profiled=str(args.profile_dir) if args.profile_dir else None,
         loadavg_end=_loadavg(),
     )
     by_key = {case.key: case for case in cases}
@@ -1427,6 +1496,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=240.0, help="seconds per wait")
     parser.add_argument("--log-dir", help="keep the worker logs here (default: a temp dir)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write results here")
+    parser.add_argument(
+        "--profile-dir",
+        type=Path,
+        help="py-spy the producer and each worker during the timed windows, writing collapsed "
+        "stacks here (needs py-spy in the venv; perturbs the timings)",
+    )
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     args = parser.parse_args(argv)
     args.cases = [group.strip() for group in args.cases.split(",") if group.strip()]
@@ -1439,6 +1514,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.memory_jobs = 0 if args.quick else 100_000
     if args.n < 1 or args.rounds < 1 or args.memory_jobs < 0:
         parser.error("--n and --rounds must be >= 1, --memory-jobs >= 0")
+    if args.profile_dir is not None:
+        if not (Path(sys.executable).parent / "py-spy").exists():
+            parser.error("--profile-dir needs py-spy next to this Python: pip install py-spy")
+        args.profile_dir.mkdir(parents=True, exist_ok=True)
     return args
 
 

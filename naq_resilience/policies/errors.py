@@ -130,3 +130,11 @@ class EnrichedError(Exception):
             return base
         details = ", ".join(f"{k}={v!r}" for k, v in self.context.items())
         return f"{base} [{details}]"
+
+
+# Errors are named `module:qualname` on the wire (failure records, `retry_on=` names):
+# name them after the package users import them from, not after this private module,
+# so those names stay stable however the package is organised inside.
+for _name in __all__:
+    globals()[_name].__module__ = "naq_resilience"
+del _name

@@ -37,16 +37,20 @@ VmRSS from /proc/<pid>/status, summed over the worker's process group, after a 5
 warm-up and again after 100,000 more jobs have been acknowledged (0.5 s after each).
 
 Statistic: every case runs once per round; the rounds are interleaved (each round runs
-every case, in an order rotated round by round) so that load on the shared machine
-hits every case alike. The table shows the **median** of 3 rounds (the peers' figures
-in shared/peer-bench are medians too, and a pipeline of three processes on two cores
-is perturbed both ways -- a round may batch better or worse -- so the middle round is
-the fair one); the best round is shown beside it. ``--quick`` runs 1 round, for CI
-smoke runs, and skips the 100,000-job memory case.
+every case) in ABBA order -- forward in odd rounds, backward in even ones -- so that
+each naq-resilience case runs right next to its raw nats-py counterpart and slow drifts
+of the load on a shared machine hit both sides alike. The table shows the **median** of
+3 rounds (the peers' figures in shared/peer-bench are medians too, and a pipeline of
+three processes on two cores is perturbed both ways -- a round may batch better or
+worse -- so the middle round is the fair one); the best round is shown beside it.
+``--quick`` runs 1 round, for CI smoke runs, and skips the 100,000-job memory case.
 
 How to read the output: ``jobs/s`` is the median rate, ``best`` the fastest round;
-``vs raw`` is the case's rate over raw nats-py's rate of the same kind (enqueue or end
-to end), the limit of a Python library on nats-py. The ``us/job`` columns are CPU time
+``vs raw`` is the median over rounds of the case's rate over raw nats-py's rate of the
+same kind (enqueue or end to end) *in the same round* (paired, so that a load spike
+hitting a round cancels out), raw nats-py being the limit of a library on nats-py; the
+targets against raw use the same paired ratio, the one against the best peer the
+ratio of the medians. The ``us/job`` columns are CPU time
 per job of producer, worker and server, and ``wall`` is 1e6 / rate. ``n/a`` is a peer
 that is not installed. ``ERROR`` is a case that could not run (with the reason below
 the table): it makes the script exit non-zero. The targets are printed as PASS / MISS
@@ -470,6 +474,7 @@ class Sample:
     seconds: float
     cpu: dict[str, float]
     extra: dict[str, Any] = field(default_factory=dict)
+    round: int = 0
 
     @property
     def rate(self) -> float:
@@ -1100,6 +1105,15 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
+def paired_ratio(case: Case | None, base: Case | None) -> float | None:
+    """Median over rounds of ``case rate / base rate`` of the same round."""
+    if case is None or base is None or not case.measured or not base.measured:
+        return None
+    base_rates = {s.round: s.rate for s in base.samples}
+    ratios = [s.rate / base_rates[s.round] for s in case.samples if s.round in base_rates]
+    return statistics.median(ratios) if ratios else None
+
+
 def _missing(*cases: Case | None) -> str:
     """ERROR if one side errored, n/a if a side is not available, SKIP if not run."""
     statuses = {case.status if case else "skip" for case in cases}
@@ -1137,8 +1151,8 @@ def make_targets(cases: dict[str, Case], memory: Case | None) -> list[TargetChec
     memory_jobs = memory.samples[0].n if memory and memory.samples else 100_000
     return [
         TargetCheck(
-            "end to end: naq-resilience / raw nats-py",
-            _ratio(rate("naq.e2e"), rate("raw.e2e")),
+            "end to end: naq-resilience / raw nats-py (paired by round)",
+            paired_ratio(naq_e2e, raw_e2e),
             E2E_MIN_VS_RAW,
             True,
             "x",
@@ -1154,8 +1168,8 @@ def make_targets(cases: dict[str, Case], memory: Case | None) -> list[TargetChec
             f"best peer: {best_peer.lib}" if best_peer else "",
         ),
         TargetCheck(
-            "enqueue: naq-resilience enqueue_many / raw publish_async",
-            _ratio(rate("naq.enqueue"), rate("raw.enqueue")),
+            "enqueue: naq-resilience enqueue_many / raw publish_async (paired by round)",
+            paired_ratio(naq_enq, raw_enq),
             ENQUEUE_MIN_VS_RAW,
             True,
             "x",
@@ -1267,7 +1281,8 @@ def _notes_cell(case: Case) -> str:
         notes.append(f"enqueued at {during:,.0f}/s")
     failures = case.extra("failure_records")
     if failures is not None:
-        notes.append(f"{failures:,} failure records, {case.extra('dead_letters'):,} dead letters")
+        dead = case.extra("dead_letters")
+        notes.append(f"{failures:,.0f} failure records, {dead:,.0f} dead letters")
     return "; ".join(notes)
 
 
@@ -1288,7 +1303,7 @@ def _load_warning(meta: dict[str, Any]) -> list[str]:
 def render(result: RunResult) -> str:
     meta = result.meta
     cases = result.cases
-    raw_rate = {c.kind: c.rate for c in cases.values() if c.lib == RAW}
+    raw_case = {c.kind: c for c in cases.values() if c.lib == RAW}
     lines = [
         f"# naq-resilience job layer throughput — Python {meta['python']} "
         f"({meta['implementation']}) | {meta['platform']} | {meta['cpu']} | "
@@ -1312,7 +1327,7 @@ def render(result: RunResult) -> str:
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for case in cases.values():
-        ratio = _ratio(case.rate, raw_rate.get(case.kind)) if case.kind != "dead" else None
+        ratio = paired_ratio(case, raw_case.get(case.kind))
         wall = 1e6 / case.rate if case.rate else None
         lines.append(
             f"| {case.lib} | {case.kind} | {case.how} | {_rate_cell(case, case.rate)} | "
@@ -1366,6 +1381,7 @@ def _case_json(case: Case) -> dict[str, Any]:
                 "n": s.n,
                 "seconds": s.seconds,
                 "rate": s.rate,
+                "round": s.round,
                 "cpu_seconds": s.cpu,
                 **s.extra,
             }
@@ -1397,11 +1413,13 @@ def to_json(result: RunResult) -> dict[str, Any]:
 # --------------------------------------------------------------------------- driver
 
 
-async def _run_case(case: Case, ctx: Ctx, n: int, progress: bool, label: str) -> None:
+async def _run_case(case: Case, ctx: Ctx, n: int, progress: bool, round_number: int) -> None:
     started = time.perf_counter()
+    label = f"round {round_number}" if round_number else "memory"
     ctx.label = f"{case.key}.{label.replace(' ', '')}"
     try:
         sample = await case.fn(ctx, n)
+        sample.round = round_number
     except Exception as exc:
         case.fail(exc)
         if progress:
@@ -1431,9 +1449,8 @@ async def _run_all(
     try:
         for round_number in range(args.rounds):
             runnable = [case for case in cases if case.status == "ok"]
-            shift = (round_number * len(runnable)) // max(args.rounds, 1)
-            for case in runnable[shift:] + runnable[:shift]:
-                await _run_case(case, ctx, args.n, args.progress, f"round {round_number + 1}")
+            for case in runnable if round_number % 2 == 0 else runnable[::-1]:
+                await _run_case(case, ctx, args.n, args.progress, round_number + 1)
                 await asyncio.sleep(0.2)
         if not args.memory_jobs or "naq" not in args.cases:
             return None
@@ -1442,7 +1459,7 @@ async def _run_all(
             return await naq_memory(ctx, n, args.memory_warmup)
 
         memory = Case("naq.memory", NAQ, "e2e", "enqueue_many -> worker, RSS", measure)
-        await _run_case(memory, ctx, args.memory_jobs, args.progress, "memory")
+        await _run_case(memory, ctx, args.memory_jobs, args.progress, 0)
         return memory
     finally:
         await nc.close()

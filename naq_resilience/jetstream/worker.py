@@ -284,8 +284,11 @@ class Worker:
 
     # ------------------------------------------------------------------ fetching
     async def _fetch_loop(self, queue: str, sub: JetStreamContext.PullSubscription) -> None:
+        # Fetch when half the slots are free (or all jobs ended), not whenever one is:
+        # a fetch per finished job would be a round trip per job.
+        low_water = max(1, min(self.concurrency, MAX_FETCH) // 2)
         while not self._stopping.is_set():
-            if self._free <= 0:
+            if self._free < low_water and self._running:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
                 continue

@@ -34,75 +34,146 @@ ENVELOPE_VERSION: Final = 1
 class JobEnvelope(msgspec.Struct, kw_only=True, omit_defaults=True):
     """A job on the wire: which registered function, with what, and its per-job policy.
 
-    The policy fields override the function's decorator policy for this one job;
-    absent means "as decorated".
+    Published to `naq.jobs.<queue>`. The policy fields override the function's
+    decorator policy for this one job; absent means "as decorated".
     """
 
     version: int = ENVELOPE_VERSION
+    """Envelope format version. A worker dead-letters an envelope of a version it does
+    not read (with the reason and the raw bytes) instead of guessing."""
     id: str
+    """The job's id, unique per job (the Python client writes 32 hex digits). It
+    becomes a subject token and a KV key (`naq.dead.<dead_letter_queue>.<id>`,
+    `naq-results` key)."""
     function: str
+    """The registered name of the function to run, `module:qualname` (e.g.
+    `billing.jobs:charge`). A worker runs it only if it was told to import `module`
+    (or registered the function itself); anything else is dead-lettered, unimported."""
     queue: str = "default"
+    """The queue the job was published to (`naq.jobs.<queue>`); keep the two equal."""
     args: list[Any] = []
+    """Positional arguments as JSON values. The worker converts each to the type the
+    function's parameter is annotated with (an ISO 8601 string to a `datetime`, an
+    array to a `tuple`, an object to a dataclass or Struct); a value that does not
+    convert fails the job as a non-retryable `DataValidationError`."""
     kwargs: dict[str, Any] = {}
+    """Keyword arguments, converted like `args`."""
     enqueued_at: float = 0.0
+    """When the job was enqueued, unix time in seconds; 0 when unknown."""
     max_retries: int | None = None
+    """Retries after the first attempt, so at most `max_retries + 1` attempts. Absent:
+    the function's `@retry` policy, or no retry for a function without one."""
     retry_delay: float | list[float] | None = None
+    """Base delay in seconds for `retry_strategy`, or the list of delays before retry
+    1, 2, ... (the last one repeats). Absent: the function's `@retry` schedule (or
+    1 s, exponential, full jitter, capped at 60 s)."""
     retry_strategy: str | list[float] | None = None
+    """How delays grow: "fixed", "linear", "exponential" or "fibonacci", or an
+    explicit list of delays in seconds."""
     retry_on: list[str] | None = None
+    """Exception types (`module:qualname`, e.g. `builtins:ConnectionError`) that are
+    retried; any other failure is not. Matched against the error's class and its
+    bases, by name: the worker imports nothing for it."""
     ignore_on: list[str] | None = None
+    """Exception types (`module:qualname`) that are never retried, even if `retry_on`
+    matches."""
     dead_letter_queue: str | None = None
+    """Where the job goes when it fails for good; absent: `<queue>.dead`."""
     dead_letter_ttl: float | None = None
+    """Seconds its dead letter is kept (a NATS per-message TTL); absent: kept until
+    removed."""
     timeout: float | None = None
+    """Seconds one attempt may run before it fails with `TimeoutError` (retryable)."""
     result_ttl: float | None = None
+    """Keep a `JobResult` in the `naq-results` bucket for this many seconds; absent: no
+    result is kept."""
 
 
 class FailureRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """One failed attempt, as a person reads it and a program parses it."""
+    """One failed attempt, as a person reads it and a program parses it.
+
+    Published to `naq.failures.<queue>.<job_id>` for every failed attempt. A deferral
+    by an open circuit breaker is not a failure and writes no record.
+    """
 
     version: int = 1
+    """Record format version."""
     job_id: str
+    """The failed job's `JobEnvelope.id`."""
     function: str
+    """The job's function, `module:qualname`."""
     queue: str
+    """The queue the job was delivered from."""
     attempt: int
+    """Which attempt failed, from 1: JetStream's delivery count minus the job's
+    deferrals by an open breaker, so a delivery that crashed a worker counts."""
     max_attempts: int
+    """The attempts this job has in all (`max_retries + 1`)."""
     error_type: str
+    """The exception's class, `module:qualname` (e.g. `builtins:ConnectionError`)."""
     message: str
+    """The exception's message (`str(exc)`)."""
     traceback: str = ""
+    """The Python traceback, for people; do not parse it."""
     classification: str
+    """How the error was classified: "retryable", "non_retryable" or "critical"."""
     outcome: str
-    """What happens next: "retry", "dead" or "deferred"."""
+    """What happens next: "retry" (redelivered at `next_retry_at`) or "dead" (this was
+    the last attempt: a `DeadLetter` follows)."""
     injected: bool = False
+    """True when the error was injected by `@chaos`, not a real fault."""
     worker_id: str = ""
+    """The worker that ran the attempt (`host:pid:random` unless named)."""
     host: str = ""
+    """The worker's host name."""
     pid: int = 0
+    """The worker's process id."""
     started_at: float = 0.0
+    """When the attempt started, unix time in seconds."""
     failed_at: float = 0.0
+    """When the attempt failed, unix time in seconds."""
     duration: float = 0.0
+    """Seconds the attempt ran."""
     context: dict[str, Any] = {}
+    """Key/value context attached to the error (`error_context`, `EnrichedError`);
+    values that are not JSON become their `repr`."""
     next_retry_at: float | None = None
+    """When the job will be redelivered (unix time), if `outcome` is "retry"."""
 
 
 class DeadLetter(msgspec.Struct, kw_only=True, omit_defaults=True):
     """A job that will not be tried again, with everything needed to understand or replay it.
 
-    `job` is absent when the message could not be decoded; `raw` then holds its
-    bytes (base64 in JSON) so nothing is lost.
+    Published to `naq.dead.<dead_letter_queue>.<job_id>` (or `...seq-<n>`, after the
+    stream sequence of a message that is not a readable job). `job` is absent when the
+    message could not be decoded; `raw` then holds its bytes (base64 in JSON) so
+    nothing is lost.
     """
 
     version: int = 1
+    """Record format version."""
     reason: str
+    """Why the job is dead, for a person: the last error, "out of attempts", or why the
+    message could not be read or run."""
     queue: str
+    """The queue the job was delivered from."""
     dead_letter_queue: str
+    """This dead-letter queue (e.g. `emails.dead`)."""
     dead_at: float
+    """When the job was dead-lettered, unix time in seconds."""
     job: JobEnvelope | None = None
+    """The job as it was enqueued; absent when the message was not a readable job."""
     raw: bytes | None = None
+    """The message's bytes (base64 in JSON) when `job` is absent."""
     failures: list[FailureRecord] = []
+    """Every failed attempt, oldest first (empty when the job never ran)."""
 
 
 class JobStatus(enum.StrEnum):
     QUEUED = "queued"
     """In the job stream: waiting, running, or waiting for a scheduled retry."""
     COMPLETED = "completed"
+    """Ran and returned (its `JobResult` holds the return value)."""
     DEAD = "dead"
     """In its dead-letter queue: failed for good."""
     FINISHED = "finished"
@@ -111,32 +182,64 @@ class JobStatus(enum.StrEnum):
 
 
 class JobResult(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """What a job with `result_ttl` left in the results bucket."""
+    """What a job with `result_ttl` left in the results bucket.
+
+    The `naq-results` key is the job id; the entry expires after `result_ttl`.
+    """
 
     version: int = 1
+    """Record format version."""
     job_id: str
+    """The job's `JobEnvelope.id`."""
     status: JobStatus
+    """"completed" or "dead"."""
     result: Any = None
+    """The function's return value when completed (a value that cannot be encoded is
+    not stored: `error` then says so)."""
     error: str | None = None
+    """Why the job died (`module:qualname: message`), when dead."""
     finished_at: float = 0.0
+    """When the job completed or died, unix time in seconds."""
 
 
 class BreakerRecord(msgspec.Struct, kw_only=True):
-    """A circuit breaker's shared state; `opened_at` is wall-clock (unix) time."""
+    """A circuit breaker's shared state, written at each transition by the worker making it.
+
+    The `naq-breakers` key is the breaker's name with every character other than a
+    letter, digit, `-`, `_`, `=` or `.` replaced by `_`.
+    """
 
     version: int = 1
+    """Record format version."""
     name: str
+    """The breaker's name: `name=` of `@circuit_breaker`, or the function's
+    `module:qualname`."""
     state: str
+    """"closed", "open" or "half_open"."""
     failures: int
+    """The breaker's count of consecutive failures, as of this record."""
     successes: int
+    """The breaker's count of successful half-open probes, as of this record."""
     opened_at: float | None
+    """When the breaker opened, unix time in seconds; null unless open or half-open."""
     generation: int
+    """Counts transitions; a reader ignores a record older than the state it has."""
     updated_by: str = ""
+    """The worker id that wrote it (a worker ignores its own writes)."""
 
 
 class SagaLogRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """A running job's compensation log: the steps it completed, to undo after a crash."""
+    """A running job's compensation log: the steps it completed, to undo after a crash.
+
+    The `naq-sagas` key is the job id; it is deleted when the job's saga ends.
+    """
 
     version: int = 1
+    """Record format version."""
     job_id: str
+    """The running job's `JobEnvelope.id`."""
     actions: list[dict[str, Any]] = []
+    """The completed steps, oldest first, each an object with `step` (the step's
+    `module:qualname` or `name=`), `args`, `kwargs`, `result` (values that are not
+    JSON become their `repr`), `status` ("pending", "undone" or "failed") and
+    `error` (why its undo failed, or null)."""

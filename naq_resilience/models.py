@@ -13,9 +13,11 @@ ever pickled.
 from __future__ import annotations
 
 import enum
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import msgspec
+
+from naq_resilience.policies.delays import STRATEGIES
 
 __all__ = [
     "ENVELOPE_VERSION",
@@ -30,6 +32,18 @@ __all__ = [
 
 ENVELOPE_VERSION: Final = 1
 
+# What a worker would choke on is refused when the envelope is decoded (it becomes a
+# dead letter with the reason), not half-way through handling the job: an id or a
+# dead-letter queue becomes NATS subject tokens, and the retry options build a schedule.
+_TOKEN = "[A-Za-z0-9_-]{1,128}"
+JobId = Annotated[str, msgspec.Meta(pattern=f"^{_TOKEN}$")]
+DeadLetterQueueName = Annotated[str, msgspec.Meta(pattern=f"^{_TOKEN}([.]{_TOKEN})?$")]
+Seconds = Annotated[float, msgspec.Meta(ge=0)]
+PositiveSeconds = Annotated[float, msgspec.Meta(gt=0)]
+Delays = Annotated[list[Seconds], msgspec.Meta(min_length=1)]
+Count = Annotated[int, msgspec.Meta(ge=0)]
+StrategyName = Annotated[str, msgspec.Meta(pattern=f"^({'|'.join(STRATEGIES)})$")]
+
 
 class JobEnvelope(msgspec.Struct, kw_only=True, omit_defaults=True):
     """A job on the wire: which registered function, with what, and its per-job policy.
@@ -41,10 +55,10 @@ class JobEnvelope(msgspec.Struct, kw_only=True, omit_defaults=True):
     version: int = ENVELOPE_VERSION
     """Envelope format version. A worker dead-letters an envelope of a version it does
     not read (with the reason and the raw bytes) instead of guessing."""
-    id: str
+    id: JobId
     """The job's id, unique per job (the Python client writes 32 hex digits). It
     becomes a subject token and a KV key (`naq.dead.<dead_letter_queue>.<id>`,
-    `naq-results` key)."""
+    `naq-results` key), hence 1-128 letters, digits, `-` or `_`."""
     function: str
     """The registered name of the function to run, `module:qualname` (e.g.
     `billing.jobs:charge`). A worker runs it only if it was told to import `module`
@@ -60,14 +74,14 @@ class JobEnvelope(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Keyword arguments, converted like `args`."""
     enqueued_at: float = 0.0
     """When the job was enqueued, unix time in seconds; 0 when unknown."""
-    max_retries: int | None = None
+    max_retries: Count | None = None
     """Retries after the first attempt, so at most `max_retries + 1` attempts. Absent:
     the function's `@retry` policy, or no retry for a function without one."""
-    retry_delay: float | list[float] | None = None
+    retry_delay: Seconds | Delays | None = None
     """Base delay in seconds for `retry_strategy`, or the list of delays before retry
     1, 2, ... (the last one repeats). Absent: the function's `@retry` schedule (or
     1 s, exponential, full jitter, capped at 60 s)."""
-    retry_strategy: str | list[float] | None = None
+    retry_strategy: StrategyName | Delays | None = None
     """How delays grow: "fixed", "linear", "exponential" or "fibonacci", or an
     explicit list of delays in seconds."""
     retry_on: list[str] | None = None
@@ -77,14 +91,15 @@ class JobEnvelope(msgspec.Struct, kw_only=True, omit_defaults=True):
     ignore_on: list[str] | None = None
     """Exception types (`module:qualname`) that are never retried, even if `retry_on`
     matches."""
-    dead_letter_queue: str | None = None
-    """Where the job goes when it fails for good; absent: `<queue>.dead`."""
-    dead_letter_ttl: float | None = None
+    dead_letter_queue: DeadLetterQueueName | None = None
+    """Where the job goes when it fails for good (a name with at most one `.`, like
+    `emails.dead`); absent: `<queue>.dead`."""
+    dead_letter_ttl: PositiveSeconds | None = None
     """Seconds its dead letter is kept (a NATS per-message TTL); absent: kept until
     removed."""
-    timeout: float | None = None
+    timeout: PositiveSeconds | None = None
     """Seconds one attempt may run before it fails with `TimeoutError` (retryable)."""
-    result_ttl: float | None = None
+    result_ttl: PositiveSeconds | None = None
     """Keep a `JobResult` in the `naq-results` bucket for this many seconds; absent: no
     result is kept."""
 

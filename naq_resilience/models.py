@@ -64,7 +64,8 @@ class JobEnvelope(msgspec.Struct, kw_only=True, omit_defaults=True):
     `billing.jobs:charge`). A worker runs it only if it was told to import `module`
     (or registered the function itself); anything else is dead-lettered, unimported."""
     queue: str = "default"
-    """The queue the job was published to (`naq.jobs.<queue>`); keep the two equal."""
+    """The queue the job was published to. Informational: a worker takes the queue
+    from the subject (`naq.jobs.<queue>`), which wins if the two differ."""
     args: list[Any] = []
     """Positional arguments as JSON values. The worker converts each to the type the
     function's parameter is annotated with (an ISO 8601 string to a `datetime`, an
@@ -95,13 +96,13 @@ class JobEnvelope(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Where the job goes when it fails for good (a name with at most one `.`, like
     `emails.dead`); absent: `<queue>.dead`."""
     dead_letter_ttl: PositiveSeconds | None = None
-    """Seconds its dead letter is kept (a NATS per-message TTL); absent: kept until
-    removed."""
+    """Seconds its dead letter is kept (a NATS per-message TTL, rounded up to whole
+    seconds); absent: kept until removed."""
     timeout: PositiveSeconds | None = None
     """Seconds one attempt may run before it fails with `TimeoutError` (retryable)."""
     result_ttl: PositiveSeconds | None = None
-    """Keep a `JobResult` in the `naq-results` bucket for this many seconds; absent: no
-    result is kept."""
+    """Keep a `JobResult` in the `naq-results` bucket for this many seconds (rounded up
+    to whole seconds); absent: no result is kept."""
 
 
 class FailureRecord(msgspec.Struct, kw_only=True, omit_defaults=True):

@@ -295,3 +295,53 @@ def test_envelopes_a_worker_cannot_route_are_dead_letters_not_endless_redeliveri
     assert jobs_for_wire.calls_of("always_down") == []
     assert jobs_for_wire.calls_of("record") == [(("after",), {})]
     assert info.num_redelivered == 0
+
+
+def test_the_subject_names_the_queue_when_the_envelope_does_not(nats_server: NatsServer) -> None:
+    """Found while writing this test: the failure history of a job whose envelope left
+    out `queue` was read from the default queue's failures, so its dead letter kept
+    only the last attempt."""
+    envelope = (
+        b'{"version":1,"id":"go-charge-7","function":"jobs_for_wire:always_down",'
+        b'"args":["charge-7"],"max_retries":2,"retry_delay":0,"retry_strategy":"fixed"}'
+    )
+
+    async def main() -> list[DeadLetter]:
+        async with running_worker(nats_server.url, ("emails",)) as h:
+            await h.js.publish("naq.jobs.emails", envelope)
+            return await h.dead_letters("emails.dead", 1)
+
+    [letter] = asyncio.run(main())
+    assert letter.queue == "emails"
+    assert letter.job is not None
+    assert letter.job.queue == "emails"
+    assert letter.reason == "out of attempts (3 of 3): builtins:ConnectionError"
+    assert [f.attempt for f in letter.failures] == [1, 2, 3]
+    assert [f.outcome for f in letter.failures] == ["retry", "retry", "dead"]
+    assert {f.queue for f in letter.failures} == {"emails"}
+    assert len(jobs_for_wire.calls_of("always_down")) == 3
+
+
+def test_fractional_ttls_are_kept_for_whole_seconds_not_refused(nats_server: NatsServer) -> None:
+    """Found while writing this test: NATS per-message TTLs are whole seconds and nats-py
+    truncates, so `result_ttl` or `dead_letter_ttl` below 1 s sent a TTL of 0, which the
+    server refuses: the finished job was never acked and ran again after ack_wait."""
+    with_result = (
+        b'{"version":1,"id":"go-result","function":"jobs_for_wire:record","args":["r"],'
+        b'"result_ttl":0.5}'
+    )
+    dead_briefly = (
+        b'{"version":1,"id":"go-brief","function":"jobs_for_wire:always_down","args":["d"],'
+        b'"dead_letter_ttl":0.5}'
+    )
+
+    async def main() -> Any:
+        async with running_worker(nats_server.url) as h:
+            await h.js.publish("naq.jobs.default", with_result)
+            await h.js.publish("naq.jobs.default", dead_briefly)
+            await h.eventually(calls_of("always_down"), "the failing job to run")
+            return await h.eventually(h.all_acked, "both jobs to be acked")
+
+    info = asyncio.run(main())
+    assert info.num_redelivered == 0
+    assert jobs_for_wire.calls_of("record") == [(("r",), {})]

@@ -4,7 +4,7 @@ These Structs are the schema: docs/wire-format.md is generated from them, and an
 language with a JSON library can produce or read them. Every record carries `version`
 so a reader can refuse what it does not understand instead of guessing. Fields that
 are usually absent are omitted from the encoding (`omit_defaults`), which keeps a
-no-option job envelope around 120 bytes.
+no-option job envelope around 140 bytes.
 
 Exception classes are named `module:qualname`; functions likewise. Nothing here is
 ever pickled.
@@ -45,6 +45,16 @@ Count = Annotated[int, msgspec.Meta(ge=0)]
 StrategyName = Annotated[str, msgspec.Meta(pattern=f"^({'|'.join(STRATEGIES)})$")]
 
 
+def _written(version: int) -> Any:
+    """A `version` field that is always encoded, and read as `version` when absent.
+
+    A plain default would be left out of every encoding by `omit_defaults`; then the
+    day the default moved to 2, a version-2 record would reach a version-1 reader
+    without a version, and be read as version 1.
+    """
+    return msgspec.field(default_factory=lambda: version)
+
+
 class JobEnvelope(msgspec.Struct, kw_only=True, omit_defaults=True):
     """A job on the wire: which registered function, with what, and its per-job policy.
 
@@ -52,7 +62,7 @@ class JobEnvelope(msgspec.Struct, kw_only=True, omit_defaults=True):
     decorator policy for this one job; absent means "as decorated".
     """
 
-    version: int = ENVELOPE_VERSION
+    version: int = _written(ENVELOPE_VERSION)
     """Envelope format version. A worker dead-letters an envelope of a version it does
     not read (with the reason and the raw bytes) instead of guessing."""
     id: JobId
@@ -68,7 +78,7 @@ class JobEnvelope(msgspec.Struct, kw_only=True, omit_defaults=True):
     from the subject (`naq.jobs.<queue>`), which wins if the two differ."""
     args: list[Any] = []
     """Positional arguments as JSON values. The worker converts each to the type the
-    function's parameter is annotated with (an ISO 8601 string to a `datetime`, an
+    function's parameter is annotated with (an RFC 3339 string to a `datetime`, an
     array to a `tuple`, an object to a dataclass or Struct); a value that does not
     convert fails the job as a non-retryable `DataValidationError`."""
     kwargs: dict[str, Any] = {}
@@ -112,7 +122,7 @@ class FailureRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     by an open circuit breaker is not a failure and writes no record.
     """
 
-    version: int = 1
+    version: int = _written(1)
     """Record format version."""
     job_id: str
     """The failed job's `JobEnvelope.id`."""
@@ -166,7 +176,7 @@ class DeadLetter(msgspec.Struct, kw_only=True, omit_defaults=True):
     nothing is lost.
     """
 
-    version: int = 1
+    version: int = _written(1)
     """Record format version."""
     reason: str
     """Why the job is dead, for a person: the last error, "out of attempts", or why the
@@ -203,7 +213,7 @@ class JobResult(msgspec.Struct, kw_only=True, omit_defaults=True):
     The `naq-results` key is the job id; the entry expires after `result_ttl`.
     """
 
-    version: int = 1
+    version: int = _written(1)
     """Record format version."""
     job_id: str
     """The job's `JobEnvelope.id`."""
@@ -225,7 +235,7 @@ class BreakerRecord(msgspec.Struct, kw_only=True):
     letter, digit, `-`, `_`, `=` or `.` replaced by `_`.
     """
 
-    version: int = 1
+    version: int = _written(1)
     """Record format version."""
     name: str
     """The breaker's name: `name=` of `@circuit_breaker`, or the function's
@@ -250,7 +260,7 @@ class SagaLogRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     The `naq-sagas` key is the job id; it is deleted when the job's saga ends.
     """
 
-    version: int = 1
+    version: int = _written(1)
     """Record format version."""
     job_id: str
     """The running job's `JobEnvelope.id`."""

@@ -196,6 +196,9 @@ class DeadLetter(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 class JobStatus(enum.StrEnum):
+    """Where a job is, as `Job.status()` answers; a stored `JobResult` is only ever
+    "completed" or "dead"."""
+
     QUEUED = "queued"
     """In the job stream: waiting, running, or waiting for a scheduled retry."""
     COMPLETED = "completed"
@@ -223,7 +226,8 @@ class JobResult(msgspec.Struct, kw_only=True, omit_defaults=True):
     """The function's return value when completed (a value that cannot be encoded is
     not stored: `error` then says so)."""
     error: str | None = None
-    """Why the job died (`module:qualname: message`), when dead."""
+    """Why the job died, when dead: its last error as `module:qualname: message`, or
+    the dead letter's reason when it never ran."""
     finished_at: float = 0.0
     """When the job completed or died, unix time in seconds."""
 

@@ -231,6 +231,7 @@ VERSION_HINT = "is not supported by this worker (it reads version 1); upgrade na
         (b"charge order 42", "message is not valid JSON: JSON is malformed"),
         (b'{"id": "a", "function": ', "message is not valid JSON: Input data was truncated"),
         (b"\x81\xc1", "message is not valid MessagePack"),
+        (b'\xef\xbb\xbf{"id": "a", "function": "m:f"}', "message is not valid JSON"),  # a BOM
         (b"[1, 2]", "message is not a job envelope: Expected `object`, got `array`"),
         (b'"job"', "message is not a job envelope: Expected `object`, got `str`"),
         (b"null", "message is not a job envelope: Expected `object`, got `null`"),

@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import math
 import os
 import signal
 import socket
@@ -334,6 +335,10 @@ class Worker:
         except InvalidMessage as exc:
             await self._dead_raw(msg, queue, exc.reason)
             return
+        if env.queue != queue:
+            # The subject is where the job is: failures and history are filed under it.
+            # (Only a hand-written envelope differs, typically by leaving `queue` out.)
+            env = msgspec.structs.replace(env, queue=queue)
         try:
             fn = self.registry.resolve(env.function)
         except UnknownFunction as exc:
@@ -559,7 +564,7 @@ class Worker:
 
     async def _publish_dead(self, letter: DeadLetter, subject: str, ttl: float | None) -> None:
         assert self._js is not None
-        await self._js.publish(subject, self._record_encoder.encode(letter), msg_ttl=ttl)
+        await self._js.publish(subject, self._record_encoder.encode(letter), msg_ttl=_ttl(ttl))
 
     async def _store_result(
         self, env: JobEnvelope, status: JobStatus, result: Any, error: str | None
@@ -574,8 +579,16 @@ class Worker:
             unstorable = f"the job's return value could not be stored: {exc}"
             payload = encode(msgspec.structs.replace(record, result=None, error=unstorable))
         await self._js.publish(
-            f"$KV.{layout.RESULT_BUCKET}.{env.id}", payload, msg_ttl=env.result_ttl
+            f"$KV.{layout.RESULT_BUCKET}.{env.id}", payload, msg_ttl=_ttl(env.result_ttl)
         )
+
+
+def _ttl(seconds: float | None) -> float | None:
+    """A NATS per-message TTL: whole seconds (nats-py truncates, and 0 is refused), so
+    round up; an infinite TTL is no TTL."""
+    if seconds is None or not math.isfinite(seconds):
+        return None
+    return float(max(1, math.ceil(seconds)))
 
 
 def _call(func: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) -> Any:

@@ -4,7 +4,7 @@ These Structs are the schema: docs/wire-format.md is generated from them, and an
 language with a JSON library can produce or read them. Every record carries `version`
 so a reader can refuse what it does not understand instead of guessing. Fields that
 are usually absent are omitted from the encoding (`omit_defaults`), which keeps a
-no-option job envelope around 120 bytes.
+no-option job envelope around 140 bytes.
 
 Exception classes are named `module:qualname`; functions likewise. Nothing here is
 ever pickled.
@@ -13,9 +13,11 @@ ever pickled.
 from __future__ import annotations
 
 import enum
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import msgspec
+
+from naq_resilience.policies.delays import STRATEGIES
 
 __all__ = [
     "ENVELOPE_VERSION",
@@ -30,79 +32,177 @@ __all__ = [
 
 ENVELOPE_VERSION: Final = 1
 
+# What a worker would choke on is refused when the envelope is decoded (it becomes a
+# dead letter with the reason), not half-way through handling the job: an id or a
+# dead-letter queue becomes NATS subject tokens, and the retry options build a schedule.
+_TOKEN = "[A-Za-z0-9_-]{1,128}"
+JobId = Annotated[str, msgspec.Meta(pattern=f"^{_TOKEN}$")]
+DeadLetterQueueName = Annotated[str, msgspec.Meta(pattern=f"^{_TOKEN}([.]{_TOKEN})?$")]
+Seconds = Annotated[float, msgspec.Meta(ge=0)]
+PositiveSeconds = Annotated[float, msgspec.Meta(gt=0)]
+Delays = Annotated[list[Seconds], msgspec.Meta(min_length=1)]
+Count = Annotated[int, msgspec.Meta(ge=0)]
+StrategyName = Annotated[str, msgspec.Meta(pattern=f"^({'|'.join(STRATEGIES)})$")]
+
+
+def _written(version: int) -> Any:
+    """A `version` field that is always encoded, and read as `version` when absent.
+
+    A plain default would be left out of every encoding by `omit_defaults`; then the
+    day the default moved to 2, a version-2 record would reach a version-1 reader
+    without a version, and be read as version 1.
+    """
+    return msgspec.field(default_factory=lambda: version)
+
 
 class JobEnvelope(msgspec.Struct, kw_only=True, omit_defaults=True):
     """A job on the wire: which registered function, with what, and its per-job policy.
 
-    The policy fields override the function's decorator policy for this one job;
-    absent means "as decorated".
+    Published to `naq.jobs.<queue>`. The policy fields override the function's
+    decorator policy for this one job; absent means "as decorated".
     """
 
-    version: int = ENVELOPE_VERSION
-    id: str
+    version: int = _written(ENVELOPE_VERSION)
+    """Envelope format version. A worker dead-letters an envelope of a version it does
+    not read (with the reason and the raw bytes) instead of guessing."""
+    id: JobId
+    """The job's id, unique per job (the Python client writes 32 hex digits). It
+    becomes a subject token and a KV key (`naq.dead.<dead_letter_queue>.<id>`,
+    `naq-results` key), hence 1-128 letters, digits, `-` or `_`."""
     function: str
+    """The registered name of the function to run, `module:qualname` (e.g.
+    `billing.jobs:charge`). A worker runs it only if it was told to import `module`
+    (or registered the function itself); anything else is dead-lettered, unimported."""
     queue: str = "default"
+    """The queue the job was published to. Informational: a worker takes the queue
+    from the subject (`naq.jobs.<queue>`), which wins if the two differ."""
     args: list[Any] = []
+    """Positional arguments as JSON values. The worker converts each to the type the
+    function's parameter is annotated with (an RFC 3339 string to a `datetime`, an
+    array to a `tuple`, an object to a dataclass or Struct); a value that does not
+    convert fails the job as a non-retryable `DataValidationError`."""
     kwargs: dict[str, Any] = {}
+    """Keyword arguments, converted like `args`."""
     enqueued_at: float = 0.0
-    max_retries: int | None = None
-    retry_delay: float | list[float] | None = None
-    retry_strategy: str | list[float] | None = None
+    """When the job was enqueued, unix time in seconds; 0 when unknown."""
+    max_retries: Count | None = None
+    """Retries after the first attempt, so at most `max_retries + 1` attempts. Absent:
+    the function's `@retry` policy, or no retry for a function without one."""
+    retry_delay: Seconds | Delays | None = None
+    """Base delay in seconds for `retry_strategy`, or the list of delays before retry
+    1, 2, ... (the last one repeats). Absent: the function's `@retry` schedule (or
+    1 s, exponential, full jitter, capped at 60 s)."""
+    retry_strategy: StrategyName | Delays | None = None
+    """How delays grow: "fixed", "linear", "exponential" or "fibonacci", or an
+    explicit list of delays in seconds."""
     retry_on: list[str] | None = None
+    """Exception types (`module:qualname`, e.g. `builtins:ConnectionError`) that are
+    retried; any other failure is not. Matched against the error's class and its
+    bases, by name: the worker imports nothing for it."""
     ignore_on: list[str] | None = None
-    dead_letter_queue: str | None = None
-    dead_letter_ttl: float | None = None
-    timeout: float | None = None
-    result_ttl: float | None = None
+    """Exception types (`module:qualname`) that are never retried, even if `retry_on`
+    matches."""
+    dead_letter_queue: DeadLetterQueueName | None = None
+    """Where the job goes when it fails for good (a name with at most one `.`, like
+    `emails.dead`); absent: `<queue>.dead`."""
+    dead_letter_ttl: PositiveSeconds | None = None
+    """Seconds its dead letter is kept (a NATS per-message TTL, rounded up to whole
+    seconds); absent: kept until removed."""
+    timeout: PositiveSeconds | None = None
+    """Seconds one attempt may run before it fails with `TimeoutError` (retryable)."""
+    result_ttl: PositiveSeconds | None = None
+    """Keep a `JobResult` in the `naq-results` bucket for this many seconds (rounded up
+    to whole seconds); absent: no result is kept."""
 
 
 class FailureRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """One failed attempt, as a person reads it and a program parses it."""
+    """One failed attempt, as a person reads it and a program parses it.
 
-    version: int = 1
+    Published to `naq.failures.<queue>.<job_id>` for every failed attempt. A deferral
+    by an open circuit breaker is not a failure and writes no record.
+    """
+
+    version: int = _written(1)
+    """Record format version."""
     job_id: str
+    """The failed job's `JobEnvelope.id`."""
     function: str
+    """The job's function, `module:qualname`."""
     queue: str
+    """The queue the job was delivered from."""
     attempt: int
+    """Which attempt failed, from 1: JetStream's delivery count minus the job's
+    deferrals by an open breaker, so a delivery that crashed a worker counts."""
     max_attempts: int
+    """The attempts this job has in all (`max_retries + 1`)."""
     error_type: str
+    """The exception's class, `module:qualname` (e.g. `builtins:ConnectionError`)."""
     message: str
+    """The exception's message (`str(exc)`)."""
     traceback: str = ""
+    """The Python traceback, for people; do not parse it."""
     classification: str
+    """How the error was classified: "retryable", "non_retryable" or "critical"."""
     outcome: str
-    """What happens next: "retry", "dead" or "deferred"."""
+    """What happens next: "retry" (redelivered at `next_retry_at`) or "dead" (this was
+    the last attempt: a `DeadLetter` follows)."""
     injected: bool = False
+    """True when the error was injected by `@chaos`, not a real fault."""
     worker_id: str = ""
+    """The worker that ran the attempt (`host:pid:random` unless named)."""
     host: str = ""
+    """The worker's host name."""
     pid: int = 0
+    """The worker's process id."""
     started_at: float = 0.0
+    """When the attempt started, unix time in seconds."""
     failed_at: float = 0.0
+    """When the attempt failed, unix time in seconds."""
     duration: float = 0.0
+    """Seconds the attempt ran."""
     context: dict[str, Any] = {}
+    """Key/value context attached to the error (`error_context`, `EnrichedError`);
+    values that are not JSON become their `repr`."""
     next_retry_at: float | None = None
+    """When the job will be redelivered (unix time), if `outcome` is "retry"."""
 
 
 class DeadLetter(msgspec.Struct, kw_only=True, omit_defaults=True):
     """A job that will not be tried again, with everything needed to understand or replay it.
 
-    `job` is absent when the message could not be decoded; `raw` then holds its
-    bytes (base64 in JSON) so nothing is lost.
+    Published to `naq.dead.<dead_letter_queue>.<job_id>` (or `...seq-<n>`, after the
+    stream sequence of a message that is not a readable job). `job` is absent when the
+    message could not be decoded; `raw` then holds its bytes (base64 in JSON) so
+    nothing is lost.
     """
 
-    version: int = 1
+    version: int = _written(1)
+    """Record format version."""
     reason: str
+    """Why the job is dead, for a person: the last error, "out of attempts", or why the
+    message could not be read or run."""
     queue: str
+    """The queue the job was delivered from."""
     dead_letter_queue: str
+    """This dead-letter queue (e.g. `emails.dead`)."""
     dead_at: float
+    """When the job was dead-lettered, unix time in seconds."""
     job: JobEnvelope | None = None
+    """The job as it was enqueued; absent when the message was not a readable job."""
     raw: bytes | None = None
+    """The message's bytes (base64 in JSON) when `job` is absent."""
     failures: list[FailureRecord] = []
+    """Every failed attempt, oldest first (empty when the job never ran)."""
 
 
 class JobStatus(enum.StrEnum):
+    """Where a job is, as `Job.status()` answers; a stored `JobResult` is only ever
+    "completed" or "dead"."""
+
     QUEUED = "queued"
     """In the job stream: waiting, running, or waiting for a scheduled retry."""
     COMPLETED = "completed"
+    """Ran and returned (its `JobResult` holds the return value)."""
     DEAD = "dead"
     """In its dead-letter queue: failed for good."""
     FINISHED = "finished"
@@ -111,32 +211,65 @@ class JobStatus(enum.StrEnum):
 
 
 class JobResult(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """What a job with `result_ttl` left in the results bucket."""
+    """What a job with `result_ttl` left in the results bucket.
 
-    version: int = 1
+    The `naq-results` key is the job id; the entry expires after `result_ttl`.
+    """
+
+    version: int = _written(1)
+    """Record format version."""
     job_id: str
+    """The job's `JobEnvelope.id`."""
     status: JobStatus
+    """"completed" or "dead"."""
     result: Any = None
+    """The function's return value when completed (a value that cannot be encoded is
+    not stored: `error` then says so)."""
     error: str | None = None
+    """Why the job died, when dead: its last error as `module:qualname: message`, or
+    the dead letter's reason when it never ran."""
     finished_at: float = 0.0
+    """When the job completed or died, unix time in seconds."""
 
 
 class BreakerRecord(msgspec.Struct, kw_only=True):
-    """A circuit breaker's shared state; `opened_at` is wall-clock (unix) time."""
+    """A circuit breaker's shared state, written at each transition by the worker making it.
 
-    version: int = 1
+    The `naq-breakers` key is the breaker's name with every character other than a
+    letter, digit, `-`, `_`, `=` or `.` replaced by `_`.
+    """
+
+    version: int = _written(1)
+    """Record format version."""
     name: str
+    """The breaker's name: `name=` of `@circuit_breaker`, or the function's
+    `module:qualname`."""
     state: str
+    """"closed", "open" or "half_open"."""
     failures: int
+    """The breaker's count of consecutive failures, as of this record."""
     successes: int
+    """The breaker's count of successful half-open probes, as of this record."""
     opened_at: float | None
+    """When the breaker opened, unix time in seconds; null unless open or half-open."""
     generation: int
+    """Counts transitions; a reader ignores a record older than the state it has."""
     updated_by: str = ""
+    """The worker id that wrote it (a worker ignores its own writes)."""
 
 
 class SagaLogRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """A running job's compensation log: the steps it completed, to undo after a crash."""
+    """A running job's compensation log: the steps it completed, to undo after a crash.
 
-    version: int = 1
+    The `naq-sagas` key is the job id; it is deleted when the job's saga ends.
+    """
+
+    version: int = _written(1)
+    """Record format version."""
     job_id: str
+    """The running job's `JobEnvelope.id`."""
     actions: list[dict[str, Any]] = []
+    """The completed steps, oldest first, each an object with `step` (the step's
+    `module:qualname` or `name=`), `args`, `kwargs`, `result` (values that are not
+    JSON become their `repr`), `status` ("pending", "undone" or "failed") and
+    `error` (why its undo failed, or null)."""

@@ -21,8 +21,10 @@ def test_readme_has_the_two_setup_commands() -> None:
     assert "<!-- test-command -->" in (ROOT / ".ci" / "run").read_text()
 
 
+@pytest.mark.usefixtures("clean_jetstream")
 @pytest.mark.parametrize("index", range(len(SNIPPETS)))
-def test_readme_snippet_runs(index: int) -> None:
+def test_readme_snippet_runs(index: int, nats_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NAQ_NATS_URL", nats_url)  # the job snippets talk to the test server
     set_testing(True)  # the snippets use real delays; the test must not wait for them
     hooks = list(classify._hooks)  # snippets register hooks, as users would
     try:

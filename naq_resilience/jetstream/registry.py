@@ -16,6 +16,7 @@ import importlib
 import inspect
 import os
 import sys
+import types
 import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -54,8 +55,32 @@ def _main_module_name() -> str:
     )
 
 
+def _instance_method_error(qualname: str, owner: object) -> TypeError:
+    return TypeError(
+        f"{qualname} is an instance method: a job cannot carry the instance it needs. "
+        f"Enqueue a module-level function, or make it a @staticmethod or @classmethod of "
+        f"{getattr(owner, '__qualname__', owner)}"
+    )
+
+
+def _is_instance_method(owner: object, attribute: str) -> bool:
+    """`owner.attribute` is a plain function defined on class `owner` (needs `self`)."""
+    return isinstance(owner, type) and inspect.isfunction(
+        inspect.getattr_static(owner, attribute, None)
+    )
+
+
 def function_name(func: Callable[..., Any]) -> str:
-    """The `module:qualname` a job uses for `func` (decorated or not)."""
+    """The `module:qualname` a job uses for `func` (decorated or not).
+
+    Module-level functions, and static and class methods of module-level classes
+    (`module:Class.method`), can be enqueued; lambdas, nested functions, instance
+    methods and classes cannot, since a worker could not find or call them.
+    """
+    if inspect.ismethod(func) and not isinstance(func.__self__, type):
+        raise _instance_method_error(func.__qualname__, type(func.__self__))
+    if isinstance(func, type):
+        raise TypeError(f"{func.__qualname__} is a class; enqueue a function")
     pipeline = pipeline_of(func)
     target = pipeline.func if pipeline is not None else inspect.unwrap(func)
     module = getattr(target, "__module__", None)
@@ -67,6 +92,13 @@ def function_name(func: Callable[..., Any]) -> str:
             f"{qualname} cannot be enqueued: a worker can only find functions defined at "
             "module level (not lambdas or functions inside functions)"
         )
+    if "." in qualname:  # Class.method: only static and class methods can be called bare
+        *path, attribute = qualname.split(".")
+        owner: Any = sys.modules.get(module)
+        for part in path:
+            owner = getattr(owner, part, None)
+        if _is_instance_method(owner, attribute):
+            raise _instance_method_error(qualname, owner)
     if module == "__main__":
         module = _main_module_name()
     return f"{module}:{qualname}"
@@ -121,9 +153,15 @@ class JobFunction:
 
 
 def _describe(name: str, func: Callable[..., Any]) -> JobFunction:
-    pipeline = pipeline_of(func)
+    # A classmethod reached through its class is a bound method: its pipeline (and
+    # retry policy) is on the function underneath, and `cls` is not a job argument.
+    bound_to: object = None
+    target = func
+    if inspect.ismethod(func):
+        bound_to, target = func.__self__, func.__func__
+    pipeline = pipeline_of(target)
     stages = pipeline.stages if pipeline is not None else ()
-    original = pipeline.func if pipeline is not None else func
+    original = pipeline.func if pipeline is not None else target
     retry = next((s.policy for s in stages if isinstance(s, RetryStage)), None)
     try:
         hints = typing.get_type_hints(original)
@@ -133,7 +171,9 @@ def _describe(name: str, func: Callable[..., Any]) -> JobFunction:
     keywords: dict[str, Any] = {}
     var_positional: Any = Any
     var_keyword: Any = Any
-    params = inspect.signature(original).parameters.values()
+    params = list(inspect.signature(original).parameters.values())
+    if bound_to is not None:
+        params = params[1:]
     for param in params:
         hint = hints.get(param.name, Any)
         if param.kind is param.VAR_POSITIONAL:
@@ -146,10 +186,13 @@ def _describe(name: str, func: Callable[..., Any]) -> JobFunction:
             if param.kind is not param.POSITIONAL_ONLY:
                 keywords[param.name] = hint
     hinted = [h for _, h in positional] + list(keywords.values()) + [var_positional, var_keyword]
+    runner = rebuild_without(target, (RetryStage,))
+    if bound_to is not None:
+        runner = types.MethodType(runner, bound_to)
     return JobFunction(
         name=name,
         func=func,
-        runner=rebuild_without(func, (RetryStage,)),
+        runner=runner,
         is_async=inspect.iscoroutinefunction(original),
         retry=retry,
         has_breaker=any(isinstance(s, BreakerStage) for s in stages),
@@ -202,13 +245,16 @@ class FunctionRegistry:
                 "should run it"
             )
         target: Any = module
+        owner: Any = None
         for part in qualname.split("."):
-            target = getattr(target, part, None)
+            owner, target = target, getattr(target, part, None)
             if target is None:
                 raise UnknownFunction(f"module {module_name} has no function {qualname}")
         if not callable(target) or isinstance(target, type):
             raise UnknownFunction(f"{name} is not a function")
-        pipeline = pipeline_of(target)
+        if _is_instance_method(owner, qualname.rsplit(".", 1)[-1]):
+            raise UnknownFunction(str(_instance_method_error(name, owner)))
+        pipeline = pipeline_of(getattr(target, "__func__", target))
         defined_in = getattr(pipeline.func if pipeline else target, "__module__", None)
         if defined_in != module_name and not (
             defined_in == "__main__" and getattr(module, "__name__", None) == module_name

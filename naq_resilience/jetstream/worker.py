@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import math
 import os
 import signal
 import socket
@@ -284,8 +285,11 @@ class Worker:
 
     # ------------------------------------------------------------------ fetching
     async def _fetch_loop(self, queue: str, sub: JetStreamContext.PullSubscription) -> None:
+        # Fetch when half the slots are free (or all jobs ended), not whenever one is:
+        # a fetch per finished job would be a round trip per job.
+        low_water = max(1, min(self.concurrency, MAX_FETCH) // 2)
         while not self._stopping.is_set():
-            if self._free <= 0:
+            if self._free < low_water and self._running:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
                 continue
@@ -331,6 +335,10 @@ class Worker:
         except InvalidMessage as exc:
             await self._dead_raw(msg, queue, exc.reason)
             return
+        if env.queue != queue:
+            # The subject is where the job is: failures and history are filed under it.
+            # (Only a hand-written envelope differs, typically by leaving `queue` out.)
+            env = msgspec.structs.replace(env, queue=queue)
         try:
             fn = self.registry.resolve(env.function)
         except UnknownFunction as exc:
@@ -556,7 +564,7 @@ class Worker:
 
     async def _publish_dead(self, letter: DeadLetter, subject: str, ttl: float | None) -> None:
         assert self._js is not None
-        await self._js.publish(subject, self._record_encoder.encode(letter), msg_ttl=ttl)
+        await self._js.publish(subject, self._record_encoder.encode(letter), msg_ttl=_ttl(ttl))
 
     async def _store_result(
         self, env: JobEnvelope, status: JobStatus, result: Any, error: str | None
@@ -571,8 +579,16 @@ class Worker:
             unstorable = f"the job's return value could not be stored: {exc}"
             payload = encode(msgspec.structs.replace(record, result=None, error=unstorable))
         await self._js.publish(
-            f"$KV.{layout.RESULT_BUCKET}.{env.id}", payload, msg_ttl=env.result_ttl
+            f"$KV.{layout.RESULT_BUCKET}.{env.id}", payload, msg_ttl=_ttl(env.result_ttl)
         )
+
+
+def _ttl(seconds: float | None) -> float | None:
+    """A NATS per-message TTL: whole seconds (nats-py truncates, and 0 is refused), so
+    round up; an infinite TTL is no TTL."""
+    if seconds is None or not math.isfinite(seconds):
+        return None
+    return float(max(1, math.ceil(seconds)))
 
 
 def _call(func: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) -> Any:

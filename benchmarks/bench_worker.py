@@ -30,11 +30,13 @@ pending or unacknowledged (polled every 5 ms); rate = N / window, so an end-to-e
 includes enqueueing (producer and worker run concurrently, as in production). Enqueue
 only is timed until the last publish ack. CPU seconds of the producer (this process:
 the enqueueing and also the polling, which costs per second, so it weighs more in slow
-cases), the worker's process group and the nats-server are read from /proc around the
-window and shown in microseconds per job: on a 2-core machine they say where the time
-goes (producer + worker + server near ``2 x wall`` means CPU-bound). Worker memory is
-VmRSS from /proc/<pid>/status, summed over the worker's process group, after a 5,000-job
-warm-up and again after 100,000 more jobs have been acknowledged (0.5 s after each).
+cases), the worker's process group and the nats-server (which also answers the polls)
+are read from /proc around the window and shown in microseconds per job: on a 2-core
+machine they say where the time goes (producer + worker + server near ``2 x wall``
+means CPU-bound), and they are steadier than the rates on a loaded machine. Worker
+memory is VmRSS from /proc/<pid>/status, summed over the worker's process group, after
+a 5,000-job warm-up and again after 100,000 more jobs have been acknowledged (0.5 s
+after each).
 
 Statistic: every case runs once per round; the rounds are interleaved (each round runs
 every case) in ABBA order -- forward in odd rounds, backward in even ones -- so that
@@ -91,6 +93,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
@@ -220,12 +223,21 @@ class CpuMeter:
 
 
 class ServerLike(Protocol):
-    url: str
-    pid: int | None
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def pid(self) -> int | None: ...
 
     def __enter__(self) -> Any: ...
 
-    def __exit__(self, *exc: object) -> Any: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+        /,
+    ) -> Any: ...
 
 
 def free_port(host: str) -> int:
@@ -275,7 +287,13 @@ class NatsServerProcess:
                 raise RuntimeError(f"nats-server did not listen on {self.url} within 20 s")
             time.sleep(0.05)
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+        /,
+    ) -> None:
         if self._proc is not None and self._proc.poll() is None:
             self._proc.terminate()
             try:
@@ -525,7 +543,7 @@ def _spy_start(
     profile_dir: Path, label: str, producer: int, worker_pgid: int | None
 ) -> list[tuple[subprocess.Popen[bytes], IO[bytes]]]:
     spy = Path(sys.executable).parent / "py-spy"
-    procs = []
+    procs: list[tuple[subprocess.Popen[bytes], IO[bytes]]] = []
     targets = [("producer", producer), *([("worker", worker_pgid)] if worker_pgid else [])]
     for who, pid in targets:
         out = profile_dir / f"{label}.{who}.txt"
@@ -634,10 +652,10 @@ async def _raw_publish(js: JetStreamContext, n: int) -> int:
     """raw_nats.py's pub_async: publish_async every job, then gather the acks."""
     from bench_worker_peers import RAW_SUBJECT, raw_job
 
-    futures = [None] * n
+    futures = []
     for i in range(n):
-        futures[i] = await js.publish_async(RAW_SUBJECT, raw_job(i))  # type: ignore[call-overload]
-    acks = await asyncio.gather(*futures)  # type: ignore[arg-type]
+        futures.append(await js.publish_async(RAW_SUBJECT, raw_job(i)))
+    acks = await asyncio.gather(*futures)
     return int(acks[-1].seq)
 
 

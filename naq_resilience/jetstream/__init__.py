@@ -1,0 +1,1 @@
+"""The NATS JetStream job layer: connection, embedded server, and the job machinery."""

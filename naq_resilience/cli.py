@@ -104,7 +104,7 @@ def _run_server(args: argparse.Namespace) -> int:
                     )
                     return 1
             print("naq server: stopping nats-server", flush=True)
-    except (NatsServerNotFoundError, ServerStartError) as error:
+    except (NatsServerNotFoundError, ServerStartError, ValueError) as error:
         print(f"naq server: {error}", file=sys.stderr)
         return 1
     finally:

@@ -181,6 +181,11 @@ def test_naq_server_on_a_taken_port_explains_and_exits_1(
     assert "address already in use" in err
 
 
+def test_naq_server_refuses_one_port_for_both(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["server", "--port", "4333", "--monitor-port", "4333"]) == 1
+    assert "port and monitor_port must differ" in capsys.readouterr().err
+
+
 def test_a_command_is_required() -> None:
     with pytest.raises(SystemExit) as caught:
         cli.main([])

@@ -117,7 +117,7 @@ class _Resources:
 
 
 class EmbeddedServer:
-    """A JetStream nats-server child process on loopback, with a file store.
+    """A JetStream nats-server child process (on loopback by default) with a file store.
 
     The client port is fixed at the first start (chosen free when not given) and kept
     by `restart()`, so clients reconnect to the same URL and find the same store, as
@@ -144,7 +144,7 @@ class EmbeddedServer:
         self.startup_timeout = startup_timeout
         self._port = port or None
         self._monitor_port_given = monitor_port or None
-        self._monitor_port: int | None = monitor_port
+        self._monitor_port = self._monitor_port_given
         self._binary = None if binary is None else str(binary)
         self._name = f"naq-{uuid.uuid4().hex[:12]}"
         scratch = Path(tempfile.mkdtemp(prefix="naq-nats-"))
@@ -208,7 +208,8 @@ class EmbeddedServer:
         """Start nats-server and return once it serves JetStream clients.
 
         Raises `ServerStartError` (with the log's tail) if it exits or is not ready
-        within `startup_timeout`; the process is gone either way.
+        within `startup_timeout`, the process gone either way; `NatsServerNotFoundError`
+        if there is no binary to run.
         """
         if self._closed:
             raise RuntimeError("this EmbeddedServer is closed; create a new one")

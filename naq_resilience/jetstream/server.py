@@ -105,15 +105,22 @@ class _Resources:
 
     __slots__ = ("process", "scratch")
 
-    def __init__(self, scratch: Path) -> None:
+    def __init__(self) -> None:
         self.process: subprocess.Popen[bytes] | None = None
-        self.scratch = scratch
+        self.scratch: Path | None = None
+
+    def scratch_path(self, name: str) -> Path:
+        """`name` in a temporary dir of our own, made the first time one is needed."""
+        if self.scratch is None:
+            self.scratch = Path(tempfile.mkdtemp(prefix="naq-nats-"))
+        return self.scratch / name
 
     def release(self) -> None:
         process, self.process = self.process, None
         if process is not None:
             _terminate(process, timeout=5.0)
-        shutil.rmtree(self.scratch, ignore_errors=True)
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 class EmbeddedServer:
@@ -147,11 +154,16 @@ class EmbeddedServer:
         self._monitor_port = self._monitor_port_given
         self._binary = None if binary is None else str(binary)
         self._name = f"naq-{uuid.uuid4().hex[:12]}"
-        scratch = Path(tempfile.mkdtemp(prefix="naq-nats-"))
-        self._resources = _Resources(scratch)
+        self._resources = _Resources()
         self._finalizer = weakref.finalize(self, self._resources.release)
-        self._store_dir = Path(store_dir) if store_dir is not None else scratch / "store"
-        self._log_file = Path(log_file) if log_file is not None else scratch / "nats-server.log"
+        self._store_dir = (
+            Path(store_dir) if store_dir is not None else self._resources.scratch_path("store")
+        )
+        self._log_file = (
+            Path(log_file)
+            if log_file is not None
+            else self._resources.scratch_path("nats-server.log")
+        )
         self._closed = False
 
     # ------------------------------------------------------------------ state

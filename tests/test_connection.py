@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import shutil
 import socket
@@ -239,6 +240,12 @@ def test_ensure_jetstream_names_the_fix_on_a_server_without_it() -> None:
     message = str(caught.value)
     assert url in message
     assert "start nats-server with -js, or use `naq server`" in message
+
+
+@pytest.mark.skipif(importlib.util.find_spec("nkeys") is not None, reason="nkeys is installed")
+def test_credentials_without_nkeys_name_the_missing_package(nats_url: str) -> None:
+    with pytest.raises(NatsUnavailableError, match=r"pip install nkeys"):
+        asyncio.run(connect(url=nats_url, credentials_file="user.creds"))
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make a cert")

@@ -267,12 +267,13 @@ def test_a_server_never_closed_dies_with_the_interpreter() -> None:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
-def test_a_server_dies_even_when_its_python_is_killed() -> None:
+def test_a_server_dies_even_when_its_python_is_killed(tmp_path: Path) -> None:
+    # A SIGKILLed interpreter cleans nothing up: keep its store and log under tmp_path.
     child = spawn_python(
-        """
+        f"""
         import time
         from naq_resilience.jetstream.server import EmbeddedServer
-        server = EmbeddedServer()
+        server = EmbeddedServer(store_dir={str(tmp_path)!r}, log_file={str(tmp_path / "log")!r})
         server.start()
         print(server.pid, flush=True)
         time.sleep(60)

@@ -105,19 +105,26 @@ class _Resources:
 
     __slots__ = ("process", "scratch")
 
-    def __init__(self, scratch: Path) -> None:
+    def __init__(self) -> None:
         self.process: subprocess.Popen[bytes] | None = None
-        self.scratch = scratch
+        self.scratch: Path | None = None
+
+    def scratch_path(self, name: str) -> Path:
+        """`name` in a temporary dir of our own, made the first time one is needed."""
+        if self.scratch is None:
+            self.scratch = Path(tempfile.mkdtemp(prefix="naq-nats-"))
+        return self.scratch / name
 
     def release(self) -> None:
         process, self.process = self.process, None
         if process is not None:
             _terminate(process, timeout=5.0)
-        shutil.rmtree(self.scratch, ignore_errors=True)
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 class EmbeddedServer:
-    """A JetStream nats-server child process on loopback, with a file store.
+    """A JetStream nats-server child process (on loopback by default) with a file store.
 
     The client port is fixed at the first start (chosen free when not given) and kept
     by `restart()`, so clients reconnect to the same URL and find the same store, as
@@ -144,14 +151,19 @@ class EmbeddedServer:
         self.startup_timeout = startup_timeout
         self._port = port or None
         self._monitor_port_given = monitor_port or None
-        self._monitor_port: int | None = monitor_port
+        self._monitor_port = self._monitor_port_given
         self._binary = None if binary is None else str(binary)
         self._name = f"naq-{uuid.uuid4().hex[:12]}"
-        scratch = Path(tempfile.mkdtemp(prefix="naq-nats-"))
-        self._resources = _Resources(scratch)
+        self._resources = _Resources()
         self._finalizer = weakref.finalize(self, self._resources.release)
-        self._store_dir = Path(store_dir) if store_dir is not None else scratch / "store"
-        self._log_file = Path(log_file) if log_file is not None else scratch / "nats-server.log"
+        self._store_dir = (
+            Path(store_dir) if store_dir is not None else self._resources.scratch_path("store")
+        )
+        self._log_file = (
+            Path(log_file)
+            if log_file is not None
+            else self._resources.scratch_path("nats-server.log")
+        )
         self._closed = False
 
     # ------------------------------------------------------------------ state
@@ -208,7 +220,8 @@ class EmbeddedServer:
         """Start nats-server and return once it serves JetStream clients.
 
         Raises `ServerStartError` (with the log's tail) if it exits or is not ready
-        within `startup_timeout`; the process is gone either way.
+        within `startup_timeout`, the process gone either way; `NatsServerNotFoundError`
+        if there is no binary to run.
         """
         if self._closed:
             raise RuntimeError("this EmbeddedServer is closed; create a new one")

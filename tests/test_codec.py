@@ -11,7 +11,6 @@ import time
 import uuid
 from typing import Any
 
-import jobs_for_registry as jobs
 import msgspec
 import pytest
 
@@ -34,6 +33,8 @@ from naq_resilience.models import (
     JobStatus,
     SagaLogRecord,
 )
+
+import jobs_for_registry as jobs
 
 FORMATS: tuple[Format, ...] = ("json", "msgpack")
 

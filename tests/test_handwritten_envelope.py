@@ -23,7 +23,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-import jobs_for_wire
 import msgspec
 import nats
 import pytest
@@ -34,6 +33,8 @@ from nats.js.errors import NotFoundError
 from naq_resilience.jetstream.client import Client
 from naq_resilience.jetstream.worker import Worker
 from naq_resilience.models import DeadLetter
+
+import jobs_for_wire
 
 T = TypeVar("T")
 WAIT = 20.0

@@ -13,11 +13,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import jobs_for_registry as jobs
 import pytest
 
 from naq_resilience import DataValidationError, NonRetryable
 from naq_resilience.jetstream.registry import FunctionRegistry, UnknownFunction, function_name
+
+import jobs_for_registry as jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULE = "jobs_for_registry"

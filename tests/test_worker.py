@@ -11,7 +11,6 @@ from typing import Any, TypeVar
 
 import nats
 import pytest
-import worker_jobs
 from nats.js.errors import NotFoundError
 
 from naq_resilience import (
@@ -27,6 +26,8 @@ from naq_resilience import (
 from naq_resilience.codec import decode
 from naq_resilience.jetstream import layout
 from naq_resilience.models import FailureRecord
+
+import worker_jobs
 
 pytestmark = pytest.mark.usefixtures("clean_jetstream")
 T = TypeVar("T")

@@ -16,12 +16,13 @@ from typing import Any
 
 import nats
 import pytest
-import worker_jobs
 
 from naq_resilience import Client, JobStatus
 from naq_resilience.codec import decode
 from naq_resilience.jetstream import layout
 from naq_resilience.models import BreakerRecord
+
+import worker_jobs
 
 TESTS = Path(__file__).parent
 

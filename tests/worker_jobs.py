@@ -97,9 +97,13 @@ def flag_path() -> Path:
     return Path(os.environ["NAQ_TEST_TRACE_DIR"]) / "dependency-is-up"
 
 
-@circuit_breaker(name="tests:shared-dependency", failure_threshold=3, recovery_timeout=1.5)
+@circuit_breaker(name="tests:shared-dependency", failure_threshold=3, recovery_timeout=4.0)
 async def call_dependency(tag: str) -> str:
-    """Fails until the test creates the flag file: a dependency that is down, then up."""
+    """Fails until the test creates the flag file: a dependency that is down, then up.
+
+    The recovery timeout is longer than it takes the tests to start a second worker
+    process, so that worker meets the breaker still open rather than half-open.
+    """
     if not flag_path().exists():
         trace(f"fail {tag}")
         raise ConnectionError("dependency down")

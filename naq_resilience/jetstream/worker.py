@@ -76,6 +76,8 @@ _current_job: contextvars.ContextVar[JobEnvelope | None] = contextvars.ContextVa
 )
 
 MAX_FETCH = 256
+DEFERRAL_TTL = 7 * 24 * 3600.0
+"""A deferral count outlives any sane breaker outage, then expires with the job gone."""
 _NO_SCHEDULE = DelaySchedule("fixed", 0.0, None, None)
 
 
@@ -425,8 +427,12 @@ class Worker:
         self, msg: Msg, env: JobEnvelope, exc: CircuitBreakerOpenError, deferrals: int
     ) -> None:
         """The breaker is open: come back when it may close, without using an attempt."""
-        assert self._buckets is not None
-        await self._buckets.deferrals.put(env.id, str(deferrals + 1).encode())
+        assert self._js is not None
+        await self._js.publish(
+            f"$KV.{layout.DEFERRAL_BUCKET}.{env.id}",
+            str(deferrals + 1).encode(),
+            msg_ttl=DEFERRAL_TTL,
+        )
         await msg.nak(delay=max(exc.retry_after, 0.001))
         log.debug("job %s deferred %.3fs: breaker %s open", env.id, exc.retry_after, exc.name)
 

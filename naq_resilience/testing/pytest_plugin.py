@@ -19,6 +19,10 @@ It adds:
 
 If `NAQ_CHAOS` already switched chaos on without `NAQ_CHAOS_SEED`, the session seed is
 applied to it too, so an environment-wide chaos run is reproducible as well.
+
+It also brings the NATS fixtures of `naq_resilience.testing.nats` (`nats_server`,
+`nats_url`, `nats_client`, `clean_jetstream`, `fresh_nats_server`); none starts a
+server until a test asks for it.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from naq_resilience.policies.chaos import ENV_NAMES, ChaosBlock, ChaosSwitch
 from naq_resilience.policies.chaos import chaos as _chaos
 
 __all__ = ["DEFAULT_SEED", "ChaosController"]
+
+pytest_plugins = ["naq_resilience.testing.nats"]
 
 DEFAULT_SEED = 0
 _MARKER_ARGUMENTS = ("names", "failure_rate", "latency_rate", "seed")

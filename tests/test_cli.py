@@ -1,0 +1,203 @@
+"""The `naq` command; `naq server` runs as a real subprocess with a real nats-server."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from naq_resilience import cli
+from naq_resilience.jetstream.connection import connect, ensure_jetstream
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def gone(pid: int) -> bool:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return True
+        if state == "Z":
+            return True
+        time.sleep(0.02)
+    return False
+
+
+class NaqServer:
+    """`python -m naq_resilience.cli server ...`, its output read line by line by a thread."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "naq_resilience.cli", "server", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+        )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def read_until(self, marker: str, timeout: float = 20.0) -> str:
+        deadline = time.monotonic() + timeout
+        while not any(marker in line for line in self.seen):
+            line = self.lines.get(timeout=max(deadline - time.monotonic(), 0.01))
+            assert line is not None, f"naq server ended before {marker!r}: {self.seen}"
+            self.seen.append(line)
+        return "".join(self.seen)
+
+    def finish(self, timeout: float = 20.0) -> tuple[int, str, str]:
+        code = self.process.wait(timeout)
+        self.reader.join(timeout)
+        while (line := self.lines.get_nowait()) is not None:
+            self.seen.append(line)
+        assert self.process.stderr is not None
+        return code, "".join(self.seen), self.process.stderr.read()
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        self.reader.join(10)
+        for stream in (self.process.stdout, self.process.stderr):
+            if stream is not None:
+                stream.close()
+
+
+@pytest.fixture
+def naq_servers() -> Iterator[list[NaqServer]]:
+    started: list[NaqServer] = []
+    yield started
+    for server in started:
+        server.close()
+
+
+async def use(url: str) -> int:
+    nc = await connect(url=url)
+    try:
+        await ensure_jetstream(nc)
+        js = nc.jetstream()
+        await js.add_stream(name="CLI", subjects=["cli.>"])
+        ack = await js.publish("cli.hello", b"hi")
+        return ack.seq
+    finally:
+        await nc.close()
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+def test_naq_server_serves_jetstream_and_stops_on_a_signal(
+    naq_servers: list[NaqServer], tmp_path: Path, stop_signal: signal.Signals
+) -> None:
+    port = free_port()
+    server = NaqServer("--port", str(port), env={"XDG_DATA_HOME": str(tmp_path)})
+    naq_servers.append(server)
+    banner = server.read_until("stop with Ctrl-C")
+    url = f"nats://127.0.0.1:{port}"
+    match = re.search(r"NATS with JetStream at (\S+) \(nats-server pid (\d+)\)", banner)
+    assert match is not None, banner
+    assert match.group(1) == url
+    pid = int(match.group(2))
+    store = tmp_path / "naq-resilience" / "jetstream"
+    assert f"store:   {store}" in banner
+    assert f"NAQ_NATS_URL={url}" in banner
+
+    assert asyncio.run(use(url)) == 1
+
+    server.process.send_signal(stop_signal)
+    code, out, err = server.finish()
+    assert code == 0, err
+    assert out.rstrip().endswith("naq server: stopped")
+    assert gone(pid)
+    assert (store / "jetstream").is_dir()
+    assert (store / "nats-server.log").is_file()
+
+
+def test_naq_server_keeps_its_store_between_runs(
+    naq_servers: list[NaqServer], tmp_path: Path
+) -> None:
+    port, store = free_port(), tmp_path / "store"
+    for expected_seq in (1, 2):
+        server = NaqServer("--port", str(port), "--store-dir", str(store))
+        naq_servers.append(server)
+        server.read_until("stop with Ctrl-C")
+        assert asyncio.run(publish(f"nats://127.0.0.1:{port}", create=expected_seq == 1)) == (
+            expected_seq
+        )
+        server.process.send_signal(signal.SIGTERM)
+        assert server.finish()[0] == 0
+
+
+async def publish(url: str, *, create: bool) -> int:
+    nc = await connect(url=url)
+    try:
+        js = nc.jetstream()
+        if create:
+            await js.add_stream(name="KEEP", subjects=["keep.>"])
+        return (await js.publish("keep.x", b"x")).seq
+    finally:
+        await nc.close()
+
+
+def test_naq_server_on_a_taken_port_explains_and_exits_1(
+    naq_servers: list[NaqServer], tmp_path: Path
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = NaqServer("--port", str(port), "--store-dir", str(tmp_path / "s"))
+        naq_servers.append(server)
+        code, _, err = server.finish()
+    assert code == 1
+    assert err.startswith(f"naq server: nats-server did not start on 127.0.0.1:{port}")
+    assert "address already in use" in err
+
+
+def test_naq_server_refuses_one_port_for_both(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["server", "--port", "4333", "--monitor-port", "4333"]) == 1
+    assert "port and monitor_port must differ" in capsys.readouterr().err
+
+
+def test_a_command_is_required() -> None:
+    with pytest.raises(SystemExit) as caught:
+        cli.main([])
+    assert caught.value.code == 2
+
+
+def test_subcommands_come_from_commands(monkeypatch: pytest.MonkeyPatch) -> None:
+    def add_hello(commands: cli.Subparsers[argparse.ArgumentParser]) -> None:
+        parser = commands.add_parser("hello")
+        parser.add_argument("--code", type=int, default=0)
+        parser.set_defaults(handler=lambda args: args.code)
+
+    monkeypatch.setattr(cli, "COMMANDS", (*cli.COMMANDS, add_hello))
+    assert cli.main(["hello", "--code", "7"]) == 7
+    assert "server" in cli.build_parser().format_help()

@@ -1,0 +1,295 @@
+"""connect() and ConnectionSettings against real nats-server processes."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+import shutil
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from naq_resilience.jetstream.connection import (
+    DEFAULT_URL,
+    ENV_VARS,
+    ConnectionSettings,
+    JetStreamUnavailableError,
+    NatsUnavailableError,
+    connect,
+    ensure_jetstream,
+)
+from naq_resilience.jetstream.server import EmbeddedServer, find_nats_server
+
+FIX = "start one with `naq server`, or set NAQ_NATS_URL"
+
+
+@pytest.fixture(autouse=True)
+def _no_nats_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ENV_VARS.values():
+        monkeypatch.delenv(var, raising=False)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def plain_server(*options: str) -> Iterator[str]:
+    """A nats-server started by hand with `options` (no JetStream unless asked)."""
+    port = free_port()
+    process = subprocess.Popen(
+        [find_nats_server(), "-a", "127.0.0.1", "-p", str(port), *options],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert process.poll() is None, "nats-server exited"
+                assert time.monotonic() < deadline, "nats-server did not listen"
+                time.sleep(0.01)
+        yield f"nats://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def test_defaults_without_environment() -> None:
+    settings = ConnectionSettings()
+    assert settings.url == DEFAULT_URL == "nats://127.0.0.1:4222"
+    assert settings.servers == [DEFAULT_URL]
+    assert settings.ssl_context() is None
+    assert ConnectionSettings.from_env() == settings
+
+
+def test_url_default_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NAQ_NATS_URL", "nats://broker:4333")
+    assert ConnectionSettings().url == "nats://broker:4333"
+    assert ConnectionSettings("nats://given:1").url == "nats://given:1"
+
+
+def test_from_env_reads_every_variable_and_overrides_win(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    values = {
+        "NAQ_NATS_URL": "nats://a:1,nats://b:2",
+        "NAQ_NATS_USER": "alice",
+        "NAQ_NATS_PASSWORD": "pw-from-env",
+        "NAQ_NATS_TOKEN": "token-from-env",
+        "NAQ_NATS_CREDS": "/etc/nats/user.creds",
+        "NAQ_NATS_NKEY": "/etc/nats/user.nk",
+        "NAQ_NATS_TLS_CA": "/etc/nats/ca.pem",
+        "NAQ_NATS_TLS_CERT": "/etc/nats/cert.pem",
+        "NAQ_NATS_TLS_KEY": "/etc/nats/key.pem",
+    }
+    for var, value in values.items():
+        monkeypatch.setenv(var, value)
+    settings = ConnectionSettings.from_env(user="bob", name="svc")
+    assert settings.servers == ["nats://a:1", "nats://b:2"]
+    assert settings.user == "bob"
+    assert settings.name == "svc"
+    assert settings.password == "pw-from-env"
+    assert settings.token == "token-from-env"
+    assert settings.credentials_file == "/etc/nats/user.creds"
+    assert settings.nkey_seed_file == "/etc/nats/user.nk"
+    assert (settings.tls_ca_file, settings.tls_cert_file, settings.tls_key_file) == (
+        "/etc/nats/ca.pem",
+        "/etc/nats/cert.pem",
+        "/etc/nats/key.pem",
+    )
+
+
+def test_secrets_never_appear_in_repr() -> None:
+    settings = ConnectionSettings(
+        "nats://carol:url-secret@broker:4222,nats://url-token@other:4222",
+        user="carol",
+        password="pass-secret",
+        token="token-secret",
+        connect_timeout=1.5,
+    )
+    shown = repr(settings)
+    for secret in ("url-secret", "pass-secret", "token-secret", "url-token"):
+        assert secret not in shown
+        assert secret not in str(settings)
+    assert "nats://***@broker:4222,nats://***@other:4222" in shown
+    assert "user='carol'" in shown
+    assert "password='***'" in shown
+    assert "connect_timeout=1.5" in shown
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"max_reconnect_attempts": 0}, "allow_reconnect=False"),
+        ({"max_reconnect_attempts": -2}, "-1"),
+        ({"connect_timeout": 0}, "connect_timeout"),
+        ({"url": " , "}, "no server"),
+        ({"tls_context": ssl.create_default_context(), "tls_ca_file": "ca.pem"}, "not both"),
+        ({"tls_key_file": "key.pem"}, "tls_cert_file"),
+    ],
+)
+def test_inconsistent_settings_are_refused(options: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ConnectionSettings(**options)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- connecting
+
+
+def test_connect_from_the_environment_with_jetstream(
+    monkeypatch: pytest.MonkeyPatch, nats_url: str
+) -> None:
+    monkeypatch.setenv("NAQ_NATS_URL", nats_url)
+
+    async def main() -> tuple[bool, int, int]:
+        nc = await connect(max_reconnect_attempts=-1, name="test-connection")
+        try:
+            info = await ensure_jetstream(nc)
+            return nc.is_connected, info.limits.max_streams, nc.options["max_reconnect_attempts"]
+        finally:
+            await nc.close()
+
+    connected, max_streams, attempts = asyncio.run(main())
+    assert connected
+    assert max_streams == -1
+    assert attempts == -1
+
+
+def test_unreachable_server_is_one_clear_error_without_credentials() -> None:
+    port = free_port()
+    url = f"nats://dave:url-secret@127.0.0.1:{port}"
+
+    async def main() -> None:
+        await connect(url=url, password="pass-secret", max_reconnect_attempts=-1)
+
+    with pytest.raises(NatsUnavailableError) as caught:
+        asyncio.run(main())
+    error = caught.value
+    message = str(error)
+    assert isinstance(error, ConnectionError)
+    assert f"nats://***@127.0.0.1:{port}" in message
+    assert FIX in message
+    assert "ConnectionRefusedError" in message
+    assert "url-secret" not in message
+    assert "pass-secret" not in message
+    assert error.__cause__ is None
+    assert error.__suppress_context__
+
+
+def test_rejected_credentials_say_so_without_the_password() -> None:
+    with plain_server("--user", "erin", "--pass", "right-secret") as url:
+
+        async def attempt(password: str) -> bool:
+            nc = await connect(url=url, user="erin", password=password)
+            try:
+                return nc.is_connected
+            finally:
+                await nc.close()
+
+        with pytest.raises(NatsUnavailableError) as caught:
+            asyncio.run(attempt("wrong-secret"))
+        assert asyncio.run(attempt("right-secret"))
+    message = str(caught.value)
+    assert "rejected the credentials" in message
+    assert "Authorization Violation" in message
+    assert "wrong-secret" not in message
+    assert "right-secret" not in message
+
+
+def test_token_is_passed_through() -> None:
+    with plain_server("--auth", "the-token") as url:
+
+        async def main() -> bool:
+            nc = await connect(url=url, token="the-token")
+            try:
+                return nc.is_connected
+            finally:
+                await nc.close()
+
+        assert asyncio.run(main())
+
+
+def test_ensure_jetstream_names_the_fix_on_a_server_without_it() -> None:
+    with plain_server() as url:
+
+        async def main() -> None:
+            nc = await connect(url=url)
+            try:
+                await ensure_jetstream(nc)
+            finally:
+                await nc.close()
+
+        with pytest.raises(JetStreamUnavailableError) as caught:
+            asyncio.run(main())
+    message = str(caught.value)
+    assert url in message
+    assert "start nats-server with -js, or use `naq server`" in message
+
+
+@pytest.mark.skipif(importlib.util.find_spec("nkeys") is not None, reason="nkeys is installed")
+def test_credentials_without_nkeys_name_the_missing_package(nats_url: str) -> None:
+    with pytest.raises(NatsUnavailableError, match=r"pip install nkeys"):
+        asyncio.run(connect(url=nats_url, credentials_file="user.creds"))
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make a cert")
+def test_tls_with_a_ca_file(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    with plain_server("--tls", "--tlscert", str(cert), "--tlskey", str(key)) as url:
+
+        async def main(settings: ConnectionSettings) -> bool:
+            nc = await connect(settings)
+            try:
+                return nc.is_connected
+            finally:
+                await nc.close()
+
+        assert asyncio.run(main(ConnectionSettings(url, tls_ca_file=str(cert))))
+        with pytest.raises(NatsUnavailableError, match="CERTIFICATE_VERIFY_FAILED"):
+            asyncio.run(main(ConnectionSettings(url, connect_timeout=1)))
+
+
+def test_connection_events_reach_the_naq_resilience_logger(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def main(server: EmbeddedServer) -> None:
+        nc = await connect(url=server.url, reconnect_time_wait=0.05)
+        try:
+            await asyncio.to_thread(server.kill)
+            await asyncio.to_thread(server.restart)
+            for _ in range(1000):
+                if nc.is_connected and any("reconnected" in m for m in caplog.messages):
+                    return
+                await asyncio.sleep(0.01)
+        finally:
+            await nc.close()
+
+    caplog.set_level(logging.INFO, logger="naq_resilience")
+    with EmbeddedServer() as server:
+        asyncio.run(main(server))
+    messages = [r.getMessage() for r in caplog.records if r.name == "naq_resilience"]
+    assert any(m.startswith("disconnected from NATS at nats://127.0.0.1:") for m in messages)
+    assert any(m.startswith("reconnected to NATS at nats://127.0.0.1:") for m in messages)
+    assert any(m.startswith("NATS connection to ") and "closed" in m for m in messages)

@@ -76,6 +76,7 @@ import argparse
 import asyncio
 import atexit
 import contextlib
+import functools
 import gc
 import importlib.metadata
 import importlib.util
@@ -781,13 +782,29 @@ async def naq_enqueue(ctx: Ctx, n: int) -> Sample:
     return Sample(n, seconds, cpu)
 
 
+@functools.cache
 def naq_worker_command() -> list[str]:
-    """``python -m naq_resilience.cli worker bench --import bench_jobs --concurrency 256``."""
-    if importlib.util.find_spec("naq_resilience.cli") is not None:
-        return [sys.executable, "-m", "naq_resilience.cli", "worker", *NAQ_WORKER_ARGS]
+    """``python -m naq_resilience.cli worker bench --import bench_jobs --concurrency 256``.
+
+    While the `naq` CLI of this checkout has no ``worker`` command yet, its sub-command
+    module is mounted by hand (the same arguments, the same `Worker`).
+    """
+    cli = [sys.executable, "-m", "naq_resilience.cli", "worker"]
+    probe = subprocess.run(
+        [*cli, "--help"],
+        capture_output=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE)])},
+        cwd=HERE,
+        timeout=60,
+    )
+    if probe.returncode == 0:
+        return [*cli, *NAQ_WORKER_ARGS]
     if importlib.util.find_spec("naq_resilience.cli_worker") is not None:
         return [sys.executable, "-c", _CLI_SHIM, "worker", *NAQ_WORKER_ARGS]
-    raise RuntimeError("this checkout has no worker command (naq_resilience.cli)")
+    raise RuntimeError(
+        "this checkout has no worker command: `python -m naq_resilience.cli worker` said "
+        + (probe.stderr.decode(errors="replace").strip() or f"exit {probe.returncode}")
+    )
 
 
 def _naq_worker(ctx: Ctx) -> WorkerProcess:

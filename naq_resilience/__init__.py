@@ -87,7 +87,11 @@ if TYPE_CHECKING:
         enqueue_sync,
         get_dead_letter_jobs,
     )
-    from naq_resilience.jetstream.connection import ConnectionSettings, NatsUnavailableError
+    from naq_resilience.jetstream.connection import (
+        ConnectionSettings,
+        JetStreamUnavailableError,
+        NatsUnavailableError,
+    )
     from naq_resilience.jetstream.server import EmbeddedServer
     from naq_resilience.jetstream.worker import Worker, current_job
     from naq_resilience.models import DeadLetter, FailureRecord, JobEnvelope, JobStatus
@@ -109,6 +113,7 @@ _LAZY = {
     "get_dead_letter_jobs": "naq_resilience.jetstream.client",
     "ConnectionSettings": "naq_resilience.jetstream.connection",
     "NatsUnavailableError": "naq_resilience.jetstream.connection",
+    "JetStreamUnavailableError": "naq_resilience.jetstream.connection",
     "EmbeddedServer": "naq_resilience.jetstream.server",
     "Worker": "naq_resilience.jetstream.worker",
     "current_job": "naq_resilience.jetstream.worker",
@@ -183,6 +188,7 @@ __all__ = [
     "get_breaker",
     "get_dead_letter_jobs",
     "is_injected",
+    "JetStreamUnavailableError",
     "Job",
     "JobEnvelope",
     "JobFailedError",

@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
+from naq_resilience.cli_worker import add_worker_command
+
 __all__ = ["COMMANDS", "add_server_command", "build_parser", "main"]
 
 Subparsers = argparse._SubParsersAction  # argparse has no public name for it
@@ -44,7 +46,10 @@ def add_server_command(commands: Subparsers[argparse.ArgumentParser]) -> None:
         type=Path,
         default=None,
         metavar="DIR",
-        help="JetStream store (default: ~/.local/share/naq-resilience/jetstream, or under $XDG_DATA_HOME)",
+        help=(
+            "JetStream store (default: ~/.local/share/naq-resilience/jetstream, "
+            "or under $XDG_DATA_HOME)"
+        ),
     )
     parser.add_argument(
         "--monitor-port",
@@ -114,7 +119,7 @@ def _run_server(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: tuple[AddCommand, ...] = (add_server_command,)
+COMMANDS: tuple[AddCommand, ...] = (add_server_command, add_worker_command)
 
 
 def build_parser() -> argparse.ArgumentParser:

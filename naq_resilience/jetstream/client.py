@@ -30,7 +30,7 @@ from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from naq_resilience.codec import Format, decode, encode, encode_job_arguments
 from naq_resilience.jetstream import layout
-from naq_resilience.jetstream.connection import ConnectionSettings, connect
+from naq_resilience.jetstream.connection import ConnectionSettings, connect, ensure_jetstream
 from naq_resilience.jetstream.registry import function_name
 from naq_resilience.jetstream.streams import Buckets, ensure_layout
 from naq_resilience.models import DeadLetter, JobEnvelope, JobResult, JobStatus
@@ -242,6 +242,7 @@ class Client:
             if self._js is None or self._buckets is None:
                 if self._nc is None:
                     self._nc = await connect(self._settings)
+                await ensure_jetstream(self._nc)
                 js = self._nc.jetstream()
                 self._buckets = await ensure_layout(js)
                 self._js = js

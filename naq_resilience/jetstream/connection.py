@@ -258,7 +258,7 @@ async def connect(settings: ConnectionSettings | None = None, **overrides: Any) 
             f"cannot connect to NATS at {settings.display_url}: credentials and nkey files "
             f"need the nkeys package ({error}); install it with `pip install nkeys`"
         ) from None
-    except (OSError, NatsError, asyncio.TimeoutError) as error:
+    except (TimeoutError, OSError, NatsError) as error:
         await _discard(client)
         raise NatsUnavailableError(_unavailable_message(settings, callbacks, error)) from None
     client.options["allow_reconnect"] = settings.allow_reconnect
@@ -290,8 +290,10 @@ def _unavailable_message(
 def _is_rejection(error: BaseException) -> bool:
     # nats-py raises a bare Error carrying the server's -ERR text for a failed handshake.
     text = str(error).lower()
-    return isinstance(error, AuthorizationError) or "authorization" in text or (
-        "authentication" in text
+    return (
+        isinstance(error, AuthorizationError)
+        or "authorization" in text
+        or ("authentication" in text)
     )
 
 
@@ -325,7 +327,7 @@ async def ensure_jetstream(client: Client, timeout: float = 2.0) -> AccountInfo:
         return await client.jetstream(timeout=timeout).account_info()
     except ServiceUnavailableError as error:
         reason = error.description or "nothing answers the JetStream API"
-    except asyncio.TimeoutError:
+    except TimeoutError:
         reason = f"no JetStream API answer within {timeout:g} s"
     where = client.connected_url
     url = _redact_url(where.geturl()) if where is not None else "the server"

@@ -73,7 +73,7 @@ class BreakerSync:
         # Take on the current state before the worker fetches a job: a worker that
         # starts while a breaker is open must not call the dependency first.
         with contextlib.suppress(nats.errors.TimeoutError):
-            while (entry := await watcher.updates(timeout=5.0)) is not None:
+            while (entry := await watcher.updates(timeout=5.0)) is not None:  # type: ignore[no-untyped-call]
                 self._receive(entry)
         self._tasks = [
             asyncio.create_task(self._watch(watcher)),

@@ -49,7 +49,7 @@ from nats.js.errors import KeyNotFoundError
 
 from naq_resilience.codec import Format, InvalidMessage, decode, decode_envelope, encode
 from naq_resilience.jetstream import layout
-from naq_resilience.jetstream.connection import ConnectionSettings, connect
+from naq_resilience.jetstream.connection import ConnectionSettings, connect, ensure_jetstream
 from naq_resilience.jetstream.registry import FunctionRegistry, JobFunction, UnknownFunction
 from naq_resilience.jetstream.stores import BreakerSync, KVActionLog, load_action_log
 from naq_resilience.jetstream.streams import Buckets, ensure_layout
@@ -201,6 +201,7 @@ class Worker:
         """Work until `stop()`; then finish in-flight jobs within `shutdown_grace`."""
         self._loop = asyncio.get_running_loop()
         self._nc = await connect(self._settings, max_reconnect_attempts=-1)
+        await ensure_jetstream(self._nc)
         self._js = self._nc.jetstream()
         self._buckets = await ensure_layout(self._js)
         breakers = BreakerSync(self._buckets.breakers, self.worker_id)

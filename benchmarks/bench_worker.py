@@ -76,7 +76,6 @@ import argparse
 import asyncio
 import atexit
 import contextlib
-import functools
 import gc
 import importlib.metadata
 import importlib.util
@@ -115,14 +114,6 @@ FAILURE_STREAM = "NAQ_FAILURES"
 WORKER_CONSUMER = f"naq-worker-{QUEUE}"
 DEAD_FILTER = f"naq.dead.{QUEUE}.dead.>"
 NAQ_WORKER_ARGS: tuple[str, ...] = (QUEUE, "--import", "bench_jobs", "--concurrency", "256")
-_CLI_SHIM = (  # the `naq worker` sub-command mounted by hand, while `naq_resilience.cli` is absent
-    "import argparse, sys\n"
-    "from naq_resilience.cli_worker import add_worker_command\n"
-    "parser = argparse.ArgumentParser(prog='naq')\n"
-    "add_worker_command(parser.add_subparsers(dest='command', required=True))\n"
-    "args = parser.parse_args()\n"
-    "sys.exit(args.handler(args))\n"
-)
 
 WHO = ("producer", "worker", "server")
 WARMUP_JOBS = 256
@@ -782,29 +773,9 @@ async def naq_enqueue(ctx: Ctx, n: int) -> Sample:
     return Sample(n, seconds, cpu)
 
 
-@functools.cache
 def naq_worker_command() -> list[str]:
-    """``python -m naq_resilience.cli worker bench --import bench_jobs --concurrency 256``.
-
-    While the `naq` CLI of this checkout has no ``worker`` command yet, its sub-command
-    module is mounted by hand (the same arguments, the same `Worker`).
-    """
-    cli = [sys.executable, "-m", "naq_resilience.cli", "worker"]
-    probe = subprocess.run(
-        [*cli, "--help"],
-        capture_output=True,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE)])},
-        cwd=HERE,
-        timeout=60,
-    )
-    if probe.returncode == 0:
-        return [*cli, *NAQ_WORKER_ARGS]
-    if importlib.util.find_spec("naq_resilience.cli_worker") is not None:
-        return [sys.executable, "-c", _CLI_SHIM, "worker", *NAQ_WORKER_ARGS]
-    raise RuntimeError(
-        "this checkout has no worker command: `python -m naq_resilience.cli worker` said "
-        + (probe.stderr.decode(errors="replace").strip() or f"exit {probe.returncode}")
-    )
+    """``python -m naq_resilience.cli worker bench --import bench_jobs --concurrency 256``."""
+    return [sys.executable, "-m", "naq_resilience.cli", "worker", *NAQ_WORKER_ARGS]
 
 
 def _naq_worker(ctx: Ctx) -> WorkerProcess:
@@ -1387,7 +1358,8 @@ def render(result: RunResult) -> str:
         )
     lines += ["", "Targets:"]
     for check in result.targets:
-        shown = "—" if check.value is None else f"{check.value:,.2f} {check.unit}"
+        spec = ",.3f" if check.unit == "x" else ",.2f"  # 0.699 must not print as 0.70
+        shown = "—" if check.value is None else f"{check.value:{spec}} {check.unit}"
         relation = ">=" if check.higher_is_better else "<"
         detail = f"; {check.detail}" if check.detail else ""
         lines.append(

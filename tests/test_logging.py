@@ -3,10 +3,20 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections.abc import Iterator
 
 import pytest
 
 from naq_resilience import setup_logging
+
+
+@pytest.fixture(autouse=True)
+def _restore_library_logger() -> Iterator[None]:
+    logger = logging.getLogger("naq_resilience")
+    level, propagate = logger.level, logger.propagate
+    yield
+    logger.setLevel(level)
+    logger.propagate = propagate
 
 
 def test_json_lines_carry_extras_and_exceptions() -> None:
@@ -20,7 +30,8 @@ def test_json_lines_carry_extras_and_exceptions() -> None:
             logging.getLogger("naq_resilience").exception("failed")
         first, second = (json.loads(line) for line in stream.getvalue().splitlines())
     finally:
-        logger.handlers.clear()
+        for handler in [h for h in logger.handlers if getattr(h, "_naq", False)]:
+            logger.removeHandler(handler)
     assert first["message"] == "job done"
     assert first["level"] == "info"
     assert first["logger"] == "naq_resilience.worker"
@@ -33,7 +44,8 @@ def test_calling_again_replaces_its_handler_and_bad_levels_are_refused() -> None
     setup_logging("INFO", stream=io.StringIO())
     logger = setup_logging("WARNING", stream=stream)
     try:
-        assert len(logger.handlers) == 1
+        ours = [h for h in logger.handlers if getattr(h, "_naq", False)]
+        assert len(ours) == 1  # pytest's own capture handlers may sit beside it
         logging.getLogger("naq_resilience").info("hidden")
         logging.getLogger("naq_resilience").warning("shown")
         assert "hidden" not in stream.getvalue()
@@ -41,4 +53,5 @@ def test_calling_again_replaces_its_handler_and_bad_levels_are_refused() -> None
         with pytest.raises(ValueError, match="unknown log level"):
             setup_logging("LOUD")
     finally:
-        logger.handlers.clear()
+        for handler in [h for h in logger.handlers if getattr(h, "_naq", False)]:
+            logger.removeHandler(handler)

@@ -793,15 +793,17 @@ def section_protocol(c: Code) -> list[str]:
                 "message is `nak`ed with a delay of the breaker's `retry_after`. No "
                 "failure record: a deferral is not an attempt.",
                 "9. **Raised,** retryable, attempts left: a FailureRecord (`outcome: "
-                f'"retry"`) to `{layout.failure_subject(QUEUE, JOB)}`, then `nak` with a '
+                f'"retry"`) to `{layout.failure_subject(QUEUE, JOB)}`, acknowledged by '
+                "JetStream, then `nak` with a "
                 "delay: the error's `retry_after` if it has one, else the retry schedule's "
                 "delay for this attempt. JetStream redelivers it then; no worker waits.",
                 "10. **Raised,** not retryable, critical, or the last attempt: a "
-                '`FailureRecord` (`outcome: "dead"`), then a DeadLetter with every failure '
-                f"of the job (read back from `{layout.FAILURE_STREAM}`) to "
-                f"`{layout.dead_subject(DEAD_QUEUE, JOB)}`, kept `dead_letter_ttl` "
+                '`FailureRecord` (`outcome: "dead"`, published without waiting for its '
+                "acknowledgement), then a DeadLetter with every failure "
+                f"of the job (read back from `{layout.FAILURE_STREAM}`, this one included) "
+                f"to `{layout.dead_subject(DEAD_QUEUE, JOB)}`, kept `dead_letter_ttl` "
                 "seconds if set (a per-message TTL), then a `dead` JobResult if "
-                "`result_ttl`, then `ack`.",
+                "`result_ttl`; once JetStream has acknowledged those, `ack`.",
                 "11. **Shutdown:** a job still running after the grace period is `nak`ed "
                 "without delay, so another worker runs it.",
             ]

@@ -505,11 +505,16 @@ class Worker:
             context=context_of(exc),
             next_retry_at=None if delay is None else now + delay,
         )
-        stored = await self._publish_failure(record)
+        subject, payload = self._failure_message(record)
         if delay is not None:
-            await stored  # the record is kept before the attempt is given back
+            assert self._js is not None
+            await self._js.publish(subject, payload)  # stored before the attempt goes back
             await msg.nak(delay=delay)
             return
+        # The job is dead: the dead letter, stored before the ack, carries this record
+        # too, so the copy for the failures stream does not wait for its own ack.
+        assert self._nc is not None
+        await self._nc.publish(subject, payload)
         if kind is Classification.CRITICAL:
             reason = f"critical error {record.error_type}: {record.message}"
         elif kind is Classification.NON_RETRYABLE:
@@ -519,18 +524,15 @@ class Worker:
         earlier = await self._history(env) if attempt > 1 else []
         history = [h for h in earlier if h.attempt < attempt] + [record]
         error = f"{record.error_type}: {exc}"
-        await self._dead(msg, env, queue, reason, history, error=error, pending=stored)
+        await self._dead(msg, env, queue, reason, history, error=error)
 
     # ------------------------------------------------------------------ records
-    async def _publish_failure(self, record: FailureRecord) -> asyncio.Future[Any]:
-        """Send the record; the returned future is its ack (awaited with what follows)."""
-        assert self._js is not None
+    def _failure_message(self, record: FailureRecord) -> tuple[str, bytes]:
         try:
             payload = self._record_encoder.encode(record)
         except (TypeError, msgspec.EncodeError, OverflowError):
             payload = self._record_encoder.encode(msgspec.structs.replace(record, context={}))
-        subject = layout.failure_subject(record.queue, record.job_id)
-        return await self._js.publish_async(subject, payload)
+        return layout.failure_subject(record.queue, record.job_id), payload
 
     async def _history(self, env: JobEnvelope) -> list[FailureRecord]:
         """The job's earlier failure records, read back from the failures stream."""
@@ -560,7 +562,6 @@ class Worker:
         reason: str,
         failures: list[FailureRecord],
         error: str | None = None,
-        pending: asyncio.Future[Any] | None = None,
     ) -> None:
         """Store the dead letter (and the records before it), then ack: never the other way."""
         dead_queue = env.dead_letter_queue or layout.dead_letter_queue_for(queue)
@@ -572,16 +573,12 @@ class Worker:
             job=env,
             failures=failures,
         )
-        acks = [
-            await self._publish_dead(
-                letter, layout.dead_subject(dead_queue, env.id), env.dead_letter_ttl
-            )
-        ]
-        if pending is not None:
-            acks.append(pending)
+        stored = await self._publish_dead(
+            letter, layout.dead_subject(dead_queue, env.id), env.dead_letter_ttl
+        )
         if env.result_ttl is not None:
-            acks.append(await self._store_result(env, JobStatus.DEAD, None, error or reason))
-        await asyncio.gather(*acks)
+            await (await self._store_result(env, JobStatus.DEAD, None, error or reason))
+        await stored
         await msg.ack()
         log.debug("job %s dead-lettered to %s: %s", env.id, dead_queue, reason)
 
@@ -644,20 +641,32 @@ def _delivered(msg: Msg) -> int:
     return msg.metadata.num_delivered
 
 
+_stack_texts: dict[tuple[tuple[Any, int], ...], str] = {}
+_STACK_CACHE_SIZE = 1024
+
+
 def _format_traceback(exc: BaseException) -> str:
-    """The traceback as Python prints it, at a quarter of the cost where possible.
+    """The traceback as Python prints it, at a fraction of the cost.
 
     `traceback.format_exception` on 3.11 re-parses each source line to place its
-    carets (about 140 us a failure here); the plain stack is enough for a record, and
-    only a chained error needs the full formatter to show its causes.
+    carets (about 140 us a failure here). The plain stack is enough for a record, and
+    a job that fails the same way a thousand times has the same stack a thousand
+    times, so its text is kept by code location. Only a chained error goes through
+    the full formatter, to show its causes.
     """
     if exc.__cause__ is not None or (exc.__context__ is not None and not exc.__suppress_context__):
         return "".join(traceback.format_exception(exc))
-    stack = traceback.StackSummary.extract(traceback.walk_tb(exc.__traceback__))
+    frames = tuple(traceback.walk_tb(exc.__traceback__))
+    key = tuple((frame.f_code, lineno) for frame, lineno in frames)
+    stack = _stack_texts.get(key)
+    if stack is None:
+        stack = "".join(traceback.StackSummary.extract(iter(frames)).format())
+        if len(_stack_texts) >= _STACK_CACHE_SIZE:
+            _stack_texts.clear()
+        _stack_texts[key] = stack
     return "".join(
-        ["Traceback (most recent call last):\n", *stack.format(),
-         *traceback.format_exception_only(exc)]
-    )  # fmt: skip
+        ["Traceback (most recent call last):\n", stack, *traceback.format_exception_only(exc)]
+    )
 
 
 def _call(func: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) -> Any:

@@ -51,7 +51,6 @@ import argparse
 import asyncio
 import functools
 import gc
-import importlib.metadata
 import itertools
 import json
 import os
@@ -63,6 +62,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from _machine import cpu_model, load_warning, loadavg, version
 
 __all__ = ["Case", "RunResult", "build_cases", "main", "run"]
 
@@ -669,37 +670,12 @@ def _prefer_this_checkout() -> None:
         sys.path.insert(0, root)
 
 
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def _timer_slack() -> str:
     """The kernel's sleep rounding for this thread, which a 0 s `time.sleep` pays."""
     try:
         return f"{int(Path('/proc/self/timerslack_ns').read_text()) / 1000:g} us"
     except (OSError, ValueError):
         return "unknown"
-
-
-def _loadavg() -> str:
-    try:
-        return " ".join(f"{value:.2f}" for value in os.getloadavg())
-    except OSError:
-        return "n/a"
 
 
 def environment() -> dict[str, Any]:
@@ -715,13 +691,13 @@ def environment() -> dict[str, Any]:
         "implementation": platform.python_implementation(),
         "platform": platform.platform(),
         "machine": platform.machine(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "usable_cores": usable,
-        "loadavg_start": _loadavg(),
+        "loadavg_start": loadavg(),
         "timer_slack": _timer_slack(),
         "naq_resilience": naq_path,
-        "peers": {dist: _version(dist) for dist in PEER_DISTS},
+        "peers": {dist: version(dist) for dist in PEER_DISTS},
     }
 
 
@@ -769,21 +745,6 @@ def _notes(cases: dict[str, Case]) -> list[str]:
     ]
 
 
-def _load_warning(meta: dict[str, Any]) -> list[str]:
-    """A warning when other processes were competing for the CPU during the run."""
-    cores = meta.get("usable_cores") or meta.get("cores") or 1
-    try:
-        load = max(float(meta[key].split()[0]) for key in ("loadavg_start", "loadavg_end"))
-    except (KeyError, ValueError, IndexError):
-        return []
-    if load < cores / 2:
-        return []
-    return [
-        f"WARNING: load average {load:.2f} on {cores} cores: other processes compete for "
-        "the CPU, so these numbers are noisy (see the spread of the repeats in --json)."
-    ]
-
-
 def render(result: RunResult) -> str:
     meta = result.meta
     lines = [
@@ -798,7 +759,7 @@ def render(result: RunResult) -> str:
         f"each (noise only adds time), GC {'on' if meta['gc_while_timing'] else 'off'} "
         "while timing; us = overhead per call over "
         "the baseline; ratio = peer / naq-resilience.",
-        *_load_warning(meta),
+        *load_warning(meta),
         "",
         "| case | peer | naq-resilience us | peer us | ratio |",
         "|---|---|---:|---:|---:|",
@@ -897,7 +858,7 @@ def run(
         repeats=repeats,
         target_time=target_time,
         gc_while_timing=collect_garbage,
-        loadavg_end=_loadavg(),
+        loadavg_end=loadavg(),
     )
     by_key = {case.key: case for case in cases}
     rows = make_rows(by_key)

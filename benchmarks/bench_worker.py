@@ -96,6 +96,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Literal, Protocol
 
+from _machine import cpu_model, load_warning, loadavg, version
+
 if TYPE_CHECKING:
     from nats.aio.client import Client as NatsClient
     from nats.js.client import JetStreamContext
@@ -1210,28 +1212,6 @@ def _prefer_this_checkout() -> None:
         sys.path.insert(1, root)
 
 
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-        for line in cpuinfo:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
-
-
-def _loadavg() -> str:
-    try:
-        return " ".join(f"{value:.2f}" for value in os.getloadavg())
-    except OSError:
-        return "n/a"
-
-
 def _server_version() -> str:
     try:
         out = subprocess.run(
@@ -1254,14 +1234,14 @@ def environment() -> dict[str, Any]:
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
         "platform": platform.platform(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "usable_cores": usable,
-        "loadavg_start": _loadavg(),
+        "loadavg_start": loadavg(),
         "event_loop": "asyncio (uvloop not used)",
         "naq_resilience": naq_path,
         "nats_server": _server_version(),
-        "versions": {dist: _version(dist) for dist in PEER_DISTS},
+        "versions": {dist: version(dist) for dist in PEER_DISTS},
     }
 
 
@@ -1292,20 +1272,6 @@ def _notes_cell(case: Case) -> str:
     return "; ".join(notes)
 
 
-def _load_warning(meta: dict[str, Any]) -> list[str]:
-    cores = meta.get("usable_cores") or meta.get("cores") or 1
-    try:
-        load = max(float(meta[key].split()[0]) for key in ("loadavg_start", "loadavg_end"))
-    except (KeyError, ValueError, IndexError):
-        return []
-    if load < cores / 2:
-        return []
-    return [
-        f"WARNING: load average {load:.2f} on {cores} cores before or after the run: other "
-        "processes competed for the CPU, so these numbers are noisy (see --json)."
-    ]
-
-
 def render(result: RunResult) -> str:
     meta = result.meta
     cases = result.cases
@@ -1321,7 +1287,7 @@ def render(result: RunResult) -> str:
         + ", ".join(f"{name} {version}" for name, version in meta["versions"].items()),
         f"{meta['n']:,} jobs per case; statistic: median of {meta['rounds']} interleaved "
         f"round(s) (best round beside it); one worker process; CPU in us per job.",
-        *_load_warning(meta),
+        *load_warning(meta),
         *(
             [f"PROFILED with py-spy into {meta['profiled']}: timings are perturbed."]
             if meta.get("profiled")
@@ -1493,7 +1459,7 @@ def run(args: argparse.Namespace) -> RunResult:
         rounds=args.rounds,
         memory_jobs=args.memory_jobs,
         profiled=str(args.profile_dir) if args.profile_dir else None,
-        loadavg_end=_loadavg(),
+        loadavg_end=loadavg(),
     )
     by_key = {case.key: case for case in cases}
     return RunResult(by_key, memory, make_targets(by_key, memory), meta)

@@ -21,6 +21,8 @@ import pytest
 from naq_resilience import cli
 from naq_resilience.jetstream.connection import connect, ensure_jetstream
 
+from conftest import wait_gone
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -28,19 +30,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def gone(pid: int) -> bool:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except FileNotFoundError:
-            return True
-        if state == "Z":
-            return True
-        time.sleep(0.02)
-    return False
 
 
 class NaqServer:
@@ -135,7 +124,7 @@ def test_naq_server_serves_jetstream_and_stops_on_a_signal(
     code, out, err = server.finish()
     assert code == 0, err
     assert out.rstrip().endswith("naq server: stopped")
-    assert gone(pid)
+    assert wait_gone(pid)
     assert (store / "jetstream").is_dir()
     assert (store / "nats-server.log").is_file()
 

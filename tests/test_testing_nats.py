@@ -6,12 +6,13 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
 from naq_resilience.testing.nats import TEST_URL_ENV
+
+from conftest import wait_gone
 
 pytest_plugins = ["pytester"]
 
@@ -22,19 +23,6 @@ QUIET = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest")
 
 def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     return pytester.runpytest(*PLUGIN, *QUIET, "-rs", *args)
-
-
-def gone(pid: int) -> bool:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except FileNotFoundError:
-            return True
-        if state == "Z":
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_loading_the_plugin_starts_nothing_and_imports_no_nats() -> None:
@@ -132,7 +120,7 @@ def test_fixtures_with_an_embedded_server(
     result.assert_outcomes(passed=6)
     pids = {int(line) for line in (pytester.path / "pids.txt").read_text().split()}
     assert len(pids) == 5
-    assert all(gone(pid) for pid in pids)
+    assert all(wait_gone(pid) for pid in pids)
 
 
 def test_fixtures_with_an_external_server(

@@ -1,0 +1,32 @@
+"""The benchmark scripts still run (their figures are not judged here: no timing asserts)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
+
+
+def run(*argv: str) -> str:
+    done = subprocess.run(
+        [sys.executable, *argv], capture_output=True, text=True, timeout=300, cwd=BENCHMARKS
+    )
+    assert done.returncode == 0, f"{argv[0]} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def test_decorator_benchmark_runs() -> None:
+    out = run("bench_decorators.py", "--quick", "--repeats", "1", "--target-time", "0.01")
+    assert "| case | peer | naq-resilience us | peer us | ratio |" in out
+    assert "full sync stack" in out
+
+
+def test_worker_benchmark_runs() -> None:
+    out = run(
+        "bench_worker.py", "--cases", "raw,naq", "--n", "1000", "--rounds", "1",
+        "--memory-jobs", "0", "--no-progress",
+    )  # fmt: skip
+    assert "naq-resilience | e2e" in out
+    assert "failing jobs to dead letters" in out

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import nats
 import pytest
-from nats.js.errors import NotFoundError
+from nats.js.errors import NoKeysError, NotFoundError
 
 from naq_resilience import (
     Client,
@@ -378,5 +378,24 @@ def test_long_job_keeps_its_message_with_heartbeats(nats_url: str) -> None:
             )
             await nc.close()
         assert info.num_redelivered == 0
+
+    run(main())
+
+
+def test_failed_saga_job_is_rolled_back_and_leaves_no_log(nats_url: str) -> None:
+    async def main() -> None:
+        async with Client(nats_url) as client, working(nats_url):
+            job = await client.enqueue(worker_jobs.checkout, "lamp", result_ttl=60)
+            with pytest.raises(JobFailedError, match="declined"):
+                await job.result(timeout=20)
+            nc = await nats.connect(nats_url)
+            sagas = await nc.jetstream().key_value(layout.SAGA_BUCKET)
+            try:
+                keys = await sagas.keys()
+            except NoKeysError:
+                keys = []
+            await nc.close()
+        assert worker_jobs.undone == [("hold", "lamp")]
+        assert job.job_id not in keys
 
     run(main())

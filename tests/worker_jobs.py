@@ -132,4 +132,19 @@ def order(item: str, crash_after_reserve: bool = False) -> str:
     return item
 
 
+async def _undo_hold(result: str, item: str) -> None:
+    undone.append(("hold", item))
+
+
+@compensate(undo=_undo_hold)
+async def hold(item: str) -> str:
+    return f"hold-{item}"
+
+
+@saga
+async def checkout(item: str) -> None:
+    await hold(item)
+    raise ValueError(f"payment for {item} declined")
+
+
 __all__ = ["CircuitBreakerOpenError"]

@@ -37,6 +37,7 @@ import traceback
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -364,11 +365,12 @@ class Worker:
                 )  # fmt: skip
                 return
         token = _current_job.set(env)
-        logs: list[KVActionLog] = []
+        logs: list[KVActionLog] | None = None
         if fn.has_saga:
+            logs = []
             if delivered > 1:
                 await self._roll_back_crashed(env)
-            log_token = use_action_log(lambda: self._saga_log(env, logs))
+            log_token = use_action_log(partial(self._saga_log, env, logs))
         started = time.time()
         try:
             args, kwargs = fn.convert(env.args, env.kwargs)
@@ -387,11 +389,15 @@ class Worker:
                 result = await (
                     asyncio.wait_for(future, env.timeout) if env.timeout is not None else future
                 )
-            for saga_log in logs:
-                await saga_log.flush()  # the saga's outcome is stored before the job's
+            if logs:
+                await _flush(logs)
         except CircuitBreakerOpenError as exc:
+            if logs:
+                await _flush(logs)
             await self._defer(msg, env, exc, deferrals)
         except Exception as exc:
+            if logs:
+                await _flush(logs)
             await self._failed(msg, env, queue, fn, exc, started, delivered - deferrals)
         else:
             if env.result_ttl is not None:
@@ -625,6 +631,12 @@ def _ttl(seconds: float | None) -> float | None:
     if seconds is None or not math.isfinite(seconds):
         return None
     return float(max(1, math.ceil(seconds)))
+
+
+async def _flush(logs: list[KVActionLog]) -> None:
+    """A saga's outcome (committed, or rolled back) is stored before the job is settled."""
+    for saga_log in logs:
+        await saga_log.flush()
 
 
 def _delivered(msg: Msg) -> int:

@@ -57,3 +57,18 @@ def test_delivery_count_from_both_reply_subject_forms() -> None:
     )
     assert _delivered(short) == 3  # type: ignore[arg-type]
     assert _delivered(long) == 5  # type: ignore[arg-type]
+
+
+def test_exception_line_matches_the_stdlib() -> None:
+    from naq_resilience import DataValidationError
+    from naq_resilience.jetstream.worker import _exception_only
+
+    class Local(Exception):
+        pass
+
+    empty = KeyError()
+    noted = DataValidationError("row 3")
+    noted.add_note("first note")
+    noted.add_note("second\nnote")
+    for exc in (ValueError("bad"), empty, noted, Local("x"), SyntaxError("bad syntax")):
+        assert _exception_only(exc) == "".join(traceback.format_exception_only(exc))

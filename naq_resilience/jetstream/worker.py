@@ -676,9 +676,26 @@ def _format_traceback(exc: BaseException) -> str:
         if len(_stack_texts) >= _STACK_CACHE_SIZE:
             _stack_texts.clear()
         _stack_texts[key] = stack
-    return "".join(
-        ["Traceback (most recent call last):\n", stack, *traceback.format_exception_only(exc)]
-    )
+    return f"Traceback (most recent call last):\n{stack}{_exception_only(exc)}"
+
+
+def _exception_only(exc: BaseException) -> str:
+    """`traceback.format_exception_only`, without building a `TracebackException`."""
+    cls = type(exc)
+    if issubclass(cls, SyntaxError):
+        return "".join(traceback.format_exception_only(exc))
+    name = cls.__qualname__
+    if cls.__module__ not in ("__main__", "builtins"):
+        name = f"{cls.__module__}.{name}"
+    try:
+        text = str(exc)
+    except Exception:
+        text = "<exception str() failed>"
+    line = f"{name}: {text}\n" if text else f"{name}\n"
+    notes = getattr(exc, "__notes__", None)
+    if isinstance(notes, (list, tuple)):
+        line += "".join(f"{note}\n" for note in notes)
+    return line
 
 
 def _call(func: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) -> Any:

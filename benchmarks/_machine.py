@@ -10,9 +10,10 @@ import contextlib
 import importlib.metadata
 import os
 import platform
+from pathlib import Path
 from typing import Any
 
-__all__ = ["cpu_model", "load_warning", "loadavg", "version"]
+__all__ = ["cpu_model", "environment", "load_warning", "loadavg", "version"]
 
 
 def version(dist: str) -> str:
@@ -50,3 +51,25 @@ def load_warning(meta: dict[str, Any]) -> list[str]:
         f"WARNING: load average {load:.2f} on {cores} cores before or after the run: other "
         "processes competed for the CPU, so these numbers are noisy (see --json)."
     ]
+
+
+def environment() -> dict[str, Any]:
+    """The machine, the interpreter and which naq_resilience was imported."""
+    try:
+        import naq_resilience
+
+        naq_path = str(Path(naq_resilience.__file__).resolve().parent)
+    except Exception as exc:
+        naq_path = f"cannot import: {type(exc).__name__}: {exc}"
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return {
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "usable_cores": usable,
+        "loadavg_start": loadavg(),
+        "naq_resilience": naq_path,
+    }

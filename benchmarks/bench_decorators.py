@@ -53,8 +53,6 @@ import functools
 import gc
 import itertools
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -63,7 +61,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from _machine import cpu_model, load_warning, loadavg, version
+import _machine
+from _machine import load_warning, loadavg, version
 
 __all__ = ["Case", "RunResult", "build_cases", "main", "run"]
 
@@ -679,24 +678,9 @@ def _timer_slack() -> str:
 
 
 def environment() -> dict[str, Any]:
-    try:
-        import naq_resilience
-
-        naq_path = str(Path(naq_resilience.__file__).resolve().parent)
-    except Exception as exc:
-        naq_path = f"cannot import: {_describe(exc)}"
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     return {
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "usable_cores": usable,
-        "loadavg_start": loadavg(),
+        **_machine.environment(),
         "timer_slack": _timer_slack(),
-        "naq_resilience": naq_path,
         "peers": {dist: version(dist) for dist in PEER_DISTS},
     }
 

@@ -81,7 +81,6 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import platform
 import shutil
 import signal
 import socket
@@ -96,7 +95,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Literal, Protocol
 
-from _machine import cpu_model, load_warning, loadavg, version
+import _machine
+from _machine import load_warning, loadavg, version
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NatsClient
@@ -1223,23 +1223,9 @@ def _server_version() -> str:
 
 
 def environment() -> dict[str, Any]:
-    try:
-        import naq_resilience
-
-        naq_path = str(Path(naq_resilience.__file__).resolve().parent)
-    except Exception as exc:
-        naq_path = f"cannot import: {describe(exc)}"
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     return {
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "usable_cores": usable,
-        "loadavg_start": loadavg(),
+        **_machine.environment(),
         "event_loop": "asyncio (uvloop not used)",
-        "naq_resilience": naq_path,
         "nats_server": _server_version(),
         "versions": {dist: version(dist) for dist in PEER_DISTS},
     }

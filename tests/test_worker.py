@@ -399,3 +399,16 @@ def test_failed_saga_job_is_rolled_back_and_leaves_no_log(nats_url: str) -> None
         assert job.job_id not in keys
 
     run(main())
+
+
+def test_dead_letter_reads_refuse_bad_names(nats_url: str) -> None:
+    async def main() -> None:
+        async with Client(nats_url) as client:
+            with pytest.raises(ValueError, match=r"emails\.dead"):
+                await client.get_dead_letter_jobs("naq.>")
+            with pytest.raises(ValueError, match="limit"):
+                await client.get_dead_letter_jobs("default.dead", limit=0)
+            with pytest.raises(ValueError, match="dead_letter_queue"):
+                await client.enqueue(worker_jobs.add, 1, 2, dead_letter_queue="a.b.c")
+
+    run(main())

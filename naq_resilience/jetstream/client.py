@@ -107,12 +107,7 @@ def _options(
             None,
         )
     if dead_letter_queue is not None:
-        dead_parts = dead_letter_queue.split(".")
-        if len(dead_parts) > 2 or not all(layout.QUEUE_PATTERN.match(p) for p in dead_parts):
-            raise ValueError(
-                "dead_letter_queue must be a name like 'emails.dead' (letters, digits, '-', "
-                f"'_' and at most one '.'), got {dead_letter_queue!r}"
-            )
+        layout.check_dead_letter_queue(dead_letter_queue)
     return _Options(
         queue=queue_name,
         max_retries=max_retries,
@@ -408,6 +403,9 @@ class Client:
 
     async def get_dead_letter_jobs(self, name: str, limit: int = 100) -> list[DeadLetter]:
         """The oldest `limit` dead letters of dead-letter queue `name` (e.g. "emails.dead")."""
+        layout.check_dead_letter_queue(name, "name")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be a whole number >= 1, got {limit!r}")
         js, _ = await self._ready()
         subject = f"naq.dead.{name}.*"
         sub = await js.subscribe(subject, ordered_consumer=True, stream=layout.DEAD_STREAM)

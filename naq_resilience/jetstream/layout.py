@@ -19,6 +19,7 @@ __all__ = [
     "JOB_STREAM",
     "RESULT_BUCKET",
     "SAGA_BUCKET",
+    "check_dead_letter_queue",
     "check_queue_name",
     "dead_letter_queue_for",
     "dead_subject",
@@ -58,6 +59,17 @@ def check_queue_name(name: str, argument: str = "queue_name") -> str:
         raise ValueError(
             f"{argument} must be 1-128 letters, digits, '-' or '_' (it becomes a NATS "
             f"subject token), got {name!r}; e.g. {argument}='emails'"
+        )
+    return name
+
+
+def check_dead_letter_queue(name: str, argument: str = "dead_letter_queue") -> str:
+    """A dead-letter queue is one or two name tokens: `emails.dead`, `ops-review`."""
+    parts = name.split(".") if isinstance(name, str) else []
+    if not 1 <= len(parts) <= 2 or not all(QUEUE_PATTERN.match(p) for p in parts):
+        raise ValueError(
+            f"{argument} must be a name like 'emails.dead' (letters, digits, '-', '_' and "
+            f"at most one '.'), got {name!r}"
         )
     return name
 

@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import contextvars
 import logging
-import math
 import os
 import signal
 import socket
@@ -51,6 +50,7 @@ from nats.js.errors import KeyNotFoundError
 from naq_resilience.codec import Format, InvalidMessage, decode, decode_envelope, encode
 from naq_resilience.jetstream import layout
 from naq_resilience.jetstream.connection import ConnectionSettings, connect, ensure_jetstream
+from naq_resilience.jetstream.publisher import Publisher
 from naq_resilience.jetstream.registry import FunctionRegistry, JobFunction, UnknownFunction
 from naq_resilience.jetstream.stores import BreakerSync, KVActionLog, load_action_log
 from naq_resilience.jetstream.streams import Buckets, ensure_layout
@@ -188,6 +188,7 @@ class Worker:
         self._js: JetStreamContext | None = None
         self._buckets: Buckets | None = None
         self._pool: ThreadPoolExecutor | None = None
+        self._publisher: Publisher | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._free = concurrency
         self._slot_freed = asyncio.Event()
@@ -206,6 +207,8 @@ class Worker:
         await ensure_jetstream(self._nc)
         self._js = self._nc.jetstream()
         self._buckets = await ensure_layout(self._js)
+        self._publisher = Publisher(self._nc)
+        await self._publisher.start()
         breakers = BreakerSync(self._buckets.breakers, self.worker_id)
         await breakers.start()
         self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="naq-job")
@@ -231,6 +234,7 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
             await breakers.stop()
+            await self._publisher.close()
             self._pool.shutdown(wait=False, cancel_futures=True)
             with contextlib.suppress(Exception):
                 await self._nc.flush(timeout=5)  # the acks of the last jobs
@@ -451,10 +455,13 @@ class Worker:
     ) -> None:
         """The breaker is open: come back when it may close, without using an attempt."""
         assert self._js is not None
-        await self._js.publish(
-            f"$KV.{layout.DEFERRAL_BUCKET}.{env.id}",
-            str(deferrals + 1).encode(),
-            msg_ttl=DEFERRAL_TTL,
+        assert self._publisher is not None
+        await (
+            await self._publisher.publish(
+                f"$KV.{layout.DEFERRAL_BUCKET}.{env.id}",
+                str(deferrals + 1).encode(),
+                msg_ttl=DEFERRAL_TTL,
+            )
         )
         await msg.nak(delay=max(exc.retry_after, 0.001))
         log.debug("job %s deferred %.3fs: breaker %s open", env.id, exc.retry_after, exc.name)
@@ -513,8 +520,8 @@ class Worker:
         )
         subject, payload = self._failure_message(record)
         if delay is not None:
-            assert self._js is not None
-            await self._js.publish(subject, payload)  # stored before the attempt goes back
+            assert self._publisher is not None
+            await (await self._publisher.publish(subject, payload))  # kept before the nak
             await msg.nak(delay=delay)
             return
         # The job is dead: the dead letter, stored before the ack, carries this record
@@ -604,14 +611,14 @@ class Worker:
     async def _publish_dead(
         self, letter: DeadLetter, subject: str, ttl: float | None
     ) -> asyncio.Future[Any]:
-        assert self._js is not None
+        assert self._publisher is not None
         payload = self._record_encoder.encode(letter)
-        return await self._js.publish_async(subject, payload, msg_ttl=_ttl(ttl))
+        return await self._publisher.publish(subject, payload, msg_ttl=ttl)
 
     async def _store_result(
         self, env: JobEnvelope, status: JobStatus, result: Any, error: str | None
-    ) -> asyncio.Future[Any]:
-        assert self._js is not None
+    ) -> asyncio.Future[int]:
+        assert self._publisher is not None
         record = JobResult(
             job_id=env.id, status=status, result=result, error=error, finished_at=time.time()
         )
@@ -620,17 +627,9 @@ class Worker:
         except (TypeError, msgspec.EncodeError, OverflowError) as exc:
             unstorable = f"the job's return value could not be stored: {exc}"
             payload = encode(msgspec.structs.replace(record, result=None, error=unstorable))
-        return await self._js.publish_async(
-            f"$KV.{layout.RESULT_BUCKET}.{env.id}", payload, msg_ttl=_ttl(env.result_ttl)
+        return await self._publisher.publish(
+            f"$KV.{layout.RESULT_BUCKET}.{env.id}", payload, msg_ttl=env.result_ttl
         )
-
-
-def _ttl(seconds: float | None) -> float | None:
-    """A NATS per-message TTL: whole seconds (nats-py truncates, and 0 is refused), so
-    round up; an infinite TTL is no TTL."""
-    if seconds is None or not math.isfinite(seconds):
-        return None
-    return float(max(1, math.ceil(seconds)))
 
 
 async def _flush(logs: list[KVActionLog]) -> None:

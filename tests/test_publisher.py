@@ -1,0 +1,59 @@
+"""The worker's and client's JetStream publisher, against a real server."""
+
+from __future__ import annotations
+
+import asyncio
+
+import nats
+import pytest
+from nats.js.errors import NoStreamResponseError
+
+from naq_resilience.jetstream.publisher import Publisher, PublishTimeoutError
+
+pytestmark = pytest.mark.usefixtures("clean_jetstream")
+
+
+def test_acks_resolve_to_sequences_and_headers_reach_the_stream(nats_url: str) -> None:
+    async def main() -> None:
+        nc = await nats.connect(nats_url)
+        js = nc.jetstream()
+        await js.add_stream(name="PUBTEST", subjects=["pubtest.>"], allow_msg_ttl=True)
+        publisher = Publisher(nc)
+        await publisher.start()
+        try:
+            first = await publisher.publish("pubtest.a", b"one")
+            second = await publisher.publish("pubtest.b", b"two", msg_ttl=0.4)
+            assert await asyncio.gather(first, second) == [1, 2]
+            stored = await js.get_msg("PUBTEST", 2)
+            assert stored.data == b"two"
+            assert stored.headers is not None
+            assert stored.headers["Nats-TTL"] == "1"  # rounded up: the server refuses 0
+            dup = [
+                await publisher.publish("pubtest.c", b"x", headers={"Nats-Msg-Id": "k1"})
+                for _ in range(2)
+            ]
+            assert await asyncio.gather(*dup) == [3, 3]  # the second was a duplicate
+        finally:
+            await publisher.close()
+            await nc.close()
+
+    asyncio.run(main())
+
+
+def test_no_stream_and_no_ack_fail_the_future(nats_url: str) -> None:
+    async def main() -> None:
+        nc = await nats.connect(nats_url)
+        publisher = Publisher(nc, ack_timeout=0.3)
+        await publisher.start()
+        silent = await nc.subscribe("plain.subject")  # a core subscriber never acks
+        try:
+            with pytest.raises(NoStreamResponseError):
+                await (await publisher.publish("nobody.listens", b"x"))
+            with pytest.raises(PublishTimeoutError, match="may or may not be stored"):
+                await (await publisher.publish("plain.subject", b"x"))
+        finally:
+            await silent.unsubscribe()
+            await publisher.close()
+            await nc.close()
+
+    asyncio.run(main())

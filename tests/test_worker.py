@@ -412,3 +412,18 @@ def test_dead_letter_reads_refuse_bad_names(nats_url: str) -> None:
                 await client.enqueue(worker_jobs.add, 1, 2, dead_letter_queue="a.b.c")
 
     run(main())
+
+
+def test_enqueue_many_with_a_bad_call_enqueues_nothing(nats_url: str) -> None:
+    async def main() -> None:
+        async with Client(nats_url) as client:
+            with pytest.raises(TypeError, match="argument tuples"):
+                await client.enqueue_many(worker_jobs.add, [(1, 2), "3, 4"])  # type: ignore[list-item]
+            with pytest.raises(TypeError, match="positional argument 1"):
+                await client.enqueue_many(worker_jobs.add, [(1, 2), (3, object())])
+            nc = await nats.connect(nats_url)
+            info = await nc.jetstream().stream_info(layout.JOB_STREAM)
+            await nc.close()
+        assert info.state.messages == 0
+
+    run(main())

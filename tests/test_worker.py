@@ -427,3 +427,13 @@ def test_enqueue_many_with_a_bad_call_enqueues_nothing(nats_url: str) -> None:
         assert info.state.messages == 0
 
     run(main())
+
+
+def test_module_level_enqueue_works_across_event_loops(nats_url: str) -> None:
+    """Each `asyncio.run` is a new loop: the shared connection must not outlive its loop."""
+    from naq_resilience import enqueue
+
+    first = run(enqueue(worker_jobs.add, 1, 1, nats_url=nats_url))
+    second = run(enqueue(worker_jobs.add, 2, 2, nats_url=nats_url))
+    assert first.job_id != second.job_id
+    assert second.sequence == first.sequence + 1

@@ -20,6 +20,7 @@ import contextlib
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -534,15 +535,22 @@ class SyncClient:
 
 # --------------------------------------------------------------------------- module-level API
 
-_default_clients: dict[str, Client] = {}
+_default_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Client]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _default_client(nats_url: str | None) -> Client:
-    """One client per URL for the module-level functions, kept for the process's life."""
+    """One client per URL and event loop for the module-level functions.
+
+    A connection belongs to the loop it was made on, so each `asyncio.run(...)` gets
+    its own; the clients go with their loop.
+    """
     url = nats_url or ConnectionSettings.from_env().url
-    client = _default_clients.get(url)
+    clients = _default_clients.setdefault(asyncio.get_running_loop(), {})
+    client = clients.get(url)
     if client is None:
-        client = _default_clients[url] = Client(url)
+        client = clients[url] = Client(url)
     return client
 
 

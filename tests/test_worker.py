@@ -437,3 +437,21 @@ def test_module_level_enqueue_works_across_event_loops(nats_url: str) -> None:
     second = run(enqueue(worker_jobs.add, 2, 2, nats_url=nats_url))
     assert first.job_id != second.job_id
     assert second.sequence == first.sequence + 1
+
+
+def test_a_worker_on_another_thread_stops_when_asked_from_this_one(nats_url: str) -> None:
+    import threading
+
+    worker = Worker("default", nats_url=nats_url, imports=["worker_jobs"])
+    thread = threading.Thread(target=lambda: asyncio.run(worker.run()), daemon=True)
+    thread.start()
+
+    async def job_done() -> None:
+        async with Client(nats_url) as client:
+            job = await client.enqueue(worker_jobs.add, 4, 5, result_ttl=60)
+            assert await job.result(timeout=20) == 9
+
+    run(job_done())
+    worker.stop()
+    thread.join(30)
+    assert not thread.is_alive()

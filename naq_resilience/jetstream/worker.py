@@ -245,8 +245,20 @@ class Worker:
             )  # fmt: skip
 
     def stop(self) -> None:
-        """Stop fetching; in-flight jobs get `shutdown_grace` seconds to finish."""
-        self._stopping.set()
+        """Stop fetching; in-flight jobs get `shutdown_grace` seconds to finish.
+
+        Safe to call from any thread (an application embedding a worker stops it from
+        its own shutdown code), not only from the worker's event loop.
+        """
+        loop = self._loop
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if loop is not None and running is not loop and not loop.is_closed():
+            loop.call_soon_threadsafe(self._stopping.set)
+        else:
+            self._stopping.set()
 
     def run_forever(self) -> None:
         """`run()` in a new event loop, stopping gracefully on SIGTERM or SIGINT."""

@@ -37,6 +37,12 @@ _any_json = msgspec.json.Decoder()
 _any_msgpack = msgspec.msgpack.Decoder()
 
 
+_TOO_DEEP = (
+    "message is not a job envelope: its values are nested too deep to decode (arrays or "
+    "objects inside each other hundreds of levels deep)"
+)
+
+
 class InvalidMessage(ValueError):
     """A message that is not a record we can read; `reason` says why, for the dead letter."""
 
@@ -68,12 +74,22 @@ def decode(data: bytes, type_: type[T]) -> T:
 
 
 def decode_envelope(data: bytes) -> JobEnvelope:
-    """The job in a message, or `InvalidMessage` with a reason a person can act on."""
+    """The job in a message, or `InvalidMessage` with a reason a person can act on.
+
+    Nothing else escapes: a message is arbitrary bytes from anyone who may publish, and
+    msgspec raises `RecursionError`, not `DecodeError`, for values nested past its
+    depth limit (an array a thousand deep is 2 KB).
+    """
     msgpack = _is_msgpack(data)
     try:
         envelope = (_envelope_msgpack if msgpack else _envelope_json).decode(data)
     except msgspec.DecodeError as exc:
         raise InvalidMessage(_why_undecodable(data, msgpack, exc)) from None
+    except RecursionError:
+        raise InvalidMessage(_TOO_DEEP) from None
+    except Exception as exc:  # nothing a message holds may crash the worker
+        reason = f"message is not a job envelope: {type(exc).__name__}: {exc}"
+        raise InvalidMessage(reason) from None
     if envelope.version != ENVELOPE_VERSION:
         raise InvalidMessage(
             f"job envelope version {envelope.version} is not supported by this worker "
@@ -85,6 +101,8 @@ def decode_envelope(data: bytes) -> JobEnvelope:
 def _why_undecodable(data: bytes, msgpack: bool, exc: msgspec.DecodeError) -> str:
     try:
         generic = (_any_msgpack if msgpack else _any_json).decode(data)
+    except RecursionError:
+        return _TOO_DEEP
     except msgspec.DecodeError:
         kind = "MessagePack" if msgpack else "JSON"
         return f"message is not valid {kind}: {exc}"

@@ -47,6 +47,7 @@ from naq_resilience.models import (  # noqa: E402
     JobEnvelope,
     JobResult,
     JobStatus,
+    Ledger,
     SagaLogRecord,
 )
 
@@ -354,6 +355,12 @@ EXAMPLES: dict[type[msgspec.Struct], list[tuple[str, Any]]] = {
             ),
         )
     ],
+    Ledger: [
+        (
+            "A job that failed twice and was deferred once by an open breaker.",
+            Ledger(failed=2, deferred=1),
+        )
+    ],
     SagaLogRecord: [
         (
             "A job that reserved stock, then crashed before charging.",
@@ -509,10 +516,17 @@ def section_producers(c: Code) -> list[str]:
                 "to a `datetime`, an array to a `tuple`, an object to a dataclass or "
                 'Struct, a numeric string like `"5"` to an `int`. A value that does not '
                 "convert fails the job at once (non-retryable `DataValidationError`).",
-                "- **Idempotency.** Send the header `Nats-Msg-Id: <key>`. Within the job "
-                f"stream's duplicate window ({streams.DUPLICATE_WINDOW:g} s) a second "
-                'publish with the same key is not stored; its ack says `"duplicate": true`. '
-                "(The Python client's `idempotency_key=` is this header.)",
+                "- **Idempotency.** Send the header `Nats-Msg-Id: <job id>`. Within the job "
+                "stream's duplicate window "
+                f"({streams.StorageSettings().duplicate_window:g} s by default, "
+                "`NAQ_DUPLICATE_WINDOW`) a second publish with the same id is not "
+                'stored; its ack says `"duplicate": true`. So a publish whose ack never '
+                "came can be sent again safely, as the same message. (The Python client "
+                "sends every job's id this way; with `idempotency_key=` the key instead, "
+                "and the job id is derived from the key.)",
+                "- **Size.** The message, headers included, must fit the server's "
+                "`max_payload` (1 MiB unless configured): a server closes the connection "
+                "of a client that sends more.",
                 "- **Options.** Everything else in the envelope is optional and overrides "
                 "the function's decorator policy for this job; leave out what you do not "
                 "set. An envelope the worker cannot use is not retried: it becomes a dead "
@@ -586,10 +600,16 @@ def section_subjects(c: Code) -> list[str]:
             "`Job.result()`, `Job.status()`",
         ),
         (
-            f"$KV.{layout.DEFERRAL_BUCKET}.{JOB}",
+            layout.original_subject(DEAD_QUEUE, JOB),
             "",
-            "the worker, when an open breaker defers a job",
-            "the worker",
+            "the worker, when a job's message is too big to fit inside its dead letter",
+            "operators (the DeadLetter's `original_subject` points here)",
+        ),
+        (
+            f"$KV.{layout.ATTEMPT_BUCKET}.{JOB}",
+            "Ledger",
+            "the worker, before each `nak` (retry, breaker deferral, hand-back)",
+            "the worker, when the job is delivered again",
         ),
     ]
     add("## Subjects")
@@ -601,7 +621,9 @@ def section_subjects(c: Code) -> list[str]:
     table = ["| Subject | Stream | Message | Written by | Read by |", "|---|---|---|---|---|"]
     for subject, record_name, writer, reader in rows:
         message = (
-            anchor(record_name) if record_name else "the job's deferral count, as ASCII digits"
+            anchor(record_name)
+            if record_name
+            else "the job's message, byte for byte as it was in the job stream"
         )
         table.append(
             f"| `{subject}` | {stream_of(subject, created.streams)} | {message} | "
@@ -675,9 +697,9 @@ def section_buckets(c: Code) -> list[str]:
             "TTL, whole seconds, rounded up)",
             anchor("JobResult"),
         ),
-        layout.DEFERRAL_BUCKET: (
-            "the job id",
-            "how many times the job was deferred, as ASCII digits (`2`)",
+        layout.ATTEMPT_BUCKET: (
+            "the job id; each entry expires after 7 days (a per-message TTL)",
+            anchor("Ledger"),
         ),
     }
     add("## Key-value buckets")
@@ -778,19 +800,27 @@ def section_protocol(c: Code) -> list[str]:
                 "imported. Unknown or not allowed: a DeadLetter with the `job` to "
                 f"`{layout.dead_subject(DEAD_QUEUE, JOB)}` (and a `dead` JobResult if "
                 "`result_ttl`), then `ack`.",
-                "4. **Attempt number** = JetStream's delivery count minus the job's "
-                f"deferrals (`{layout.DEFERRAL_BUCKET}`). Above `max_retries + 1`, a "
-                "delivery never came back (the worker crashed or was killed): a DeadLetter "
-                '("poison job") with the failure history, then `ack`.',
+                "4. **Crashes.** On a redelivery, the job's Ledger in "
+                f"`{layout.ATTEMPT_BUCKET}` counts the deliveries a worker ended on purpose "
+                "(failed attempts, breaker deferrals, hand-backs); the rest of JetStream's "
+                "delivery count, minus the first, are deliveries a crash interrupted. At "
+                "the worker's `max_crashes` (3 by default): a DeadLetter (\"poison job\") "
+                "with the failure history, then `ack`. The attempt number is the Ledger's "
+                "`failed` + 1: crashes are not attempts.",
                 "5. **Roll back** the steps a crashed delivery of a `@saga` job logged in "
                 f"`{layout.SAGA_BUCKET}` before running it again.",
                 "6. **Run** it, converting the arguments to the parameters' types, within "
                 "`timeout` if set. While it runs, every `ack_wait / 3` the worker sends "
-                "`in_progress` (`+WPI`) so JetStream does not hand it to another worker.",
+                "`in_progress` (`+WPI`), from a thread of its own, so JetStream does not hand "
+                "it to another worker. A sync job past its `timeout` fails with "
+                "`TimeoutError`, but keeps its message (and heartbeats) until its thread "
+                "has ended: two attempts of one job never run at once.",
                 "7. **Returned:** a `completed` JobResult to "
-                f"`$KV.{layout.RESULT_BUCKET}.{JOB}` if `result_ttl`, then `ack`.",
-                "8. **A circuit breaker is open:** the deferral count is incremented and the "
-                "message is `nak`ed with a delay of the breaker's `retry_after`. No "
+                f"`$KV.{layout.RESULT_BUCKET}.{JOB}` if `result_ttl`, then `ack`. A result "
+                "bigger than the server's `max_payload` fails the job as a non-retryable "
+                "`naq_resilience:ResultTooLargeError` instead.",
+                "8. **A circuit breaker is open:** the Ledger's `deferred` is incremented and "
+                "the message is `nak`ed with a delay of the breaker's `retry_after`. No "
                 "failure record: a deferral is not an attempt.",
                 "9. **Raised,** retryable, attempts left: a FailureRecord (`outcome: "
                 f'"retry"`) to `{layout.failure_subject(QUEUE, JOB)}`, acknowledged by '
@@ -803,16 +833,28 @@ def section_protocol(c: Code) -> list[str]:
                 f"of the job (read back from `{layout.FAILURE_STREAM}`, this one included) "
                 f"to `{layout.dead_subject(DEAD_QUEUE, JOB)}`, kept `dead_letter_ttl` "
                 "seconds if set (a per-message TTL), then a `dead` JobResult if "
-                "`result_ttl`; once JetStream has acknowledged those, `ack`.",
-                "11. **Shutdown:** a job still running after the grace period is `nak`ed "
-                "without delay, so another worker runs it.",
+                "`result_ttl`; once JetStream has acknowledged those, `ack`. A dead letter "
+                "carries `Nats-Msg-Id: dead-<n>` (`n`: the job message's sequence), so "
+                "it is stored once even if the job's `ack` was lost. If the dead-letter "
+                "stream is full, the job is handed back (Ledger `handed_back`) and comes "
+                "back a minute later: nothing is acked away.",
+                "11. **Shutdown:** a job still running after the grace period is handed "
+                "back (Ledger `handed_back`, then `nak` without delay) once it has stopped: "
+                "an async job is cancelled; a sync job's thread cannot be stopped, so the "
+                "worker waits for it and settles it as usual.",
             ]
         )
     )
     add(
-        "If the worker itself fails while settling a message (NATS unreachable, say), it "
-        "does neither: JetStream delivers the message again after `ack_wait`, and that "
-        "delivery counts as an attempt."
+        "Every record is fitted to the server's `max_payload` (headers included) before it "
+        "is sent: a FailureRecord keeps at most 4 KiB of message and 16 KiB of traceback "
+        "(64 KiB in all), a DeadLetter drops its oldest failure records and moves a big "
+        f"job message verbatim to `{layout.original_subject(DEAD_QUEUE, JOB)}`; `cut` "
+        "says what was shortened. If the worker fails while handling or settling a "
+        "message anyway, the message becomes a DeadLetter that says so; if even that "
+        "cannot be stored, a minimal one; if nothing can be stored (NATS unreachable, "
+        "say), the message is `nak`ed to come back in 30 s, and that delivery counts as "
+        "a crash, so it ends as a dead letter after `max_crashes` rounds at most."
     )
     add(
         "Retry delays are computed per job (from `retry_delay`, `retry_strategy` and the "

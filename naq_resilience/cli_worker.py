@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -32,7 +33,19 @@ def add_worker_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
     )  # fmt: skip
     parser.add_argument(
         "--shutdown-grace", type=float, default=30.0,
-        help="seconds in-flight jobs get to finish after SIGTERM/SIGINT",
+        help="seconds in-flight jobs get to finish after SIGTERM/SIGINT; async jobs still "
+        "running then are cancelled and handed back, sync jobs are waited for (a second "
+        "signal exits at once) (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-crashes", type=int, default=3, metavar="N",
+        help="deliveries of one job a worker crash may interrupt before the job is "
+        "dead-lettered as a poison job; not counted as attempts (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--replicas", type=int, default=None, metavar="N",
+        help="replicas of the streams and buckets this worker creates when missing "
+        "(default: $NAQ_REPLICAS or 1; 3 in a 3-node cluster)",
     )  # fmt: skip
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--log-json", action="store_true", help="one JSON object per log line")
@@ -41,7 +54,8 @@ def add_worker_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
 
 def _run(args: argparse.Namespace) -> int:
     from naq_resilience.jetstream.connection import NatsUnavailableError
-    from naq_resilience.jetstream.worker import Worker
+    from naq_resilience.jetstream.streams import StorageSettings
+    from naq_resilience.jetstream.worker import Worker, WorkerConnectionLost
     from naq_resilience.ops.logging import setup_logging
 
     setup_logging(args.log_level, json=args.log_json)
@@ -55,6 +69,8 @@ def _run(args: argparse.Namespace) -> int:
             imports=args.imports,
             ack_wait=args.ack_wait,
             shutdown_grace=args.shutdown_grace,
+            max_crashes=args.max_crashes,
+            storage=StorageSettings.from_env().with_replicas(args.replicas),
         )
     except (ImportError, ValueError) as exc:
         print(f"naq worker: {exc}", file=sys.stderr)
@@ -64,4 +80,10 @@ def _run(args: argparse.Namespace) -> int:
     except NatsUnavailableError as exc:
         print(f"naq worker: {exc}", file=sys.stderr)
         return 1
+    except WorkerConnectionLost as exc:
+        # Threads of sync jobs may still run; they cannot be settled and must not keep
+        # the process (and their duplicates) alive, so exit now.
+        print(f"naq worker: {exc}; exiting so a supervisor restarts it", file=sys.stderr)
+        logging.shutdown()
+        os._exit(3)
     return 0

@@ -27,6 +27,7 @@ __all__ = [
     "JobEnvelope",
     "JobResult",
     "JobStatus",
+    "Ledger",
     "SagaLogRecord",
 ]
 
@@ -119,7 +120,9 @@ class FailureRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     """One failed attempt, as a person reads it and a program parses it.
 
     Published to `naq.failures.<queue>.<job_id>` for every failed attempt. A deferral
-    by an open circuit breaker is not a failure and writes no record.
+    by an open circuit breaker is not a failure and writes no record. A record is at
+    most 64 KiB: a longer message, traceback or context is cut, with a note in the text
+    saying how much was left out, and named in `cut`.
     """
 
     version: int = _written(1)
@@ -131,8 +134,9 @@ class FailureRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     queue: str
     """The queue the job was delivered from."""
     attempt: int
-    """Which attempt failed, from 1: JetStream's delivery count minus the job's
-    deferrals by an open breaker, so a delivery that crashed a worker counts."""
+    """Which attempt failed, from 1. Only runs that ended in an error count: a delivery
+    interrupted by a worker crash (`crashes`), a deferral by an open breaker and a job
+    handed back at shutdown are not attempts."""
     max_attempts: int
     """The attempts this job has in all (`max_retries + 1`)."""
     error_type: str
@@ -165,6 +169,12 @@ class FailureRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     values that are not JSON become their `repr`."""
     next_retry_at: float | None = None
     """When the job will be redelivered (unix time), if `outcome` is "retry"."""
+    crashes: int = 0
+    """Deliveries of this job so far that a worker crash interrupted (killed, out of
+    memory, lost its connection) before the job ended."""
+    cut: list[str] = []
+    """Fields shortened to fit the record's size limit: "message", "traceback",
+    "context"."""
 
 
 class DeadLetter(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -174,6 +184,13 @@ class DeadLetter(msgspec.Struct, kw_only=True, omit_defaults=True):
     stream sequence of a message that is not a readable job). `job` is absent when the
     message could not be decoded; `raw` then holds its bytes (base64 in JSON) so
     nothing is lost.
+
+    A dead letter always fits the server's `max_payload`. When the job's message is too
+    big to carry inside it, the message is kept verbatim, byte for byte, on
+    `original_subject` (same stream, same TTL), `job` keeps the envelope without its
+    `args` and `kwargs`, and `raw` is absent. When the failure history is too big, the
+    oldest records are left out (`failures_left_out`; they stay in `NAQ_FAILURES` until
+    it expires them). `cut` says, for a person, everything that was shortened.
     """
 
     version: int = _written(1)
@@ -193,6 +210,13 @@ class DeadLetter(msgspec.Struct, kw_only=True, omit_defaults=True):
     """The message's bytes (base64 in JSON) when `job` is absent."""
     failures: list[FailureRecord] = []
     """Every failed attempt, oldest first (empty when the job never ran)."""
+    failures_left_out: int = 0
+    """How many of the oldest failure records were left out to fit `max_payload`."""
+    original_subject: str | None = None
+    """Where the job's message is kept verbatim when it did not fit in this record
+    (`naq.originals.<dead_letter_queue>.<id>` in `NAQ_DEAD`); absent otherwise."""
+    cut: list[str] = []
+    """What was shortened or left out to fit `max_payload`, one sentence each."""
 
 
 class JobStatus(enum.StrEnum):
@@ -256,6 +280,27 @@ class BreakerRecord(msgspec.Struct, kw_only=True):
     """Counts transitions; a reader ignores a record older than the state it has."""
     updated_by: str = ""
     """The worker id that wrote it (a worker ignores its own writes)."""
+
+
+class Ledger(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """How a redelivered job's earlier deliveries ended, so a worker can tell a crash
+    from a failure.
+
+    The `naq-attempts` key is the job id. A worker writes it before every `nak` it
+    sends (a retry, a deferral, a hand-back), so a redelivery it did not announce is a
+    delivery a crash interrupted: JetStream's delivery count minus 1 minus the three
+    counts below. Written only for jobs that are redelivered; expires after 7 days.
+    """
+
+    version: int = _written(1)
+    """Record format version."""
+    failed: int = 0
+    """Attempts that ended in an error and were retried."""
+    deferred: int = 0
+    """Deliveries deferred by an open circuit breaker (not attempts)."""
+    handed_back: int = 0
+    """Deliveries handed back unfinished: a worker shutting down, a full dead-letter
+    stream (not attempts)."""
 
 
 class SagaLogRecord(msgspec.Struct, kw_only=True, omit_defaults=True):

@@ -25,7 +25,7 @@ from naq_resilience import (
 )
 from naq_resilience.codec import decode
 from naq_resilience.jetstream import layout
-from naq_resilience.models import FailureRecord
+from naq_resilience.models import FailureRecord, Ledger
 
 import worker_jobs
 
@@ -303,12 +303,14 @@ def test_open_breaker_defers_without_using_attempts(nats_url: str, tmp_path: Any
                 # deferred, never failed: no failure record, and not a dead letter
                 assert await failure_records(nats_url, job.job_id) == []
             nc = await nats.connect(nats_url)
-            deferrals = await nc.jetstream().key_value(layout.DEFERRAL_BUCKET)
-            deferred = await deferrals.get(later[0].job_id)
+            ledgers = await nc.jetstream().key_value(layout.ATTEMPT_BUCKET)
+            entry = await ledgers.get(later[0].job_id)
             await nc.close()
         assert results == ["l0", "l1", "l2"]
-        assert deferred.value is not None
-        assert int(deferred.value) >= 1
+        assert entry.value is not None
+        ledger = decode(entry.value, Ledger)
+        assert ledger.deferred >= 1
+        assert ledger.failed == 0
 
     try:
         run(main())

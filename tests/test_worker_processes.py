@@ -181,20 +181,23 @@ def test_sigterm_finishes_the_running_job_then_exits(
     assert "stopped" in worker.log()
 
 
-def test_poison_job_ends_in_the_dead_letter_queue(
-    nats_url: str, trace: Path, workers: list[WorkerProcess]
+@pytest.mark.parametrize("max_crashes", [2, 3])
+def test_poison_job_ends_in_the_dead_letter_queue_after_max_crashes(
+    nats_url: str, trace: Path, workers: list[WorkerProcess], max_crashes: int
 ) -> None:
-    (job_id,) = enqueue(nats_url, worker_jobs.crash, [("p",)], max_retries=1)
-    for round_ in range(2):  # each delivery takes the worker down with it
-        worker = WorkerProcess(nats_url, trace, "--ack-wait", "1", name=f"p{round_}")
+    # Retries do not matter: crashes have their own limit, apart from attempts.
+    (job_id,) = enqueue(nats_url, worker_jobs.crash, [("p",)], max_retries=5)
+    options = ("--ack-wait", "1", "--max-crashes", str(max_crashes))
+    for round_ in range(max_crashes):  # each delivery takes the worker down with it
+        worker = WorkerProcess(nats_url, trace, *options, name=f"p{round_}")
         workers.append(worker)
         worker.proc.wait(30)
         assert worker.proc.returncode == 17
-    survivor = WorkerProcess(nats_url, trace, "--ack-wait", "1", name="survivor")
+    survivor = WorkerProcess(nats_url, trace, *options, name="survivor")
     workers.append(survivor)
     wait_until(lambda: status(nats_url, job_id) is JobStatus.DEAD, what="dead letter")
     assert survivor.proc.poll() is None
-    assert events(trace).count("crash p") == 2
+    assert events(trace).count("crash p") == max_crashes
 
     async def letters() -> Any:
         async with Client(nats_url) as client:
@@ -202,6 +205,22 @@ def test_poison_job_ends_in_the_dead_letter_queue(
 
     (letter,) = asyncio.run(letters())
     assert "poison" in letter.reason
+    assert f"during {max_crashes} deliveries" in letter.reason
+    assert letter.failures == []  # it never failed: it crashed
+
+
+def test_a_job_without_retries_survives_its_worker_being_killed(
+    nats_url: str, trace: Path, workers: list[WorkerProcess]
+) -> None:
+    (job_id,) = enqueue(nats_url, worker_jobs.slow_sync, [(2.0, "once")], result_ttl=60)
+    first = WorkerProcess(nats_url, trace, "--ack-wait", "1", name="first")
+    workers.append(first)
+    wait_until(lambda: "start once" in events(trace), what="the job starts")
+    first.kill()
+    second = WorkerProcess(nats_url, trace, "--ack-wait", "1", name="second")
+    workers.append(second)
+    wait_until(lambda: status(nats_url, job_id) is JobStatus.COMPLETED, what="completion")
+    assert events(trace).count("start once") == 2
 
 
 def test_open_breaker_is_shared_with_another_worker_process(

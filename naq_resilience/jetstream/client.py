@@ -10,6 +10,14 @@ worker; every other keyword goes to the job function, as in NAQ.
 The sync API runs the async client on one event loop in a background thread, so
 `enqueue_sync` works from plain code and from a thread that is already running an
 event loop (where `asyncio.run` would fail), and reuses one connection.
+
+Every job is published with its id as `Nats-Msg-Id`, so JetStream stores it once even
+if it is sent twice within the duplicate window: a publish whose ack was lost (an
+outage, a failover) can be repeated as the same job (`job_id=`) without running it
+twice. Sizes are checked before anything is sent, headers included: a server closes
+the connection of a client that sends a message over its `max_payload`. A client whose
+connection was closed for good (a long outage with a finite reconnect budget, a server
+error) connects afresh on its next use.
 """
 
 from __future__ import annotations
@@ -17,6 +25,8 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import hashlib
+import logging
 import threading
 import time
 import uuid
@@ -28,15 +38,16 @@ import msgspec
 import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.js.client import JetStreamContext
-from nats.js.errors import KeyNotFoundError, NotFoundError
+from nats.js.errors import APIError, KeyNotFoundError, NoStreamResponseError, NotFoundError
 
 from naq_resilience.codec import Format, decode, encode, encode_job_arguments
+from naq_resilience.fitting import headers_size
 from naq_resilience.jetstream import layout
 from naq_resilience.jetstream.connection import ConnectionSettings, connect, ensure_jetstream
-from naq_resilience.jetstream.publisher import Publisher
+from naq_resilience.jetstream.publisher import Publisher, PublishTimeoutError, StreamFullError
 from naq_resilience.jetstream.registry import function_name
-from naq_resilience.jetstream.streams import Buckets, ensure_layout
-from naq_resilience.models import DeadLetter, JobEnvelope, JobResult, JobStatus
+from naq_resilience.jetstream.streams import Buckets, StorageSettings, ensure_layout
+from naq_resilience.models import DeadLetter, JobEnvelope, JobId, JobResult, JobStatus
 from naq_resilience.policies.classify import exception_types
 from naq_resilience.policies.delays import DelaySchedule
 from naq_resilience.policies.errors import ProcessingError
@@ -55,6 +66,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+log = logging.getLogger("naq_resilience.client")
 
 
 class JobFailedError(ProcessingError):
@@ -135,6 +147,24 @@ def _options(
     )
 
 
+def _job_id(job_id: str | None, idempotency_key: str | None) -> str:
+    """The job's id: given, derived from the idempotency key (so a duplicate enqueue
+    returns the id of the job that is stored), or new."""
+    if job_id is not None:
+        try:
+            return msgspec.convert(job_id, JobId)
+        except msgspec.ValidationError:
+            raise ValueError(
+                f"job_id must be 1-128 letters, digits, '-' or '_' (it becomes a NATS "
+                f"subject token), got {job_id!r}"
+            ) from None
+    if idempotency_key is not None:
+        if not isinstance(idempotency_key, str) or not idempotency_key:
+            raise ValueError(f"idempotency_key must be a non-empty string, got {idempotency_key!r}")
+        return hashlib.blake2b(idempotency_key.encode(), digest_size=16).hexdigest()
+    return uuid.uuid4().hex
+
+
 def _exception_names(value: Any, argument: str) -> list[str] | None:
     """Exception classes travel as `module:qualname`; names given as strings pass as-is."""
     if value is None:
@@ -205,12 +235,14 @@ class Client:
         nats_url: str | None = None,
         *,
         settings: ConnectionSettings | None = None,
+        storage: StorageSettings | None = None,
         format: Format = "json",
         connection: NatsClient | None = None,
     ) -> None:
         if settings is None:
             settings = ConnectionSettings.from_env(**({"url": nats_url} if nats_url else {}))
         self._settings = settings
+        self._storage = storage
         self._format: Format = format
         self._nc = connection
         self._owns_connection = connection is None
@@ -239,26 +271,49 @@ class Client:
 
     async def _ready(self) -> tuple[JetStreamContext, Buckets]:
         if self._js is not None and self._buckets is not None:
-            return self._js, self._buckets
+            if self._nc is not None and not self._nc.is_closed:
+                return self._js, self._buckets
+            await self._forget_closed_connection()
         async with self._lock:
             if self._js is None or self._buckets is None:
                 if self._nc is None:
                     self._nc = await connect(self._settings)
                 await ensure_jetstream(self._nc)
                 js = self._nc.jetstream()
-                self._buckets = await ensure_layout(js)
+                self._buckets = await ensure_layout(js, self._storage)
                 publisher = Publisher(self._nc)
                 await publisher.start()
                 self._publisher = publisher
                 self._js = js
             return self._js, self._buckets
 
+    async def _forget_closed_connection(self) -> None:
+        """The connection was closed for good: connect afresh, or say why we cannot."""
+        async with self._lock:
+            if self._nc is None or not self._nc.is_closed:
+                return
+            if not self._owns_connection:
+                raise nats.errors.ConnectionClosedError(
+                    "the NATS connection given to this Client was closed; give it a new "
+                    "one, or let the Client connect itself (no connection=)"
+                )
+            log.info("the NATS connection was closed; connecting again")
+            publisher, self._publisher = self._publisher, None
+            self._nc, self._js, self._buckets = None, None, None
+            if publisher is not None:
+                await publisher.close()
+
     # ------------------------------------------------------------------ enqueue
     def _envelope(
-        self, name: str, options: _Options, args: Sequence[Any], kwargs: dict[str, Any]
+        self,
+        name: str,
+        options: _Options,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        job_id: str | None = None,
     ) -> tuple[JobEnvelope, bytes]:
         envelope = JobEnvelope(
-            id=uuid.uuid4().hex,
+            id=job_id or uuid.uuid4().hex,
             function=name,
             queue=options.queue,
             args=list(args),
@@ -293,29 +348,70 @@ class Client:
         dead_letter_queue: str | None = None,
         dead_letter_ttl: float | None = None,
         idempotency_key: str | None = None,
+        job_id: str | None = None,
         timeout: float | None = None,
         result_ttl: float | None = None,
         **kwargs: Any,
     ) -> Job:
         """Put one job on `queue_name` and wait until JetStream has stored it.
 
-        Keywords other than the options are the job function's own. With
-        `idempotency_key`, a second enqueue with the same key within two minutes
-        returns the first job's sequence instead of adding a job.
+        Keywords other than the options are the job function's own. The job is stored
+        once per id within the duplicate window (2 minutes by default): an enqueue
+        repeated with the same `job_id=` after a `PublishTimeoutError` cannot run the
+        job twice. `idempotency_key=` does the same for an id of your own making: the
+        job id is derived from it, so a second enqueue returns the first job.
         """
         options = _options(
             queue_name, max_retries, retry_delay, retry_strategy, retry_on, ignore_on,
             dead_letter_queue, dead_letter_ttl, timeout, result_ttl,
         )  # fmt: skip
         name = function_name(func)
-        envelope, payload = self._envelope(name, options, args, kwargs)
+        job_id = _job_id(job_id, idempotency_key)
+        envelope, payload = self._envelope(name, options, args, kwargs, job_id)
         await self._ready()
         assert self._publisher is not None
-        headers = {"Nats-Msg-Id": idempotency_key} if idempotency_key else None
-        stored = await self._publisher.publish(
-            layout.job_subject(options.queue), payload, headers=headers
-        )
-        return Job(self, envelope, await stored)
+        headers = {"Nats-Msg-Id": idempotency_key or job_id}
+        self._check_size(name, payload, headers)
+        try:
+            sequence = await self._store(layout.job_subject(options.queue), payload, headers)
+        except PublishTimeoutError as exc:
+            raise _not_confirmed(exc, envelope) from None
+        except StreamFullError as exc:
+            raise _queue_full(exc, 1) from None
+        return Job(self, envelope, sequence)
+
+    async def _store(self, subject: str, payload: bytes, headers: dict[str, str]) -> int:
+        assert self._publisher is not None
+        try:
+            return await (await self._publisher.publish(subject, payload, headers))
+        except NoStreamResponseError:
+            await self._restore_layout()
+        return await self._publisher.store(subject, payload, headers)
+
+    async def _restore_layout(self) -> None:
+        """No stream answered a publish. Either it was deleted (a development server
+        restarted with a fresh store, an operator), then it is created again, or a
+        cluster is electing its leader, and `Publisher.store` waits for it."""
+        if self._js is None:
+            return
+        try:
+            await self._js.stream_info(layout.JOB_STREAM)
+        except NotFoundError:
+            log.warning("the job stream %s is gone; creating the streams again", layout.JOB_STREAM)
+            self._buckets = await ensure_layout(self._js, self._storage)
+        except Exception as exc:  # unavailable for now: the publish is asked again
+            log.debug("stream_info(%s) failed: %r", layout.JOB_STREAM, exc)
+
+    def _check_size(self, name: str, payload: bytes, headers: dict[str, str]) -> None:
+        assert self._publisher is not None
+        size = len(payload) + headers_size(headers)
+        if size > self._publisher.max_payload:
+            raise ValueError(
+                f"a job for {name} is {size:,} bytes with its headers, over the NATS "
+                f"server's max_payload of {self._publisher.max_payload:,}; nothing was "
+                "enqueued. Pass a reference to big data (a key, a path, an object store "
+                "name) instead of the data itself"
+            )
 
     async def enqueue_many(
         self,
@@ -337,8 +433,10 @@ class Client:
         """Enqueue one job per item of `calls` (a tuple of positional arguments each).
 
         Pipelined: every publish goes out before any ack is awaited, so this runs at
-        the broker's pace rather than one round trip per job. `kwargs`, if given, go
-        to every call.
+        the broker's pace rather than one round trip per job. Every call is checked,
+        encoded and measured against the server's `max_payload` before the first
+        publish, so a bad call enqueues none of the batch. `kwargs`, if given, go to
+        every call.
         """
         options = _options(
             queue_name, max_retries, retry_delay, retry_strategy, retry_on, ignore_on,
@@ -347,10 +445,10 @@ class Client:
         name = function_name(func)
         shared_kwargs = dict(kwargs or {})
         subject = layout.job_subject(options.queue)
-        # Every call is checked and encoded before the first publish, so a bad one
-        # enqueues nothing rather than half the batch.
+        await self._ready()
+        assert self._publisher is not None
         envelopes: list[JobEnvelope] = []
-        payloads: list[bytes] = []
+        payloads: list[tuple[bytes, dict[str, str]]] = []
         for call in calls:
             if not isinstance(call, (tuple, list)):
                 raise TypeError(
@@ -358,14 +456,56 @@ class Client:
                     "write e.g. [(1,), (2,)] or [(order_id, email), ...]"
                 )
             envelope, payload = self._envelope(name, options, call, shared_kwargs)
+            headers = {"Nats-Msg-Id": envelope.id}
+            self._check_size(name, payload, headers)
             envelopes.append(envelope)
-            payloads.append(payload)
-        await self._ready()
-        assert self._publisher is not None
+            payloads.append((payload, headers))
         publish = self._publisher.publish
-        stored = [await publish(subject, payload) for payload in payloads]
-        sequences = await asyncio.gather(*stored)
-        return [Job(self, env, seq) for env, seq in zip(envelopes, sequences, strict=True)]
+        futures = [await publish(subject, payload, headers) for payload, headers in payloads]
+        outcomes: list[int | BaseException] = await asyncio.gather(
+            *futures, return_exceptions=True
+        )
+        for i, outcome in enumerate(outcomes):
+            if isinstance(outcome, BaseException):
+                outcomes[i] = await self._publish_again(
+                    subject, payloads[i], envelopes[i], outcome, outcomes
+                )
+        return [
+            Job(self, envelope, sequence)
+            for envelope, sequence in zip(envelopes, outcomes, strict=True)
+            if isinstance(sequence, int)
+        ]
+
+    async def _publish_again(
+        self,
+        subject: str,
+        message: tuple[bytes, dict[str, str]],
+        envelope: JobEnvelope,
+        error: BaseException,
+        outcomes: list[int | BaseException],
+    ) -> int:
+        """One publish of a batch failed: a stream between leaders is asked again (the
+        job's `Nats-Msg-Id` makes that safe); any other error ends the batch, saying how
+        much of it is stored."""
+        assert self._publisher is not None
+        try:
+            if _no_leader(error):
+                if not any(isinstance(o, int) for o in outcomes):
+                    await self._restore_layout()
+                return await self._publisher.store(subject, *message)
+            raise error
+        except PublishTimeoutError as exc:
+            failure: BaseException = _not_confirmed(exc, envelope)
+        except StreamFullError as exc:
+            failure = _queue_full(exc, len(outcomes))
+        except BaseException as exc:
+            failure = exc
+        stored = sum(isinstance(o, int) for o in outcomes)
+        failure.add_note(
+            f"enqueue_many: {stored} of the {len(outcomes)} jobs were stored before this "
+            "error; the others were not (or are not confirmed)"
+        )
+        raise failure
 
     # ------------------------------------------------------------------ what became of a job
     async def job_status(self, job: Job | str, queue_name: str = "default") -> JobStatus:
@@ -434,12 +574,50 @@ class Client:
                     msg = await sub.next_msg(timeout=0.5)
                 except nats.errors.TimeoutError:
                     break
-                letters.append(decode(msg.data, DeadLetter))
+                try:
+                    letters.append(decode(msg.data, DeadLetter))
+                except (msgspec.DecodeError, RecursionError) as exc:
+                    # Anyone may publish on a dead-letter subject; one bad record must not
+                    # hide the others.
+                    log.warning(
+                        "skipping an unreadable record on %s (stream sequence %d): %s",
+                        msg.subject, msg.metadata.sequence.stream, exc,
+                    )  # fmt: skip
                 if msg.metadata.num_pending == 0:
                     break
         finally:
             await sub.unsubscribe()
         return letters
+
+
+def _no_leader(error: BaseException) -> bool:
+    """A publish no stream leader answered: certainly not stored, worth asking again."""
+    return isinstance(error, NoStreamResponseError) or (
+        isinstance(error, APIError) and error.err_code == 10008
+    )
+
+
+def _not_confirmed(error: PublishTimeoutError, envelope: JobEnvelope) -> PublishTimeoutError:
+    return PublishTimeoutError(
+        f"{error}. Job {envelope.id} ({envelope.function}) may still be stored once the "
+        "connection is back. To retry safely, enqueue it again with "
+        f"job_id={envelope.id!r}: JetStream stores one job per id within its duplicate "
+        "window (NAQ_DUPLICATE_WINDOW, 2 minutes by default)"
+    )
+
+
+def _queue_full(error: StreamFullError, count: int) -> StreamFullError:
+    return StreamFullError(
+        code=error.code,
+        err_code=error.err_code,
+        stream=error.stream,
+        description=(
+            f"{error.description}: the job stream {layout.JOB_STREAM} is full, so "
+            f"{'the job was' if count == 1 else 'not every job was'} stored (a stored "
+            "job is never discarded to make room). Let the workers catch up, or raise "
+            "the limit (NAQ_JOBS_MAX_BYTES, or `nats stream edit NAQ_JOBS`)"
+        ),
+    )
 
 
 # --------------------------------------------------------------------------- sync API

@@ -12,9 +12,9 @@ import re
 from typing import Final
 
 __all__ = [
+    "ATTEMPT_BUCKET",
     "BREAKER_BUCKET",
     "DEAD_STREAM",
-    "DEFERRAL_BUCKET",
     "FAILURE_STREAM",
     "JOB_STREAM",
     "RESULT_BUCKET",
@@ -25,6 +25,7 @@ __all__ = [
     "dead_subject",
     "failure_subject",
     "job_subject",
+    "original_subject",
     "queue_of_subject",
     "worker_consumer",
 ]
@@ -41,6 +42,8 @@ FAILURE_MAX_AGE: Final = 7 * 24 * 3600.0
 DEAD_STREAM: Final = "NAQ_DEAD"
 """Dead letters; per-message TTL (`dead_letter_ttl`) bounds how long one is kept."""
 DEAD_SUBJECTS: Final = "naq.dead.>"
+ORIGINAL_SUBJECTS: Final = "naq.originals.>"
+"""Also in `NAQ_DEAD`: a job message too big to carry inside its dead letter, verbatim."""
 
 BREAKER_BUCKET: Final = "naq-breakers"
 """Circuit-breaker state shared by every worker: one key per breaker name."""
@@ -48,8 +51,9 @@ SAGA_BUCKET: Final = "naq-sagas"
 """Compensation logs of running jobs: one key per job id, deleted when the job ends."""
 RESULT_BUCKET: Final = "naq-results"
 """Results of jobs enqueued with `result_ttl`: one key per job id, expiring after it."""
-DEFERRAL_BUCKET: Final = "naq-deferrals"
-"""How often a job was deferred by an open breaker: deferrals are not attempts."""
+ATTEMPT_BUCKET: Final = "naq-attempts"
+"""How a redelivered job's earlier deliveries ended (`Ledger`), so a worker tells a crash
+from a failed attempt, a breaker deferral or a hand-back."""
 
 QUEUE_PATTERN: Final = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
@@ -100,3 +104,8 @@ def dead_letter_queue_for(queue: str) -> str:
 def dead_subject(dead_letter_queue: str, job_id: str) -> str:
     """`dead_letter_queue` may contain one '.' (`emails.dead`): it spans two tokens."""
     return f"naq.dead.{dead_letter_queue}.{job_id}"
+
+
+def original_subject(dead_letter_queue: str, job_id: str) -> str:
+    """Where a dead letter's job message is kept verbatim when it did not fit inside it."""
+    return f"naq.originals.{dead_letter_queue}.{job_id}"

@@ -8,6 +8,12 @@ and resolves a plain future when the ack arrives there: about 24 us. The guarant
 are JetStream's: a message is stored when its future resolves; an error reply, or no
 stream for the subject, fails the future with the server's reason; an ack that never
 comes (the connection dropped) fails it after `ack_timeout` seconds.
+
+Size is checked here, headers included, before anything is written: the server
+closes the connection of a client that sends a message over its `max_payload`, and
+nats-py then closes it for good, so an oversized record must never reach the socket.
+`store()` is the publish that waits for its ack and rides out a stream without a
+leader (a cluster electing one after a node died) until its deadline.
 """
 
 from __future__ import annotations
@@ -24,11 +30,55 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js.errors import APIError, NoStreamResponseError
 
-__all__ = ["Publisher", "PublishTimeoutError"]
+from naq_resilience.fitting import headers_size
+
+__all__ = [
+    "PayloadTooLargeError",
+    "PublishTimeoutError",
+    "Publisher",
+    "StreamFullError",
+    "is_stream_full",
+]
 
 
 class PublishTimeoutError(TimeoutError):
     """JetStream did not acknowledge a publish in time; it may or may not be stored."""
+
+
+class PayloadTooLargeError(ValueError):
+    """A message (payload plus headers) over the server's `max_payload`; nothing was sent."""
+
+    def __init__(self, subject: str, size: int, limit: int) -> None:
+        super().__init__(
+            f"a message of {size:,} bytes (payload and headers) for {subject} is over the "
+            f"NATS server's max_payload of {limit:,} bytes; nothing was sent"
+        )
+        self.subject = subject
+        self.size = size
+        self.limit = limit
+
+
+class StreamFullError(APIError):
+    """A stream refused a message because one of its limits is reached (max bytes,
+    max messages, or the server's storage): nothing was stored, nothing was discarded."""
+
+
+_FULL_DESCRIPTIONS = ("maximum bytes", "maximum messages", "insufficient resources")
+_TRANSIENT_CODES = frozenset({10008})  # JSClusterNotAvailErr: a cluster between leaders
+_RETRY_PAUSE = 0.05
+_RETRY_PAUSE_MAX = 1.0
+
+
+def is_stream_full(error: APIError) -> bool:
+    """Whether JetStream refused a message because a limit was reached.
+
+    The server answers a stream limit with err_code 10077 ("maximum bytes exceeded",
+    "maximum messages exceeded") and storage it cannot reserve with 10047 or 10023.
+    """
+    text = (error.description or "").lower()
+    return error.err_code in (10023, 10047) or (
+        error.err_code == 10077 and any(d in text for d in _FULL_DESCRIPTIONS)
+    )
 
 
 class _Ack(msgspec.Struct):
@@ -81,6 +131,9 @@ class Publisher:
         """
         if msg_ttl is not None and math.isfinite(msg_ttl):
             headers = {**(headers or {}), "Nats-TTL": str(max(1, math.ceil(msg_ttl)))}
+        size = len(payload) + (headers_size(headers) if headers else 0)
+        if size > self._nc.max_payload:
+            raise PayloadTooLargeError(subject, size, self._nc.max_payload)
         token = str(next(self._tokens))
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._waiting[token] = (future, time.monotonic())
@@ -92,6 +145,45 @@ class Publisher:
             self._waiting.pop(token, None)
             raise
         return future
+
+    @property
+    def max_payload(self) -> int:
+        """The server's limit for one message, payload and headers together."""
+        return self._nc.max_payload
+
+    async def store(
+        self,
+        subject: str,
+        payload: bytes,
+        headers: dict[str, str] | None = None,
+        msg_ttl: float | None = None,
+        timeout: float | None = None,
+    ) -> int:
+        """Publish and wait until stored; the stream sequence.
+
+        A stream that has no leader for a moment (no responders, or "JetStream
+        cluster not available" while a cluster elects one) is asked again until
+        `timeout` (default `ack_timeout`): such a message was certainly not stored. A
+        missing ack raises `PublishTimeoutError` at once: that message may be stored.
+        """
+        deadline = time.monotonic() + (self.ack_timeout if timeout is None else timeout)
+        pause = _RETRY_PAUSE
+        while True:
+            try:
+                return await (await self.publish(subject, payload, headers, msg_ttl))
+            except NoStreamResponseError:
+                pass
+            except APIError as error:
+                if error.err_code not in _TRANSIENT_CODES:
+                    raise
+            if time.monotonic() + pause >= deadline:
+                raise PublishTimeoutError(
+                    f"no JetStream stream stored {subject} within "
+                    f"{self.ack_timeout if timeout is None else timeout:g}s: no stream leader "
+                    "answered (in a cluster, check that a majority of the nodes are up)"
+                )
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, _RETRY_PAUSE_MAX)
 
     async def _on_ack(self, msg: Msg) -> None:
         entry = self._waiting.pop(msg.subject[self._cut :], None)
@@ -112,14 +204,20 @@ class Publisher:
             future.set_exception(APIError(description=f"unreadable JetStream ack: {exc}"))
             return
         if ack.error is not None:
-            future.set_exception(
-                APIError(
-                    code=ack.error.get("code"),
-                    err_code=ack.error.get("err_code"),
-                    description=ack.error.get("description"),
-                    stream=ack.stream or None,
-                )
+            error = APIError(
+                code=ack.error.get("code"),
+                err_code=ack.error.get("err_code"),
+                description=ack.error.get("description"),
+                stream=ack.stream or None,
             )
+            if is_stream_full(error):
+                error = StreamFullError(
+                    code=error.code,
+                    err_code=error.err_code,
+                    description=error.description,
+                    stream=error.stream,
+                )
+            future.set_exception(error)
         else:
             future.set_result(ack.seq)
 

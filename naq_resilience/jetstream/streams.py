@@ -1,15 +1,29 @@
-"""Create the streams and buckets of `layout` when they are missing.
+"""Create the streams and buckets of `layout` when they are missing, with their limits.
 
 Both the client and the worker call `ensure_layout` once per connection, so whichever
-starts first on a new server sets it up; an existing stream is left as it is, so an
-operator may tune limits or replicas without the library undoing it.
+starts first on a new server sets it up. An existing stream is left as it is, so an
+operator may tune limits or replicas without the library undoing it; a replica count
+that differs from the settings is reported, since it decides whether the queue survives
+the loss of a node.
+
+Every stream and bucket has a limit (`StorageSettings`, from `NAQ_*` variables). Where
+a full store must not lose anything, it refuses new writes (discard "new"): a full job
+stream refuses the enqueue with `StreamFullError`, a full dead-letter stream refuses
+the dead letter and the worker keeps the job in its queue. Only failure records, which
+are history and also travel inside each dead letter, drop their oldest first.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import re
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
 from nats.js.api import (
+    DiscardPolicy,
     KeyValueConfig,
     RetentionPolicy,
     StorageType,
@@ -21,34 +35,133 @@ from nats.js.kv import KeyValue
 
 from naq_resilience.jetstream import layout
 
-__all__ = ["Buckets", "ensure_layout"]
+__all__ = ["Buckets", "StorageSettings", "ensure_layout", "parse_size"]
 
-DUPLICATE_WINDOW = 120.0
-"""Seconds an `idempotency_key` suppresses a second enqueue of the same job."""
+log = logging.getLogger("naq_resilience.streams")
+
+_KiB, _MiB, _GiB = 1024, 1024**2, 1024**3
+_DAY = 24 * 3600.0
+_SIZE = re.compile(r"^\s*(-?\d+)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": _KiB, "m": _MiB, "g": _GiB, "t": 1024**4}
 
 
-def _streams() -> list[StreamConfig]:
+def parse_size(text: str) -> int:
+    """Bytes from `"512MiB"`, `"1G"`, `"65536"` (binary units); -1 means no limit."""
+    match = _SIZE.match(text)
+    if match is None:
+        raise ValueError(f"not a size: {text!r}; write e.g. 1073741824, 1GiB, 512MiB or -1")
+    number, unit = int(match.group(1)), (match.group(2) or "").lower()[:1]
+    return number if number < 0 else number * _UNITS[unit]
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """Replicas and limits of every stream and bucket the library creates.
+
+    Applied when a stream or bucket is created; an existing one keeps its own
+    configuration. Sizes are bytes (-1: no limit of our own, the server's account
+    limits still apply), ages seconds. Each field has an environment variable: the
+    field's name upper-cased after `NAQ_` (`NAQ_REPLICAS`, `NAQ_JOBS_MAX_BYTES`,
+    `NAQ_DEAD_MAX_AGE`, ...); sizes there may say `512MiB` or `1GiB`.
+    """
+
+    replicas: int = 1
+    """Copies of every stream and bucket; 3 in a 3-node cluster survives losing a node."""
+    duplicate_window: float = 120.0
+    """Seconds in which a second message with the same `Nats-Msg-Id` (a job id, an
+    idempotency key, a dead letter's origin) is dropped as a duplicate."""
+    jobs_max_bytes: int = _GiB
+    """Queued jobs, all queues together; when reached, enqueue raises `StreamFullError`."""
+    failures_max_age: float = 7 * _DAY
+    """How long failure records are kept."""
+    failures_max_bytes: int = 256 * _MiB
+    """Failure records; when reached the oldest go first (dead letters keep their own)."""
+    dead_max_age: float = 30 * _DAY
+    """How long a dead letter is kept at most (`dead_letter_ttl` may say less)."""
+    dead_max_bytes: int = _GiB
+    """Dead letters; when reached, jobs that die stay in their queue until there is room."""
+    results_max_bytes: int = 256 * _MiB
+    """Results of jobs enqueued with `result_ttl`."""
+    sagas_max_bytes: int = 64 * _MiB
+    """Compensation logs of running `@saga` jobs."""
+    attempts_max_bytes: int = 64 * _MiB
+    """Attempt ledgers of redelivered jobs (`naq-attempts`)."""
+    breakers_max_bytes: int = 16 * _MiB
+    """Shared circuit-breaker states."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.replicas, bool) or not 1 <= self.replicas <= 5:
+            raise ValueError(
+                f"replicas must be 1 to 5 (JetStream's range; 3 in a 3-node cluster), "
+                f"got {self.replicas!r}"
+            )
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            if spec.name.endswith("_bytes") and (value == 0 or value < -1):
+                raise ValueError(f"{spec.name} must be a size in bytes or -1, got {value!r}")
+            if spec.name.endswith(("_age", "_window")) and not value > 0:
+                raise ValueError(f"{spec.name} must be a number of seconds > 0, got {value!r}")
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> StorageSettings:
+        """Settings from the `NAQ_*` variables; keyword arguments win over them."""
+        values: dict[str, Any] = {}
+        for spec in fields(cls):
+            text = os.environ.get(f"NAQ_{spec.name.upper()}", "").strip()
+            if not text:
+                continue
+            try:
+                if spec.name.endswith("_bytes"):
+                    values[spec.name] = parse_size(text)
+                elif spec.name == "replicas":
+                    values[spec.name] = int(text)
+                else:
+                    values[spec.name] = float(text)
+            except ValueError:
+                raise ValueError(
+                    f"NAQ_{spec.name.upper()}={text!r} is not valid: {spec.name} takes "
+                    f"{'a size like 512MiB' if spec.name.endswith('_bytes') else 'a number'}"
+                ) from None
+        values.update(overrides)
+        return cls(**values)
+
+    def with_replicas(self, replicas: int | None) -> StorageSettings:
+        return self if replicas is None else replace(self, replicas=replicas)
+
+
+def _streams(settings: StorageSettings) -> list[StreamConfig]:
     return [
         StreamConfig(
             name=layout.JOB_STREAM,
             subjects=[layout.JOB_SUBJECTS],
             retention=RetentionPolicy.WORK_QUEUE,
             storage=StorageType.FILE,
-            duplicate_window=DUPLICATE_WINDOW,
+            num_replicas=settings.replicas,
+            duplicate_window=settings.duplicate_window,
+            max_bytes=settings.jobs_max_bytes,
+            discard=DiscardPolicy.NEW,
         ),
         StreamConfig(
             name=layout.FAILURE_STREAM,
             subjects=[layout.FAILURE_SUBJECTS],
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
-            max_age=layout.FAILURE_MAX_AGE,
+            num_replicas=settings.replicas,
+            max_age=settings.failures_max_age,
+            max_bytes=settings.failures_max_bytes,
+            discard=DiscardPolicy.OLD,
         ),
         StreamConfig(
             name=layout.DEAD_STREAM,
-            subjects=[layout.DEAD_SUBJECTS],
+            subjects=[layout.DEAD_SUBJECTS, layout.ORIGINAL_SUBJECTS],
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
+            num_replicas=settings.replicas,
             allow_msg_ttl=True,
+            duplicate_window=settings.duplicate_window,
+            max_age=settings.dead_max_age,
+            max_bytes=settings.dead_max_bytes,
+            discard=DiscardPolicy.NEW,
         ),
     ]
 
@@ -56,36 +169,76 @@ def _streams() -> list[StreamConfig]:
 class Buckets:
     """The KV buckets, opened once per connection."""
 
-    def __init__(self, breakers: KeyValue, sagas: KeyValue, results: KeyValue, deferrals: KeyValue):
+    def __init__(self, breakers: KeyValue, sagas: KeyValue, results: KeyValue, attempts: KeyValue):
         self.breakers = breakers
         self.sagas = sagas
         self.results = results
-        self.deferrals = deferrals
+        self.attempts = attempts
 
 
-async def _bucket(js: JetStreamContext, name: str, *, per_key_ttl: bool) -> KeyValue:
+async def _stream(js: JetStreamContext, config: StreamConfig) -> None:
+    name = config.name or ""
     try:
-        return await js.key_value(name)
+        info = await js.stream_info(name)
+    except NotFoundError:
+        await js.add_stream(config)
+        return
+    existing = info.config
+    _report_replicas(f"stream {name}", existing.num_replicas or 1, config.num_replicas or 1)
+    missing = [s for s in config.subjects or [] if s not in (existing.subjects or [])]
+    if missing:  # a subject a newer version of the library writes to
+        await js.update_stream(replace(existing, subjects=[*(existing.subjects or []), *missing]))
+
+
+def _report_replicas(what: str, existing: int, wanted: int) -> None:
+    if existing != wanted:
+        log.warning(
+            "%s has %d replica%s but the settings ask for %d; an existing stream is left as "
+            "it is: change it with `nats stream edit` (KV buckets are streams named KV_<bucket>), "
+            "or set NAQ_REPLICAS=%d to match",
+            what, existing, "" if existing == 1 else "s", wanted, existing,
+        )  # fmt: skip
+
+
+async def _bucket(
+    js: JetStreamContext,
+    name: str,
+    settings: StorageSettings,
+    max_bytes: int,
+    *,
+    per_key_ttl: bool,
+) -> KeyValue:
+    try:
+        kv = await js.key_value(name)
     except (BucketNotFoundError, NotFoundError):
         config = KeyValueConfig(
             bucket=name,
             storage=StorageType.FILE,
             history=1,
+            replicas=settings.replicas,
+            max_bytes=max_bytes,
             limit_marker_ttl=1.0 if per_key_ttl else None,
         )
         return await js.create_key_value(config)
+    status = await kv.status()
+    replicas = status.stream_info.config.num_replicas or 1
+    _report_replicas(f"bucket {name}", replicas, settings.replicas)
+    return kv
 
 
-async def ensure_layout(js: JetStreamContext) -> Buckets:
-    for config in _streams():
-        try:
-            await js.stream_info(config.name or "")
-        except NotFoundError:
-            await js.add_stream(config)
-    breakers, sagas, results, deferrals = await asyncio.gather(
-        _bucket(js, layout.BREAKER_BUCKET, per_key_ttl=False),
-        _bucket(js, layout.SAGA_BUCKET, per_key_ttl=True),
-        _bucket(js, layout.RESULT_BUCKET, per_key_ttl=True),
-        _bucket(js, layout.DEFERRAL_BUCKET, per_key_ttl=True),
-    )
-    return Buckets(breakers, sagas, results, deferrals)
+async def ensure_layout(
+    js: JetStreamContext, settings: StorageSettings | None = None
+) -> Buckets:
+    settings = settings if settings is not None else StorageSettings.from_env()
+    for config in _streams(settings):
+        await _stream(js, config)
+    breakers, sagas, results, attempts = await asyncio.gather(
+        _bucket(js, layout.BREAKER_BUCKET, settings, settings.breakers_max_bytes,
+                per_key_ttl=False),
+        _bucket(js, layout.SAGA_BUCKET, settings, settings.sagas_max_bytes, per_key_ttl=True),
+        _bucket(js, layout.RESULT_BUCKET, settings, settings.results_max_bytes,
+                per_key_ttl=True),
+        _bucket(js, layout.ATTEMPT_BUCKET, settings, settings.attempts_max_bytes,
+                per_key_ttl=True),
+    )  # fmt: skip
+    return Buckets(breakers, sagas, results, attempts)

@@ -8,18 +8,33 @@ Nothing is logged per job above DEBUG.
 
 Failures are handled by what the function's policy and the job's options say:
 
-- retryable with attempts left: a failure record, then `nak(delay)`; the broker
-  redelivers after the delay, so no worker slot waits;
-- an open circuit breaker: `nak(retry_after)` without counting an attempt (a KV counter
-  of deferrals is subtracted from JetStream's delivery count);
+- retryable with attempts left: a failure record and the job's attempt ledger, then
+  `nak(delay)`; the broker redelivers after the delay, so no worker slot waits;
+- an open circuit breaker: `nak(retry_after)`, counted in the ledger as a deferral;
 - non-retryable, out of attempts, or critical (plus the critical hooks): a failure
   record, a dead letter with the whole failure history, then `ack()`;
 - a message that cannot be decoded, has an unknown version or names a function this
   worker may not run: a dead letter with the reason and the raw bytes, then `ack()`.
 
-The attempt number is JetStream's delivery count (minus deferrals), so a delivery that
-crashed the worker counts as an attempt and a poison job ends as a dead letter
-instead of looping.
+Crashes are not failures. The ledger (`naq-attempts`, written before every `nak` this
+worker sends) says how the earlier deliveries of a redelivered job ended, so a delivery
+JetStream counted that the ledger does not is one a crash interrupted (a worker killed,
+out of memory, its connection lost). A job gets `max_crashes` of those, apart from its
+attempts: a job without retries survives a worker being killed, and a job that kills
+every worker it meets still ends as a dead letter.
+
+And a backstop: whatever goes wrong while handling or settling a message (a bug of
+ours, a record the server refuses) ends in a dead letter that says so; when even that
+cannot be written, in a minimal one; when nothing can be written (the server is gone),
+the message is redelivered later and each such delivery counts as a crash, so the
+number of rounds is bounded. Records are fitted to the server's `max_payload` first
+(`naq_resilience.fitting`), so size never makes a message loop.
+
+Timeouts and shutdown never run two attempts of one job at once. An async job is
+cancelled; a sync job runs on a thread, which Python cannot stop, so when it overruns
+its `timeout` the attempt fails with `TimeoutError` but the job keeps its message (and
+its heartbeats) until the thread ends, and only then is it retried or dead-lettered;
+at shutdown the worker waits for such threads instead of handing their jobs back.
 """
 
 from __future__ import annotations
@@ -34,10 +49,10 @@ import socket
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 import nats.errors
@@ -48,13 +63,29 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import KeyNotFoundError
 
 from naq_resilience.codec import Format, InvalidMessage, decode, decode_envelope, encode
+from naq_resilience.fitting import (
+    MESSAGE_LIMIT,
+    RECORD_LIMIT,
+    cut_text,
+    fit_dead_letter,
+    fit_failure,
+    headers_size,
+)
 from naq_resilience.jetstream import layout
 from naq_resilience.jetstream.connection import ConnectionSettings, connect, ensure_jetstream
-from naq_resilience.jetstream.publisher import Publisher
+from naq_resilience.jetstream.heartbeat import Heartbeats
+from naq_resilience.jetstream.publisher import Publisher, StreamFullError
 from naq_resilience.jetstream.registry import FunctionRegistry, JobFunction, UnknownFunction
 from naq_resilience.jetstream.stores import BreakerSync, KVActionLog, load_action_log
-from naq_resilience.jetstream.streams import Buckets, ensure_layout
-from naq_resilience.models import DeadLetter, FailureRecord, JobEnvelope, JobResult, JobStatus
+from naq_resilience.jetstream.streams import Buckets, StorageSettings, ensure_layout
+from naq_resilience.models import (
+    DeadLetter,
+    FailureRecord,
+    JobEnvelope,
+    JobResult,
+    JobStatus,
+    Ledger,
+)
 from naq_resilience.policies.chaos import is_injected
 from naq_resilience.policies.classify import (
     Classification,
@@ -65,10 +96,10 @@ from naq_resilience.policies.classify import (
 )
 from naq_resilience.policies.compensate import Saga, reset_action_log, use_action_log
 from naq_resilience.policies.delays import DelaySchedule
-from naq_resilience.policies.errors import CircuitBreakerOpenError
+from naq_resilience.policies.errors import CircuitBreakerOpenError, NonRetryable
 from naq_resilience.policies.pipeline import qualified_name
 
-__all__ = ["Worker", "current_job"]
+__all__ = ["ResultTooLargeError", "Worker", "WorkerConnectionLost", "current_job"]
 
 log = logging.getLogger("naq_resilience.worker")
 
@@ -77,9 +108,25 @@ _current_job: contextvars.ContextVar[JobEnvelope | None] = contextvars.ContextVa
 )
 
 MAX_FETCH = 256
-DEFERRAL_TTL = 7 * 24 * 3600.0
-"""A deferral count outlives any sane breaker outage, then expires with the job gone."""
+LEDGER_TTL: Final = 7 * 24 * 3600.0
+"""A ledger outlives any sane retry delay or breaker outage, then expires with the job gone."""
+FULL_RETRY_DELAY: Final = 60.0
+"""Seconds before a job whose dead letter found the dead-letter stream full comes back."""
+UNSETTLED_RETRY_DELAY: Final = 30.0
+"""Seconds before a message nothing could be written for (the server refusing, or gone)
+is delivered again; that delivery counts as a crash, so the rounds are bounded."""
+_NO_LEDGER: Final = Ledger()
 _NO_SCHEDULE = DelaySchedule("fixed", 0.0, None, None)
+
+
+class ResultTooLargeError(NonRetryable):
+    """A job's return value too big to store as its result: the job ran, its result is not
+    kept, and running it again would not make the value smaller."""
+
+
+class WorkerConnectionLost(ConnectionError):
+    """The worker's NATS connection was closed for good; the process should exit and be
+    restarted, its unsettled jobs are redelivered to other workers."""
 
 
 def current_job() -> JobEnvelope | None:
@@ -145,7 +192,10 @@ class Worker:
     `NAQ_IMPORTS`, comma separated); `functions` allows single functions directly.
     Async jobs run on the event loop, sync jobs on a thread pool of `concurrency`
     threads; at most `concurrency` jobs run at once. `ack_wait` is how long the broker
-    waits for a sign of life before redelivering; long jobs send one every third of it.
+    waits for a sign of life before redelivering; long jobs send one every third of it,
+    from a thread of their own. `max_crashes` is how many deliveries of one job a worker
+    crash may interrupt before the job is dead-lettered as a poison job. `storage` sets
+    the replicas and limits of the streams this worker creates when they are missing.
     """
 
     def __init__(
@@ -154,12 +204,14 @@ class Worker:
         *,
         nats_url: str | None = None,
         settings: ConnectionSettings | None = None,
+        storage: StorageSettings | None = None,
         concurrency: int = 10,
         imports: Iterable[str] = (),
         functions: Iterable[Callable[..., Any]] = (),
         ack_wait: float = 30.0,
         shutdown_grace: float = 30.0,
         fetch_timeout: float = 1.0,
+        max_crashes: int = 3,
         format: Format = "json",
         worker_id: str | None = None,
     ) -> None:
@@ -169,7 +221,10 @@ class Worker:
         self.queues = tuple(layout.check_queue_name(q, "queue") for q in names)
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ValueError(f"concurrency must be a whole number >= 1, got {concurrency!r}")
+        if isinstance(max_crashes, bool) or not isinstance(max_crashes, int) or max_crashes < 1:
+            raise ValueError(f"max_crashes must be a whole number >= 1, got {max_crashes!r}")
         self.concurrency = concurrency
+        self.max_crashes = max_crashes
         env_imports = [m.strip() for m in os.environ.get("NAQ_IMPORTS", "").split(",") if m.strip()]
         self.registry = FunctionRegistry([*imports, *env_imports])
         for func in functions:
@@ -177,6 +232,7 @@ class Worker:
         if settings is None:
             settings = ConnectionSettings.from_env(**({"url": nats_url} if nats_url else {}))
         self._settings = settings
+        self._storage = storage if storage is not None else StorageSettings.from_env()
         self.ack_wait = ack_wait
         self.shutdown_grace = shutdown_grace
         self.fetch_timeout = fetch_timeout
@@ -193,7 +249,9 @@ class Worker:
         self._free = concurrency
         self._slot_freed = asyncio.Event()
         self._running: dict[asyncio.Task[None], tuple[Msg, float]] = {}
+        self._on_thread: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
+        self._lost: str | None = None
         self._record_encoder = msgspec.json.Encoder(enc_hook=repr)
         self._policies: dict[str, _Policy] = {}
         self.processed = 0
@@ -201,48 +259,81 @@ class Worker:
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self) -> None:
-        """Work until `stop()`; then finish in-flight jobs within `shutdown_grace`."""
+        """Work until `stop()`; then finish in-flight jobs within `shutdown_grace`.
+
+        Raises `WorkerConnectionLost` when the connection was closed for good: the jobs
+        still running could not be settled, so they are left to be redelivered.
+        """
         self._loop = asyncio.get_running_loop()
-        self._nc = await connect(self._settings, max_reconnect_attempts=-1)
-        await ensure_jetstream(self._nc)
-        self._js = self._nc.jetstream()
-        self._buckets = await ensure_layout(self._js)
-        self._publisher = Publisher(self._nc)
-        await self._publisher.start()
-        breakers = BreakerSync(self._buckets.breakers, self.worker_id)
-        await breakers.start()
-        self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="naq-job")
-        subs = [await self._subscribe(queue) for queue in self.queues]
-        log.info(
-            "worker %s started: queues=%s concurrency=%d modules=%s",
-            self.worker_id, ",".join(self.queues), self.concurrency,
-            ",".join(self.registry.modules) or "-",
-        )  # fmt: skip
-        fetchers = [
-            asyncio.create_task(self._fetch_loop(queue, sub))
-            for queue, sub in zip(self.queues, subs, strict=True)
-        ]
-        heartbeat = asyncio.create_task(self._heartbeat_loop())
-        try:
-            await self._stopping.wait()
-        finally:
-            for task in fetchers:
-                task.cancel()
-            await asyncio.gather(*fetchers, return_exceptions=True)
-            await self._drain_in_flight()
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
-            await breakers.stop()
-            await self._publisher.close()
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            with contextlib.suppress(Exception):
-                await self._nc.flush(timeout=5)  # the acks of the last jobs
-            await self._nc.close()
+        async with contextlib.AsyncExitStack() as stack:
+            self._nc = nc = await connect(self._settings, max_reconnect_attempts=-1)
+            stack.push_async_callback(self._close_connection, nc)
+            await ensure_jetstream(nc)
+            self._js = nc.jetstream()
+            self._buckets = await ensure_layout(self._js, self._storage)
+            self._publisher = Publisher(nc)
+            await self._publisher.start()
+            stack.push_async_callback(self._publisher.close)
+            breakers = BreakerSync(self._buckets.breakers, self.worker_id)
+            await breakers.start()
+            stack.push_async_callback(breakers.stop)
+            heartbeats = Heartbeats(
+                self._settings,
+                lambda: [(m.reply, started) for m, started in self._running.copy().values()],
+                self.ack_wait / 3,
+                Worker._process.__code__,
+                f"{self.worker_id} heartbeats",
+            )
+            await asyncio.to_thread(heartbeats.start)
+            stack.push_async_callback(asyncio.to_thread, heartbeats.stop)
+            self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="naq-job")
+            stack.callback(self._pool.shutdown, wait=False, cancel_futures=True)
+            subs = [await self._subscribe(queue) for queue in self.queues]
+            watchers = [
+                asyncio.create_task(heartbeats.stamp_loop()),
+                asyncio.create_task(self._watch_connection(nc)),
+                *(
+                    asyncio.create_task(self._fetch_loop(queue, sub))
+                    for queue, sub in zip(self.queues, subs, strict=True)
+                ),
+            ]
             log.info(
-                "worker %s stopped: %d jobs processed, %d failures",
-                self.worker_id, self.processed, self.failed,
+                "worker %s started: queues=%s concurrency=%d modules=%s",
+                self.worker_id, ",".join(self.queues), self.concurrency,
+                ",".join(self.registry.modules) or "-",
             )  # fmt: skip
+            try:
+                await self._stopping.wait()
+            finally:
+                for task in watchers:
+                    task.cancel()
+                await asyncio.gather(*watchers, return_exceptions=True)
+                if self._lost is None:
+                    await self._drain_in_flight()
+                else:
+                    await self._abandon_in_flight()
+        log.info(
+            "worker %s stopped: %d jobs processed, %d failures",
+            self.worker_id, self.processed, self.failed,
+        )  # fmt: skip
+        if self._lost is not None:
+            raise WorkerConnectionLost(self._lost)
+
+    @staticmethod
+    async def _close_connection(nc: NatsClient) -> None:
+        if not nc.is_closed:
+            with contextlib.suppress(Exception):
+                await nc.flush(timeout=5)  # the acks of the last jobs
+            await nc.close()
+
+    async def _watch_connection(self, nc: NatsClient) -> None:
+        """nats-py closes a connection for good after some server errors; a worker that
+        cannot fetch must not idle alive, so it stops and `run()` says why. (Polled:
+        nats-py offers only its one `closed_cb`, which `connect` already uses.)"""
+        while not nc.is_closed:  # noqa: ASYNC110
+            await asyncio.sleep(0.5)
+        self._lost = self._lost or "the NATS connection was closed for good"
+        self._stopping.set()
 
     def stop(self) -> None:
         """Stop fetching; in-flight jobs get `shutdown_grace` seconds to finish.
@@ -261,12 +352,31 @@ class Worker:
             self._stopping.set()
 
     def run_forever(self) -> None:
-        """`run()` in a new event loop, stopping gracefully on SIGTERM or SIGINT."""
+        """`run()` in a new event loop, stopping gracefully on SIGTERM or SIGINT.
+
+        A second signal exits at once: jobs still running are then redelivered to other
+        workers (each counted as a crash), which is what the operator asked for.
+        """
 
         async def main() -> None:
             loop = asyncio.get_running_loop()
+            signals = 0
+
+            def on_signal() -> None:
+                nonlocal signals
+                signals += 1
+                if signals == 1:
+                    self.stop()
+                    return
+                log.warning(
+                    "worker %s: second signal, exiting now; %d running jobs will be "
+                    "redelivered", self.worker_id, len(self._running),
+                )  # fmt: skip
+                logging.shutdown()
+                os._exit(1)
+
             for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, self.stop)
+                loop.add_signal_handler(sig, on_signal)
             await self.run()
 
         asyncio.run(main())
@@ -275,18 +385,37 @@ class Worker:
         if not self._running:
             return
         _, pending = await asyncio.wait(list(self._running), timeout=self.shutdown_grace)
+        if not pending:
+            return
+        threads = [task for task in pending if task in self._on_thread]
         for task in pending:
-            msg, _ = self._running.get(task, (None, 0.0))
-            task.cancel()
-            if msg is not None:
-                with contextlib.suppress(Exception):
-                    await msg.nak()
-        if pending:
-            log.warning(
-                "worker %s: %d jobs did not finish within %.0fs and were handed back",
-                self.worker_id, len(pending), self.shutdown_grace,
-            )  # fmt: skip
+            if task not in self._on_thread:
+                task.cancel()  # the job is handed back once it has stopped (_process)
+        log.warning(
+            "worker %s: %d jobs did not finish within the %.0fs shutdown grace; %d async "
+            "ones were cancelled and handed back%s",
+            self.worker_id, len(pending), self.shutdown_grace, len(pending) - len(threads),
+            "" if not threads else (
+                f", {len(threads)} sync ones run on threads Python cannot stop: the worker "
+                "waits for them to end (their messages stay here, kept alive by heartbeats, "
+                "so no other worker runs them meanwhile); a second SIGTERM exits at once "
+                "and they are redelivered"
+            ),
+        )  # fmt: skip
         await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _abandon_in_flight(self) -> None:
+        """The connection is gone: nothing can be settled, so stop at once."""
+        log.error(
+            "worker %s: %s; %d running jobs cannot be settled and will be redelivered to "
+            "other workers. Exiting so a supervisor restarts this worker",
+            self.worker_id, self._lost, len(self._running),
+        )  # fmt: skip
+        for task in list(self._running):
+            if task not in self._on_thread:
+                task.cancel()
+        async_tasks = [t for t in self._running if t not in self._on_thread]
+        await asyncio.gather(*async_tasks, return_exceptions=True)
 
     async def _subscribe(self, queue: str) -> JetStreamContext.PullSubscription:
         assert self._js is not None
@@ -318,7 +447,9 @@ class Worker:
                 msgs = await sub.fetch(min(self._free, MAX_FETCH), timeout=self.fetch_timeout)
             except (TimeoutError, nats.errors.TimeoutError):
                 continue
-            except (nats.errors.ConnectionClosedError, nats.errors.NoServersError):
+            except (nats.errors.ConnectionClosedError, nats.errors.NoServersError) as exc:
+                self._lost = f"the NATS connection was closed for good ({type(exc).__name__})"
+                self._stopping.set()
                 return
             except Exception as exc:  # disconnected: nats-py reconnects; try again shortly
                 log.debug("fetch on %s failed (%r); retrying", queue, exc)
@@ -333,24 +464,22 @@ class Worker:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._running.pop(task, None)
+        self._on_thread.discard(task)
         self._free += 1
         self._slot_freed.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("worker bug while handling a job", exc_info=task.exception())
 
-    async def _heartbeat_loop(self) -> None:
-        """Tell the broker that long jobs are alive, so it does not redeliver them."""
-        period = self.ack_wait / 3
-        while True:
-            await asyncio.sleep(period)
-            cutoff = time.time() - period
-            for msg, started in list(self._running.values()):
-                if started < cutoff:
-                    with contextlib.suppress(Exception):
-                        await msg.in_progress()
-
     # ------------------------------------------------------------------ one job
     async def _handle(self, msg: Msg, queue: str) -> None:
+        try:
+            await self._process(msg, queue)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await self._backstop(msg, queue, exc)
+
+    async def _process(self, msg: Msg, queue: str) -> None:
         try:
             env = decode_envelope(msg.data)
         except InvalidMessage as exc:
@@ -365,26 +494,28 @@ class Worker:
         except UnknownFunction as exc:
             await self._dead(msg, env, queue, exc.reason, [])
             return
-        delivered = _delivered(msg)
-        deferrals = 0
-        if delivered > 1:
-            if fn.has_breaker:
-                deferrals = await self._deferrals(env.id)
-            policy = self._policy(fn, env)
-            if delivered - deferrals > policy.max_attempts:
+        ledger = _NO_LEDGER
+        crashes = 0
+        if _delivered(msg) > 1:
+            ledger = await self._ledger(env.id)
+            crashes = max(
+                0, _delivered(msg) - 1 - ledger.failed - ledger.deferred - ledger.handed_back
+            )
+            if crashes >= self.max_crashes:
                 await self._dead(
                     msg, env, queue,
-                    f"delivered {delivered - deferrals} times, more than its "
-                    f"{policy.max_attempts} attempts: a worker crashed or was killed while "
-                    "running it (a poison job)",
-                    await self._history(env),
+                    f"a worker crashed (was killed, ran out of memory or lost its connection) "
+                    f"during {crashes} deliveries of this job, the limit of max_crashes="
+                    f"{self.max_crashes}: a poison job. It failed {ledger.failed} attempts "
+                    "before that",
+                    await self._history(env) if ledger.failed else [],
                 )  # fmt: skip
                 return
         token = _current_job.set(env)
         logs: list[KVActionLog] | None = None
         if fn.has_saga:
             logs = []
-            if delivered > 1:
+            if _delivered(msg) > 1:
                 await self._roll_back_crashed(env)
             log_token = use_action_log(partial(self._saga_log, env, logs))
         started = time.time()
@@ -393,37 +524,75 @@ class Worker:
             if fn.is_async:
                 result = fn.runner(*args, **kwargs)
                 if env.timeout is not None:
-                    result = await asyncio.wait_for(result, env.timeout)
+                    try:
+                        result = await asyncio.wait_for(result, env.timeout)
+                    except TimeoutError:
+                        raise TimeoutError(
+                            f"job {env.id} ({env.function}) ran past its timeout of "
+                            f"{env.timeout:g}s and was cancelled"
+                        ) from None
                 else:
                     result = await result
             else:
-                assert self._pool is not None
-                ctx = contextvars.copy_context()
-                future = asyncio.get_running_loop().run_in_executor(
-                    self._pool, ctx.run, _call, fn.runner, args, kwargs
-                )
-                result = await (
-                    asyncio.wait_for(future, env.timeout) if env.timeout is not None else future
-                )
+                result = await self._run_on_thread(fn, env, args, kwargs)
             if logs:
                 await _flush(logs)
+            if env.result_ttl is not None:
+                await self._store_completed(env, result)
         except CircuitBreakerOpenError as exc:
             if logs:
                 await _flush(logs)
-            await self._defer(msg, env, exc, deferrals)
+            await self._defer(msg, env, exc, ledger)
+        except asyncio.CancelledError:
+            if self._stopping.is_set() and self._lost is None:
+                with contextlib.suppress(Exception):  # unsettled, it comes back as a crash
+                    await self._hand_back(msg, env, ledger, 0.0, "the worker is shutting down")
+            raise
         except Exception as exc:
             if logs:
                 await _flush(logs)
-            await self._failed(msg, env, queue, fn, exc, started, delivered - deferrals)
+            await self._failed(msg, env, queue, fn, exc, started, ledger, crashes)
         else:
-            if env.result_ttl is not None:
-                await (await self._store_result(env, JobStatus.COMPLETED, result, None))
             await msg.ack()
             self.processed += 1
         finally:
             _current_job.reset(token)
             if fn.has_saga:
                 reset_action_log(log_token)
+
+    async def _run_on_thread(
+        self, fn: JobFunction, env: JobEnvelope, args: list[Any], kwargs: dict[str, Any]
+    ) -> Any:
+        """Run a sync job on the pool; a timeout fails the attempt, never frees the job early.
+
+        The task stays in the running set (heartbeats go on) until the thread has
+        ended, so the job's next attempt cannot start while this one still runs.
+        """
+        assert self._pool is not None
+        loop = asyncio.get_running_loop()
+        ctx = contextvars.copy_context()
+        task = asyncio.current_task()
+        assert task is not None
+        self._on_thread.add(task)
+        future = loop.run_in_executor(self._pool, ctx.run, _call, fn.runner, args, kwargs)
+        if env.timeout is None:
+            return await future
+        started = time.monotonic()
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), env.timeout)
+        except TimeoutError:
+            pass
+        log.warning(
+            "job %s (%s) ran past its timeout of %gs; a thread cannot be stopped, so the job "
+            "keeps its message until the thread ends, then fails with TimeoutError",
+            env.id, env.function, env.timeout,
+        )  # fmt: skip
+        await asyncio.wait([future])
+        raise TimeoutError(
+            f"job {env.id} ({env.function}) ran past its timeout of {env.timeout:g}s (its "
+            f"thread ended after {time.monotonic() - started:.1f}s; what it returned or "
+            "raised was discarded)"
+        )
 
     def _policy(self, fn: JobFunction, env: JobEnvelope) -> _Policy:
         """Most jobs carry no options of their own: their policy is built once per function."""
@@ -462,30 +631,53 @@ class Worker:
         else:
             log.info("job %s: rolled back the steps of an interrupted delivery", env.id)
 
+    # ------------------------------------------------------------------ the ledger
+    async def _ledger(self, job_id: str) -> Ledger:
+        assert self._buckets is not None
+        try:
+            entry = await self._buckets.attempts.get(job_id)
+        except KeyNotFoundError:
+            return _NO_LEDGER
+        if not entry.value:
+            return _NO_LEDGER
+        try:
+            return decode(entry.value, Ledger)
+        except msgspec.DecodeError:
+            log.warning("job %s: its attempt ledger is unreadable; counting from zero", job_id)
+            return _NO_LEDGER
+
+    async def _write_ledger(self, job_id: str, ledger: Ledger) -> None:
+        """Stored before the `nak` it announces, so a redelivery is never mistaken for a
+        crash; a ledger that cannot be written makes the redelivery count as one, which
+        only brings a poison job's end closer."""
+        assert self._publisher is not None
+        try:
+            await self._publisher.store(
+                f"$KV.{layout.ATTEMPT_BUCKET}.{job_id}", encode(ledger), msg_ttl=LEDGER_TTL
+            )
+        except Exception as exc:
+            log.warning("job %s: attempt ledger not written (%r)", job_id, exc)
+
+    async def _hand_back(
+        self, msg: Msg, env: JobEnvelope, ledger: Ledger, delay: float, why: str
+    ) -> None:
+        """Give the job back unfinished: neither an attempt nor a crash."""
+        handed = msgspec.structs.replace(ledger, handed_back=ledger.handed_back + 1)
+        await self._write_ledger(env.id, handed)
+        await msg.nak(delay=delay or None)
+        log.info("job %s handed back (%s)", env.id, why)
+
     async def _defer(
-        self, msg: Msg, env: JobEnvelope, exc: CircuitBreakerOpenError, deferrals: int
+        self, msg: Msg, env: JobEnvelope, exc: CircuitBreakerOpenError, ledger: Ledger
     ) -> None:
         """The breaker is open: come back when it may close, without using an attempt."""
-        assert self._js is not None
-        assert self._publisher is not None
-        await (
-            await self._publisher.publish(
-                f"$KV.{layout.DEFERRAL_BUCKET}.{env.id}",
-                str(deferrals + 1).encode(),
-                msg_ttl=DEFERRAL_TTL,
-            )
+        await self._write_ledger(
+            env.id, msgspec.structs.replace(ledger, deferred=ledger.deferred + 1)
         )
         await msg.nak(delay=max(exc.retry_after, 0.001))
         log.debug("job %s deferred %.3fs: breaker %s open", env.id, exc.retry_after, exc.name)
 
-    async def _deferrals(self, job_id: str) -> int:
-        assert self._buckets is not None
-        try:
-            entry = await self._buckets.deferrals.get(job_id)
-        except KeyNotFoundError:
-            return 0
-        return int(entry.value or b"0")
-
+    # ------------------------------------------------------------------ failures
     async def _failed(
         self,
         msg: Msg,
@@ -494,9 +686,11 @@ class Worker:
         fn: JobFunction,
         exc: Exception,
         started: float,
-        attempt: int,
+        ledger: Ledger,
+        crashes: int,
     ) -> None:
         self.failed += 1
+        attempt = ledger.failed + 1
         policy = self._policy(fn, env)
         kind = policy.classify(exc)
         if kind is Classification.CRITICAL:
@@ -509,6 +703,7 @@ class Worker:
             else:
                 delay = policy.schedule.delay(attempt)
         now = time.time()
+        message = _message(exc)
         record = FailureRecord(
             job_id=env.id,
             function=env.function,
@@ -516,7 +711,7 @@ class Worker:
             attempt=attempt,
             max_attempts=policy.max_attempts,
             error_type=qualified_name(type(exc)),
-            message=str(exc),
+            message=message,
             traceback=_format_traceback(exc),
             classification=kind.value,
             outcome="retry" if delay is not None else "dead",
@@ -529,35 +724,40 @@ class Worker:
             duration=now - started,
             context=context_of(exc),
             next_retry_at=None if delay is None else now + delay,
+            crashes=crashes,
         )
-        subject, payload = self._failure_message(record)
+        subject = layout.failure_subject(record.queue, record.job_id)
+        record, payload = fit_failure(record, self._record_encoder.encode, self._record_limit())
+        assert self._publisher is not None
         if delay is not None:
-            assert self._publisher is not None
-            await (await self._publisher.publish(subject, payload))  # kept before the nak
+            # Both stored before the nak: the history is complete, and the redelivery
+            # will not be taken for a crash.
+            await asyncio.gather(
+                self._publisher.store(subject, payload),
+                self._write_ledger(
+                    env.id, msgspec.structs.replace(ledger, failed=ledger.failed + 1)
+                ),
+            )
             await msg.nak(delay=delay)
             return
         # The job is dead: the dead letter, stored before the ack, carries this record
         # too, so the copy for the failures stream does not wait for its own ack.
         assert self._nc is not None
         await self._nc.publish(subject, payload)
+        error_type = record.error_type
         if kind is Classification.CRITICAL:
-            reason = f"critical error {record.error_type}: {record.message}"
+            reason = f"critical error {error_type}: {cut_text(message, MESSAGE_LIMIT)}"
         elif kind is Classification.NON_RETRYABLE:
-            reason = f"non-retryable error {record.error_type}: {record.message}"
+            reason = f"non-retryable error {error_type}: {cut_text(message, MESSAGE_LIMIT)}"
         else:
-            reason = f"out of attempts ({attempt} of {policy.max_attempts}): {record.error_type}"
+            reason = f"out of attempts ({attempt} of {policy.max_attempts}): {error_type}"
         earlier = await self._history(env) if attempt > 1 else []
         history = [h for h in earlier if h.attempt < attempt] + [record]
-        error = f"{record.error_type}: {exc}"
-        await self._dead(msg, env, queue, reason, history, error=error)
+        await self._dead(msg, env, queue, reason, history, error=f"{error_type}: {record.message}")
 
-    # ------------------------------------------------------------------ records
-    def _failure_message(self, record: FailureRecord) -> tuple[str, bytes]:
-        try:
-            payload = self._record_encoder.encode(record)
-        except (TypeError, msgspec.EncodeError, OverflowError):
-            payload = self._record_encoder.encode(msgspec.structs.replace(record, context={}))
-        return layout.failure_subject(record.queue, record.job_id), payload
+    def _record_limit(self) -> int:
+        assert self._nc is not None
+        return min(RECORD_LIMIT, self._nc.max_payload - 1024)
 
     async def _history(self, env: JobEnvelope) -> list[FailureRecord]:
         """The job's earlier failure records, read back from the failures stream."""
@@ -579,6 +779,7 @@ class Worker:
             await sub.unsubscribe()
         return records
 
+    # ------------------------------------------------------------------ dead letters
     async def _dead(
         self,
         msg: Msg,
@@ -598,14 +799,13 @@ class Worker:
             job=env,
             failures=failures,
         )
-        stored = await self._publish_dead(
-            letter, layout.dead_subject(dead_queue, env.id), env.dead_letter_ttl
-        )
-        if env.result_ttl is not None:
-            await (await self._store_result(env, JobStatus.DEAD, None, error or reason))
-        await stored
-        await msg.ack()
-        log.debug("job %s dead-lettered to %s: %s", env.id, dead_queue, reason)
+        stored = await self._publish_dead(msg, letter, env.id, env.dead_letter_ttl)
+        if stored and env.result_ttl is not None:
+            with contextlib.suppress(Exception):  # the letter is stored: that is the outcome
+                await self._store_result(env, JobStatus.DEAD, None, error or reason)
+        if stored:
+            await msg.ack()
+            log.debug("job %s dead-lettered to %s: %s", env.id, dead_queue, reason)
 
     async def _dead_raw(self, msg: Msg, queue: str, reason: str) -> None:
         dead_queue = layout.dead_letter_queue_for(queue)
@@ -614,32 +814,146 @@ class Worker:
             raw=bytes(msg.data),
         )  # fmt: skip
         seq = msg.metadata.sequence.stream
-        await (
-            await self._publish_dead(letter, layout.dead_subject(dead_queue, f"seq-{seq}"), None)
-        )
-        await msg.ack()
-        log.warning("message %d on %s dead-lettered: %s", seq, queue, reason)
+        if await self._publish_dead(msg, letter, f"seq-{seq}", None):
+            await msg.ack()
+            log.warning("message %d on %s dead-lettered: %s", seq, queue, reason)
 
     async def _publish_dead(
-        self, letter: DeadLetter, subject: str, ttl: float | None
-    ) -> asyncio.Future[Any]:
+        self, msg: Msg, letter: DeadLetter, name: str, ttl: float | None
+    ) -> bool:
+        """Store a dead letter fitted to `max_payload`; False when the dead-letter stream
+        is full (the job is then handed back to wait for room, never acked away).
+
+        Its `Nats-Msg-Id` is the job message's stream sequence, so a letter stored twice
+        (the ack of the job lost after the letter was written) is stored once.
+        """
         assert self._publisher is not None
-        payload = self._record_encoder.encode(letter)
-        return await self._publisher.publish(subject, payload, msg_ttl=ttl)
+        headers = {"Nats-Msg-Id": f"dead-{msg.metadata.sequence.stream}"}
+        ttl_headers = 0 if ttl is None else 24  # "Nats-TTL: <seconds>\r\n"
+        budget = self._publisher.max_payload - headers_size(headers) - ttl_headers
+        original = layout.original_subject(letter.dead_letter_queue, name)
+        payload, moved = fit_dead_letter(
+            letter, self._record_encoder.encode, budget, bytes(msg.data), original
+        )
+        try:
+            stores: list[Coroutine[Any, Any, object]] = [
+                self._publisher.store(
+                    layout.dead_subject(letter.dead_letter_queue, name), payload, headers, ttl
+                )
+            ]
+            if moved:
+                stores.append(self._store_original(msg, original, ttl))
+            await asyncio.gather(*stores)
+        except StreamFullError as exc:
+            log.error(
+                "the dead-letter stream %s is full (%s): job %s stays in its queue and comes "
+                "back in %.0fs; make room (`naq dlq purge`, NAQ_DEAD_MAX_BYTES) or nothing more "
+                "can be dead-lettered",
+                layout.DEAD_STREAM, exc.description, name, FULL_RETRY_DELAY,
+            )  # fmt: skip
+            ledger = await self._ledger(name) if _delivered(msg) > 1 else _NO_LEDGER
+            handed = msgspec.structs.replace(ledger, handed_back=ledger.handed_back + 1)
+            await self._write_ledger(name, handed)
+            await msg.nak(delay=FULL_RETRY_DELAY)
+            return False
+        return True
+
+    async def _store_original(self, msg: Msg, subject: str, ttl: float | None) -> None:
+        """The job's message, byte for byte, beside a letter too small to hold it."""
+        assert self._publisher is not None
+        data = bytes(msg.data)
+        if ttl is not None and len(data) + 24 > self._publisher.max_payload:
+            ttl = None  # no room for the TTL header: kept until the stream's max_age
+        await self._publisher.store(subject, data, None, ttl)
+
+    async def _backstop(self, msg: Msg, queue: str, exc: Exception) -> None:
+        """Something failed while handling or settling this message: end it as a dead
+        letter that says so; if that fails too, a minimal one; if nothing can be
+        written, let it come back later (a delivery the ledger counts as a crash)."""
+        seq = msg.metadata.sequence.stream
+        log.error(
+            "worker error while handling message %d on %s; dead-lettering it", seq, queue,
+            exc_info=exc,
+        )  # fmt: skip
+        reason = (
+            f"the worker failed while handling this message: {qualified_name(type(exc))}: "
+            f"{cut_text(_message(exc), MESSAGE_LIMIT)}"
+        )
+        try:
+            env = decode_envelope(msg.data)
+        except InvalidMessage:
+            env = None
+        try:
+            if env is None:
+                await self._dead_raw(msg, queue, reason)
+            else:
+                await self._dead(msg, msgspec.structs.replace(env, queue=queue), queue, reason, [])
+            return
+        except Exception as second:
+            log.error("message %d: its dead letter failed too (%r)", seq, second)
+        try:
+            assert self._publisher is not None
+            job_id = env.id if env is not None else f"seq-{seq}"
+            dead_queue = (env.dead_letter_queue if env else None) or layout.dead_letter_queue_for(
+                queue
+            )
+            minimal = DeadLetter(
+                reason=cut_text(reason, 1024), queue=queue, dead_letter_queue=dead_queue,
+                dead_at=time.time(),
+                cut=["a last-resort letter: the job's message and history could not be stored"],
+            )  # fmt: skip
+            await self._publisher.store(
+                layout.dead_subject(dead_queue, job_id),
+                self._record_encoder.encode(minimal),
+                {"Nats-Msg-Id": f"dead-{seq}"},
+            )
+            await msg.ack()
+        except Exception as third:
+            log.error(
+                "message %d: not even a minimal dead letter could be stored (%r); it comes "
+                "back in %.0fs", seq, third, UNSETTLED_RETRY_DELAY,
+            )  # fmt: skip
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=UNSETTLED_RETRY_DELAY)
+
+    async def _store_completed(self, env: JobEnvelope, result: Any) -> None:
+        """The job ran: a result too big fails it (`ResultTooLargeError`), but a store that
+        refuses it (the results bucket full, the server gone) must not make it run again."""
+        try:
+            await self._store_result(env, JobStatus.COMPLETED, result, None)
+        except ResultTooLargeError:
+            raise
+        except Exception as exc:
+            log.error(
+                "job %s (%s) completed but its result could not be stored (%r); "
+                "Job.result() will not find it", env.id, env.function, exc,
+            )  # fmt: skip
 
     async def _store_result(
         self, env: JobEnvelope, status: JobStatus, result: Any, error: str | None
-    ) -> asyncio.Future[int]:
+    ) -> None:
         assert self._publisher is not None
         record = JobResult(
-            job_id=env.id, status=status, result=result, error=error, finished_at=time.time()
+            job_id=env.id,
+            status=status,
+            result=result,
+            error=None if error is None else cut_text(error, MESSAGE_LIMIT),
+            finished_at=time.time(),
         )
         try:
             payload = encode(record, self._format)
-        except (TypeError, msgspec.EncodeError, OverflowError) as exc:
+        except (TypeError, msgspec.EncodeError, OverflowError, RecursionError) as exc:
             unstorable = f"the job's return value could not be stored: {exc}"
             payload = encode(msgspec.structs.replace(record, result=None, error=unstorable))
-        return await self._publisher.publish(
+        room = self._publisher.max_payload - 32  # the Nats-TTL header
+        if len(payload) > room:
+            raise ResultTooLargeError(
+                f"the return value of {env.function} is {len(payload):,} bytes encoded, over "
+                f"the {room:,} a result may take (the NATS server's max_payload); it was not "
+                "stored. Return something smaller (a key to where the data is), or enqueue "
+                "without result_ttl"
+            )
+        await self._publisher.store(
             f"$KV.{layout.RESULT_BUCKET}.{env.id}", payload, msg_ttl=env.result_ttl
         )
 
@@ -698,15 +1012,20 @@ def _exception_only(exc: BaseException) -> str:
     name = cls.__qualname__
     if cls.__module__ not in ("__main__", "builtins"):
         name = f"{cls.__module__}.{name}"
-    try:
-        text = str(exc)
-    except Exception:
-        text = "<exception str() failed>"
+    text = cut_text(_message(exc), MESSAGE_LIMIT)
     line = f"{name}: {text}\n" if text else f"{name}\n"
     notes = getattr(exc, "__notes__", None)
     if isinstance(notes, (list, tuple)):
         line += "".join(f"{note}\n" for note in notes)
     return line
+
+
+def _message(exc: BaseException) -> str:
+    """`str(exc)`, which user code may make raise."""
+    try:
+        return str(exc)
+    except Exception:
+        return "<exception str() failed>"
 
 
 def _call(func: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) -> Any:

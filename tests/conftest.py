@@ -11,6 +11,8 @@ import pytest
 
 from naq_resilience.policies import classify
 
+from processes import WorkerProcess
+
 
 @pytest.fixture(autouse=True)
 def _fresh_error_defaults() -> Iterator[None]:
@@ -67,3 +69,18 @@ def wait_gone(pid: int, timeout: float = 10.0) -> bool:
             return False
         time.sleep(0.02)
     return True
+
+
+@pytest.fixture
+def trace(tmp_path: Path) -> Iterator[Path]:
+    os.environ["NAQ_TEST_TRACE_DIR"] = str(tmp_path)
+    yield tmp_path
+    os.environ.pop("NAQ_TEST_TRACE_DIR", None)
+
+
+@pytest.fixture
+def workers(trace: Path) -> Iterator[list[WorkerProcess]]:
+    started: list[WorkerProcess] = []
+    yield started
+    for worker in started:
+        worker.stop()

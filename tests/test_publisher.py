@@ -6,9 +6,16 @@ import asyncio
 
 import nats
 import pytest
+from nats.js.api import DiscardPolicy
 from nats.js.errors import NoStreamResponseError
 
-from naq_resilience.jetstream.publisher import Publisher, PublishTimeoutError
+from naq_resilience.fitting import headers_size
+from naq_resilience.jetstream.publisher import (
+    PayloadTooLargeError,
+    Publisher,
+    PublishTimeoutError,
+    StreamFullError,
+)
 
 pytestmark = pytest.mark.usefixtures("clean_jetstream")
 
@@ -53,6 +60,53 @@ def test_no_stream_and_no_ack_fail_the_future(nats_url: str) -> None:
                 await (await publisher.publish("plain.subject", b"x"))
         finally:
             await silent.unsubscribe()
+            await publisher.close()
+            await nc.close()
+
+    asyncio.run(main())
+
+
+def test_size_is_checked_with_headers_before_anything_is_sent(nats_url: str) -> None:
+    async def main() -> None:
+        nc = await nats.connect(nats_url)
+        js = nc.jetstream()
+        await js.add_stream(name="PUBTEST", subjects=["pubtest.>"], allow_msg_ttl=True)
+        publisher = Publisher(nc)
+        await publisher.start()
+        try:
+            headers = {"Nats-Msg-Id": "exactly-at-the-limit"}
+            room = nc.max_payload - headers_size({**headers, "Nats-TTL": "60"})
+            # The server counts payload and headers together; this is its limit exactly.
+            seq = await publisher.store("pubtest.a", b"x" * room, headers, msg_ttl=60)
+            assert seq == 1
+            with pytest.raises(PayloadTooLargeError, match="over the NATS server's max_payload"):
+                await publisher.publish("pubtest.b", b"x" * (room + 1), headers, msg_ttl=60)
+            # Nothing reached the server, so it had no reason to close the connection.
+            assert await publisher.store("pubtest.c", b"small") == 2
+            assert nc.is_connected
+        finally:
+            await publisher.close()
+            await nc.close()
+
+    asyncio.run(main())
+
+
+def test_a_full_stream_is_a_stream_full_error_and_keeps_what_it_has(nats_url: str) -> None:
+    async def main() -> None:
+        nc = await nats.connect(nats_url)
+        js = nc.jetstream()
+        await js.add_stream(
+            name="PUBFULL", subjects=["pubfull.>"], max_msgs=2, discard=DiscardPolicy.NEW
+        )
+        publisher = Publisher(nc)
+        await publisher.start()
+        try:
+            stored = [await publisher.store("pubfull.a", data) for data in (b"1", b"2")]
+            assert stored == [1, 2]
+            with pytest.raises(StreamFullError, match="maximum messages"):
+                await publisher.store("pubfull.a", b"3")
+            assert (await js.stream_info("PUBFULL")).state.messages == 2
+        finally:
             await publisher.close()
             await nc.close()
 

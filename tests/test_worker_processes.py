@@ -4,13 +4,7 @@ breaker state shared between processes, and saga rollback after a crash."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,103 +17,7 @@ from naq_resilience.jetstream import layout
 from naq_resilience.models import BreakerRecord
 
 import worker_jobs
-
-TESTS = Path(__file__).parent
-
-
-class WorkerProcess:
-    """`naq worker default --import worker_jobs ...` in its own process group."""
-
-    def __init__(self, url: str, trace: Path, *options: str, name: str = "worker") -> None:
-        env = dict(os.environ)
-        env.update(
-            NAQ_NATS_URL=url,
-            NAQ_TEST_TRACE_DIR=str(trace),
-            PYTHONPATH=os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")]),
-        )
-        self.log_path = trace / f"{name}.stderr"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "naq_resilience.cli", "worker", "default",
-             "--import", "worker_jobs", "--log-level", "INFO", *options],
-            env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-        self.wait_for_log("started")
-
-    def wait_for_log(self, text: str, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while text not in self.log_path.read_text(errors="replace"):
-            if self.proc.poll() is not None:
-                raise AssertionError(f"worker exited {self.proc.returncode}:\n{self.log()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"worker never logged {text!r}:\n{self.log()}")
-            time.sleep(0.05)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def kill(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-    def terminate(self, timeout: float = 30.0) -> int:
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        return self.proc.wait(timeout)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-        self._log.close()
-
-
-@pytest.fixture
-def trace(tmp_path: Path) -> Iterator[Path]:
-    os.environ["NAQ_TEST_TRACE_DIR"] = str(tmp_path)
-    yield tmp_path
-    os.environ.pop("NAQ_TEST_TRACE_DIR", None)
-
-
-@pytest.fixture
-def workers(trace: Path) -> Iterator[list[WorkerProcess]]:
-    started: list[WorkerProcess] = []
-    yield started
-    for worker in started:
-        worker.stop()
-
-
-def events(trace: Path) -> list[str]:
-    lines: list[str] = []
-    for path in sorted(trace.glob("*.log")):
-        lines += path.read_text().splitlines()
-    return lines
-
-
-def wait_until(predicate: Any, timeout: float = 60.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout}s")
-        time.sleep(0.05)
-
-
-def enqueue(url: str, func: Any, calls: list[tuple[Any, ...]], **options: Any) -> list[str]:
-    async def main() -> list[str]:
-        async with Client(url) as client:
-            jobs = await client.enqueue_many(func, calls, **options)
-        return [job.job_id for job in jobs]
-
-    return asyncio.run(main())
-
-
-def status(url: str, job_id: str) -> JobStatus:
-    async def main() -> JobStatus:
-        async with Client(url) as client:
-            return await client.job_status(job_id)
-
-    return asyncio.run(main())
-
+from processes import WorkerProcess, enqueue, events, status, wait_until
 
 pytestmark = pytest.mark.usefixtures("clean_jetstream")
 

@@ -147,4 +147,64 @@ async def checkout(item: str) -> None:
     raise ValueError(f"payment for {item} declined")
 
 
+def fail_with(size: int, kind: str) -> None:
+    """Raises an error whose message is `size` characters long."""
+    trace(f"fail_with {kind}")
+    errors: dict[str, type[Exception]] = {"connection": ConnectionError, "value": ValueError}
+    raise errors[kind]("x" * size)
+
+
+def big_result(size: int) -> str:
+    trace(f"big_result {size}")
+    return "r" * size
+
+
+def want_int(n: int) -> int:
+    trace("want_int")
+    return n
+
+
+async def blocks_the_loop(seconds: float, tag: str) -> str:
+    """An async job that blocks its event loop, as a careless one does."""
+    trace(f"start {tag}")
+    time.sleep(seconds)  # noqa: ASYNC251 - the point of the test
+    trace(f"done {tag}")
+    return tag
+
+
+def timed(seconds: float, tag: str) -> str:
+    """Traces its start and end with times, to tell overlapping runs apart."""
+    trace(f"start {tag} {time.time():.3f}")
+    time.sleep(seconds)
+    trace(f"done {tag} {time.time():.3f}")
+    return tag
+
+
+_FAULT_ERRORS: dict[str, type[Exception]] = {
+    "retryable": ConnectionError,
+    "non_retryable": ValueError,
+    "critical": SecurityError,
+}
+
+
+def fault(tag: str, mode: str, seconds: float = 0.0) -> str:
+    """The fault suite's job: traces every run and finish; `mode` says how it fails.
+
+    "ok" succeeds; "retryable", "non_retryable", "critical" always raise that kind;
+    "flaky" fails its first run on each worker process, then succeeds.
+    """
+    trace(f"run {tag}")
+    if seconds:
+        time.sleep(seconds)
+    if mode == "flaky":
+        marker = Path(os.environ["NAQ_TEST_TRACE_DIR"]) / f"flaky-{tag}-{os.getpid()}"
+        if not marker.exists():
+            marker.touch()
+            raise TimeoutError(f"{tag}: first try on this worker")
+    elif mode != "ok":
+        raise _FAULT_ERRORS[mode](f"{tag} failed ({mode})")
+    trace(f"done {tag}")
+    return tag
+
+
 __all__ = ["CircuitBreakerOpenError"]

@@ -1,4 +1,4 @@
-"""EmbeddedCluster against real 3-node nats-server clusters.
+"""EmbeddedCluster and `naq server --cluster` against real 3-node nats-server clusters.
 
 A cluster start costs about a second (several on kept stores, where the election waits
 out nats-server's election timeout), so each test that needs one does all it can with
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
+import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -20,11 +22,12 @@ from nats.aio.client import Client
 from nats.errors import Error as NatsError
 from nats.js.api import StreamInfo
 
+from naq_resilience import cli
 from naq_resilience.jetstream.cluster import EmbeddedCluster
 from naq_resilience.jetstream.connection import connect
 from naq_resilience.jetstream.server import EmbeddedServer, ServerStartError
 
-from conftest import wait_gone
+from conftest import NaqServer, free_port, wait_gone
 
 STREAM = "ORDERS"
 T = TypeVar("T")
@@ -180,3 +183,76 @@ def test_what_a_cluster_refuses_before_starting_anything(tmp_path: Path) -> None
         cluster.close()
     with pytest.raises(RuntimeError, match="closed"):
         cluster.start()
+
+
+# --------------------------------------------------------------------------- naq server
+
+
+async def replicated(url: str, *, create: bool) -> tuple[int, int]:
+    """Publish to an R3 stream through `url`: the sequence, and how many replicas follow."""
+    nc = await connect(url=url)
+    try:
+        js = nc.jetstream()
+        if create:
+            await js.add_stream(name=STREAM, subjects=["orders.>"], num_replicas=3)
+        seq = await store(nc, f"run-{'one' if create else 'two'}".encode())
+        info = await js.stream_info(STREAM)
+        assert info.cluster is not None
+        return seq, len(info.cluster.replicas or [])
+    finally:
+        await nc.close()
+
+
+def test_naq_server_cluster_serves_replicated_streams_and_keeps_them(
+    naq_servers: list[NaqServer], tmp_path: Path
+) -> None:
+    port, store_dir = free_port(), tmp_path / "store"
+    with socket.socket() as blocker:
+        # Someone else's listener right above --port: the next nodes must skip it.
+        with contextlib.suppress(OSError):
+            blocker.bind(("127.0.0.1", port + 1))
+            blocker.listen()
+        for create in (True, False):
+            server = NaqServer("--cluster", "3", "--port", str(port), "--store-dir", str(store_dir))
+            naq_servers.append(server)
+            banner = server.read_until("export NAQ_NATS_URL=", timeout=60)
+            nodes = re.findall(r"node (\d): (\S+) \(nats-server pid (\d+)\)", banner)
+            assert [number for number, _, _ in nodes] == ["1", "2", "3"], banner
+            urls = [url for _, url, _ in nodes]
+            assert urls[0] == f"nats://127.0.0.1:{port}"
+            assert all(int(url.rsplit(":", 1)[1]) > port + 1 for url in urls[1:]), urls
+            match = re.search(r"export NAQ_NATS_URL=(\S+)", banner)
+            assert match is not None
+            assert match.group(1) == ",".join(urls)
+
+            seq, followers = asyncio.run(replicated(match.group(1), create=create))
+            assert (seq, followers) == ((1, 2) if create else (2, 2))
+
+            server.process.send_signal(signal.SIGTERM)
+            code, out, err = server.finish()
+            assert code == 0, err
+            assert out.rstrip().endswith("naq server: stopped")
+            assert all(wait_gone(int(pid)) for _, _, pid in nodes)
+    for i in (1, 2, 3):
+        assert (store_dir / f"node-{i}" / "jetstream").is_dir()
+        assert (store_dir / f"node-{i}" / "nats-server.log").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "why"),
+    [
+        (["--cluster", "2"], "--cluster 2 is refused: JetStream needs a majority"),
+        (["--cluster", "0"], "--cluster 0: the number of nodes must be at least 1"),
+        (["--cluster", "-3"], "--cluster -3: the number of nodes must be at least 1"),
+        (["--cluster", "3", "--log-file", "x.log"], "--log-file names one log"),
+    ],
+    ids=["two", "zero", "negative", "log-file"],
+)
+def test_naq_server_refuses_a_cluster_it_cannot_run_well(
+    capsys: pytest.CaptureFixture[str], args: list[str], why: str
+) -> None:
+    assert cli.main(["server", *args]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(f"naq server: {why}")
+    assert captured.err.count("\n") == 1

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import os
+import queue
+import socket
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +17,8 @@ import pytest
 from naq_resilience.policies import classify
 
 from processes import WorkerProcess
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -84,3 +91,66 @@ def workers(trace: Path) -> Iterator[list[WorkerProcess]]:
     yield started
     for worker in started:
         worker.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class NaqServer:
+    """`python -m naq_resilience.cli server ...`, its output read line by line by a thread."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "naq_resilience.cli", "server", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+        )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def read_until(self, marker: str, timeout: float = 20.0) -> str:
+        deadline = time.monotonic() + timeout
+        while not any(marker in line for line in self.seen):
+            line = self.lines.get(timeout=max(deadline - time.monotonic(), 0.01))
+            assert line is not None, f"naq server ended before {marker!r}: {self.seen}"
+            self.seen.append(line)
+        return "".join(self.seen)
+
+    def finish(self, timeout: float = 20.0) -> tuple[int, str, str]:
+        code = self.process.wait(timeout)
+        self.reader.join(timeout)
+        while (line := self.lines.get_nowait()) is not None:
+            self.seen.append(line)
+        assert self.process.stderr is not None
+        return code, "".join(self.seen), self.process.stderr.read()
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        self.reader.join(10)
+        for stream in (self.process.stdout, self.process.stderr):
+            if stream is not None:
+                stream.close()
+
+
+@pytest.fixture
+def naq_servers() -> Iterator[list[NaqServer]]:
+    started: list[NaqServer] = []
+    yield started
+    for server in started:
+        server.close()

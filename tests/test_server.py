@@ -160,6 +160,8 @@ def test_a_taken_port_fails_with_the_servers_own_words() -> None:
             assert not second.running
         finally:
             second.close()
+        # A port it was given is not one to swap for another: no second try.
+        assert caught.value.port_in_use == first.port
         message = str(caught.value)
         assert f"127.0.0.1:{first.port}" in message
         assert "address already in use" in message

@@ -146,13 +146,17 @@ def test_fixtures_with_an_external_server(
 
         def test_fresh_server_is_skipped(fresh_nats_server):
             raise AssertionError("not reached")
+
+        def test_cluster_is_skipped(nats_cluster):
+            raise AssertionError("not reached")
         """
     )
     result = run(pytester)
-    result.assert_outcomes(passed=1, skipped=2)
+    result.assert_outcomes(passed=1, skipped=3)
     result.stdout.fnmatch_lines(
         [
             f"*cannot kill the NATS server: {TEST_URL_ENV} points the tests at an external*",
             f"*fresh_nats_server starts a server to kill or restart, and {TEST_URL_ENV}*",
+            f"*nats_cluster starts a 3-node cluster to kill or restart, and {TEST_URL_ENV}*",
         ]
     )

@@ -14,6 +14,10 @@ monitoring port answers 200, and the client port greets us with an INFO carrying
 unique server name we gave it. The second check matters on a shared machine: a port
 that looked free may belong to somebody else's server by the time ours binds it, and
 that server would answer the health check just as happily.
+
+The same class runs one node of a local cluster (`naq_resilience.jetstream.cluster`):
+given a cluster name it also listens for routes and connects to the routes it is given.
+Its own readiness is still this one server's; the cluster waits for the rest.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -31,7 +36,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 from types import TracebackType
@@ -51,6 +56,8 @@ _BINARY_NAMES = ("nats-server", "nats-server.exe")
 _HEALTH_PATH = "/healthz?js-enabled-only=true"
 _LOG_TAIL_BYTES = 4096
 _PORT_RACE_ATTEMPTS = 3
+# Go's wording for every listener nats-server opens (client, monitoring, routes).
+_PORT_IN_USE = re.compile(r"listen tcp \S*:(\d+): bind: address already in use")
 
 
 class NatsServerNotFoundError(FileNotFoundError):
@@ -58,7 +65,16 @@ class NatsServerNotFoundError(FileNotFoundError):
 
 
 class ServerStartError(RuntimeError):
-    """nats-server exited or never became ready; the message carries its log's tail."""
+    """nats-server exited or never became ready; the message carries its log's tail.
+
+    `port_in_use` is the port nats-server could not bind, when that is why it exited:
+    a caller that picked that port itself can pick another and try again, one that was
+    given it cannot.
+    """
+
+    def __init__(self, message: str, *, port_in_use: int | None = None) -> None:
+        super().__init__(message)
+        self.port_in_use = port_in_use
 
 
 def find_nats_server() -> str:
@@ -130,6 +146,12 @@ class EmbeddedServer:
     by `restart()`, so clients reconnect to the same URL and find the same store, as
     they would after a real broker restart. A temporary store (no `store_dir`) and the
     default log live in a scratch dir removed by `close()`; a given `store_dir` is kept.
+
+    With a `cluster_name` the server is a cluster node: it listens for routes on
+    `cluster_port` (chosen free at the first start when not given, then kept, since
+    the other nodes' routes point at it) and solicits `routes`. JetStream identifies a
+    node by its `server_name`, so a node restarted on a kept store must keep its name;
+    the default name is unique per object, which suits a standalone server.
     """
 
     def __init__(
@@ -142,18 +164,29 @@ class EmbeddedServer:
         binary: str | os.PathLike[str] | None = None,
         startup_timeout: float = 10.0,
         log_file: str | os.PathLike[str] | None = None,
+        server_name: str | None = None,
+        cluster_name: str | None = None,
+        cluster_port: int | None = None,
+        routes: Sequence[str] = (),
     ) -> None:
         if startup_timeout <= 0:
             raise ValueError(f"startup_timeout must be positive, got {startup_timeout!r}")
         if port and port == monitor_port:
             raise ValueError(f"port and monitor_port must differ, both are {port}")
+        if cluster_port and cluster_port in (port, monitor_port):
+            raise ValueError(f"cluster_port must differ from the other ports, got {cluster_port}")
+        if cluster_name is None and (cluster_port or routes):
+            raise ValueError("cluster_port and routes need a cluster_name")
         self.host = host
         self.startup_timeout = startup_timeout
         self._port = port or None
         self._monitor_port_given = monitor_port or None
         self._monitor_port = self._monitor_port_given
+        self._cluster_name = cluster_name
+        self._cluster_port = cluster_port or None
+        self._routes = tuple(routes)
         self._binary = None if binary is None else str(binary)
-        self._name = f"naq-{uuid.uuid4().hex[:12]}"
+        self._name = server_name or f"naq-{uuid.uuid4().hex[:12]}"
         self._resources = _Resources()
         self._finalizer = weakref.finalize(self, self._resources.release)
         self._store_dir = (
@@ -201,6 +234,19 @@ class EmbeddedServer:
         return self._name
 
     @property
+    def cluster_name(self) -> str | None:
+        return self._cluster_name
+
+    @property
+    def cluster_port(self) -> int | None:
+        """The route port (None for a standalone server, or a node not started yet)."""
+        return self._cluster_port
+
+    @property
+    def routes(self) -> tuple[str, ...]:
+        return self._routes
+
+    @property
     def pid(self) -> int | None:
         process = self._resources.process
         return None if process is None else process.pid
@@ -221,7 +267,9 @@ class EmbeddedServer:
 
         Raises `ServerStartError` (with the log's tail) if it exits or is not ready
         within `startup_timeout`, the process gone either way; `NatsServerNotFoundError`
-        if there is no binary to run.
+        if there is no binary to run. A cluster node is ready by the same test, which
+        passes before the cluster has elected a JetStream meta leader: waiting for
+        that is `EmbeddedCluster`'s part, since only the cluster knows who to ask.
         """
         if self._closed:
             raise RuntimeError("this EmbeddedServer is closed; create a new one")
@@ -230,20 +278,25 @@ class EmbeddedServer:
         binary = self._binary if self._binary is not None else find_nats_server()
         self._store_dir.mkdir(parents=True, exist_ok=True)
         self._log_file.parent.mkdir(parents=True, exist_ok=True)
-        chosen_here = self._port is None or self._monitor_port_given is None
-        attempts = _PORT_RACE_ATTEMPTS if chosen_here else 1
-        for attempt in range(1, attempts + 1):
-            port = self._port if self._port is not None else _free_port(self.host)
-            monitor_port = self._monitor_port_given
-            while monitor_port is None or monitor_port == port:
-                monitor_port = _free_port(self.host)
+        clustered = self._cluster_name is not None
+        for attempt in range(1, _PORT_RACE_ATTEMPTS + 1):
+            picked: set[int] = set()
+            given = (self._port, self._monitor_port_given, self._cluster_port)
+            port = self._port or self._pick(picked, *given)
+            monitor_port = self._monitor_port_given or self._pick(picked, port, *given)
+            cluster_port = None
+            if clustered:
+                cluster_port = self._cluster_port or self._pick(picked, port, monitor_port)
             try:
-                self._launch(binary, port, monitor_port)
+                self._launch(binary, port, monitor_port, cluster_port)
             except ServerStartError as error:
-                if attempt == attempts or "address already in use" not in str(error):
+                # Another process took a port between our check and the server's bind:
+                # worth another try only with another port, so only for one we picked.
+                if attempt == _PORT_RACE_ATTEMPTS or error.port_in_use not in picked:
                     raise
                 continue
             self._port, self._monitor_port = port, monitor_port
+            self._cluster_port = cluster_port
             return
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -292,12 +345,22 @@ class EmbeddedServer:
     def __repr__(self) -> str:
         where = f"{_url_host(self.host)}:{self._port}" if self._port else self.host
         state = f"running pid={self.pid}" if self.running else "stopped"
-        return f"<EmbeddedServer nats://{where} {state} store={str(self._store_dir)!r}>"
+        cluster = f" cluster={self._cluster_name!r}" if self._cluster_name else ""
+        return f"<EmbeddedServer nats://{where} {state}{cluster} store={str(self._store_dir)!r}>"
 
     # ------------------------------------------------------------------ internals
 
-    def _command(self, binary: str, port: int, monitor_port: int) -> list[str]:
-        return [
+    def _pick(self, picked: set[int], *avoid: int | None) -> int:
+        """A free port, remembered in `picked` as one this start may replace on a clash."""
+        while (port := _free_port(self.host)) in avoid:
+            pass
+        picked.add(port)
+        return port
+
+    def _command(
+        self, binary: str, port: int, monitor_port: int, cluster_port: int | None
+    ) -> list[str]:
+        command = [
             binary,
             "--jetstream",
             "--store_dir",
@@ -311,9 +374,19 @@ class EmbeddedServer:
             "--server_name",
             self._name,
         ]
+        if self._cluster_name is not None and cluster_port is not None:
+            command += [
+                "--cluster_name",
+                self._cluster_name,
+                "--cluster",
+                f"nats://{_listen_host(self.host)}:{cluster_port}",
+            ]
+            if self._routes:
+                command += ["--routes", ",".join(self._routes)]
+        return command
 
-    def _launch(self, binary: str, port: int, monitor_port: int) -> None:
-        command = self._command(binary, port, monitor_port)
+    def _launch(self, binary: str, port: int, monitor_port: int, cluster_port: int | None) -> None:
+        command = self._command(binary, port, monitor_port, cluster_port)
         offset = self._log_file.stat().st_size if self._log_file.exists() else 0
         with self._log_file.open("ab") as log:
             try:
@@ -337,10 +410,12 @@ class EmbeddedServer:
         _terminate(process, timeout=2.0)
         tail = _read_tail(self._log_file, offset, _LOG_TAIL_BYTES).rstrip()
         shown = "\n".join(f"    {line}" for line in tail.splitlines()) or "    (empty)"
+        in_use = _PORT_IN_USE.search(tail)
         raise ServerStartError(
             f"nats-server did not start on {self.host}:{port}: {problem}\n"
             f"  command: {' '.join(command)}\n"
-            f"  log {self._log_file}:\n{shown}"
+            f"  log {self._log_file}:\n{shown}",
+            port_in_use=int(in_use.group(1)) if in_use else None,
         )
 
 
@@ -372,12 +447,12 @@ def _wait_ready(
         pause = min(pause * 2, 0.1)
 
 
-def _healthy(host: str, monitor_port: int) -> bool:
+def _healthy(host: str, monitor_port: int, path: str = _HEALTH_PATH) -> bool:
     import http.client
 
     connection = http.client.HTTPConnection(host, monitor_port, timeout=1.0)
     try:
-        connection.request("GET", _HEALTH_PATH)
+        connection.request("GET", path)
         return connection.getresponse().status == 200
     except (OSError, http.client.HTTPException):
         return False
@@ -462,7 +537,14 @@ def _probe_host(host: str) -> str:
 
 
 def _url_host(host: str) -> str:
+    """The host for a URL that reaches the server (a wildcard address reaches loopback)."""
     host = _probe_host(host)
+    return f"[{host}]" if ":" in host else host
+
+
+def _listen_host(host: str) -> str:
+    """The host for a URL the server listens on (a wildcard address stays one)."""
+    host = host or "0.0.0.0"
     return f"[{host}]" if ":" in host else host
 
 

@@ -26,6 +26,13 @@ these fixtures should pay for a server.
 - `fresh_nats_server` (function): an `EmbeddedServer` of the test's own, for tests
   that kill, restart or fill the server, so the session server stays intact for the
   others; closed (store removed) at teardown. Skips under `NAQ_TEST_NATS_URL`.
+- `nats_cluster` (function): a fresh 3-node `EmbeddedCluster` of the test's own,
+  already serving JetStream (meta leader elected), for replicated streams and
+  failover: `nats_cluster.url` lists every node for a client, `kill(i)`, `stop(i)`
+  and `restart(i)` act on node `i`, and `stream_leader(name)` / `meta_leader()` say
+  which node to kill. Closed (stores removed) at teardown; a start costs about a
+  second, so only tests that need a cluster should ask. Skips under
+  `NAQ_TEST_NATS_URL`.
 
 Example::
 
@@ -45,13 +52,14 @@ import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
+from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias, TypeVar
 
 import pytest
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
 
+    from naq_resilience.jetstream.cluster import EmbeddedCluster
     from naq_resilience.jetstream.server import EmbeddedServer
 
 __all__ = ["TEST_URL_ENV", "ExternalNatsServer", "NatsClientFactory", "NatsTestServer"]
@@ -59,6 +67,7 @@ __all__ = ["TEST_URL_ENV", "ExternalNatsServer", "NatsClientFactory", "NatsTestS
 TEST_URL_ENV = "NAQ_TEST_NATS_URL"
 
 NatsTestServer: TypeAlias = "EmbeddedServer | ExternalNatsServer"
+_Startable = TypeVar("_Startable", "EmbeddedServer", "EmbeddedCluster")
 
 
 class ExternalNatsServer:
@@ -140,9 +149,15 @@ async def _delete_every_stream(url: str) -> None:
 
 
 def _embedded_server() -> EmbeddedServer:
-    from naq_resilience.jetstream.server import EmbeddedServer, NatsServerNotFoundError
+    from naq_resilience.jetstream.server import EmbeddedServer
 
-    server = EmbeddedServer()
+    return _started(EmbeddedServer())
+
+
+def _started(server: _Startable) -> _Startable:
+    """`server` started, or closed and the test failed with the fix if there is no binary."""
+    from naq_resilience.jetstream.server import NatsServerNotFoundError
+
     try:
         server.start()
     except NatsServerNotFoundError as error:
@@ -152,6 +167,14 @@ def _embedded_server() -> EmbeddedServer:
         server.close()
         raise
     return server
+
+
+def _skip_under_external_server(fixture: str, what: str) -> None:
+    if os.environ.get(TEST_URL_ENV):
+        pytest.skip(
+            f"{fixture} starts {what} to kill or restart, and {TEST_URL_ENV} "
+            "points the tests at an external server; unset it to run this test"
+        )
 
 
 @pytest.fixture(scope="session")
@@ -192,13 +215,22 @@ def clean_jetstream(nats_server: NatsTestServer) -> str:
 @pytest.fixture
 def fresh_nats_server() -> Iterator[EmbeddedServer]:
     """A server of the test's own, to kill and restart without harming the others."""
-    if os.environ.get(TEST_URL_ENV):
-        pytest.skip(
-            f"fresh_nats_server starts a server to kill or restart, and {TEST_URL_ENV} "
-            "points the tests at an external server; unset it to run this test"
-        )
+    _skip_under_external_server("fresh_nats_server", "a server")
     server = _embedded_server()
     try:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture
+def nats_cluster() -> Iterator[EmbeddedCluster]:
+    """A 3-node JetStream cluster of the test's own, serving, closed at teardown."""
+    _skip_under_external_server("nats_cluster", "a 3-node cluster")
+    from naq_resilience.jetstream.cluster import EmbeddedCluster
+
+    cluster = _started(EmbeddedCluster(3))
+    try:
+        yield cluster
+    finally:
+        cluster.close()

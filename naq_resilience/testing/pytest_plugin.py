@@ -21,8 +21,8 @@ If `NAQ_CHAOS` already switched chaos on without `NAQ_CHAOS_SEED`, the session s
 applied to it too, so an environment-wide chaos run is reproducible as well.
 
 It also brings the NATS fixtures of `naq_resilience.testing.nats` (`nats_server`,
-`nats_url`, `nats_client`, `clean_jetstream`, `fresh_nats_server`); none starts a
-server until a test asks for it.
+`nats_url`, `nats_client`, `clean_jetstream`, `fresh_nats_server`, `nats_cluster`);
+none starts a server until a test asks for it.
 """
 
 from __future__ import annotations

@@ -62,6 +62,7 @@ from naq_resilience.policies.errors import (
     TemporaryResourceError,
 )
 from naq_resilience.policies.fallback import FallbackPolicy, fallback
+from naq_resilience.policies.marker import job
 from naq_resilience.policies.pipeline import policies_of
 from naq_resilience.policies.retry import (
     Attempt,
@@ -189,6 +190,7 @@ __all__ = [
     "get_dead_letter_jobs",
     "is_injected",
     "JetStreamUnavailableError",
+    "job",
     "Job",
     "JobEnvelope",
     "JobFailedError",

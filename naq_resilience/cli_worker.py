@@ -1,10 +1,11 @@
-"""`naq worker QUEUE... [--concurrency N] [--import MODULE]... [--log-level LEVEL]`."""
+"""`naq worker QUEUE... [--concurrency N] [--import MODULE]... [--strict] [--log-level LEVEL]`."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+from typing import Any
 
 __all__ = ["add_worker_command"]
 
@@ -15,14 +16,19 @@ def add_worker_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
         help="run jobs from one or more queues",
         description=(
             "Run the jobs of QUEUE(s). A worker runs only functions defined in the modules "
-            "it is told to import (--import, or NAQ_IMPORTS as a comma list); the current "
-            "directory is importable, as with `python script.py`."
+            "it is told to import (--import, or NAQ_IMPORTS as a comma list), never private "
+            "ones (a name part starting with '_'); with --strict only those marked @job. The "
+            "current directory is importable, as with `python script.py`."
         ),
     )
     parser.add_argument("queues", nargs="*", default=["default"], metavar="QUEUE")
     parser.add_argument(
         "-i", "--import", dest="imports", action="append", default=[], metavar="MODULE",
         help="a module whose functions jobs may name (repeatable)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--strict", action="store_true",
+        help="run only functions marked @job (also NAQ_STRICT=1)",
     )  # fmt: skip
     parser.add_argument("-c", "--concurrency", type=int, default=10)
     parser.add_argument("--nats-url", default=None, help="default: $NAQ_NATS_URL")
@@ -40,13 +46,19 @@ def add_worker_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
 
 
 def _run(args: argparse.Namespace) -> int:
-    from naq_resilience.jetstream.connection import NatsUnavailableError
+    from naq_resilience.jetstream.connection import (
+        JetStreamUnavailableError,
+        NatsUnavailableError,
+    )
     from naq_resilience.jetstream.worker import Worker
     from naq_resilience.ops.logging import setup_logging
 
     setup_logging(args.log_level, json=args.log_json)
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
+    # Passed only when given until Worker takes `strict=` (the worker rewrite adds it,
+    # reading NAQ_STRICT itself); then this becomes a plain `strict=args.strict`.
+    strict: dict[str, Any] = {"strict": True} if args.strict else {}
     try:
         worker = Worker(
             args.queues,
@@ -55,13 +67,14 @@ def _run(args: argparse.Namespace) -> int:
             imports=args.imports,
             ack_wait=args.ack_wait,
             shutdown_grace=args.shutdown_grace,
+            **strict,
         )
     except (ImportError, ValueError) as exc:
         print(f"naq worker: {exc}", file=sys.stderr)
         return 2
     try:
         worker.run_forever()
-    except NatsUnavailableError as exc:
+    except (NatsUnavailableError, JetStreamUnavailableError) as exc:
         print(f"naq worker: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -190,3 +190,33 @@ def test_subcommands_come_from_commands(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(cli, "COMMANDS", (*cli.COMMANDS, add_hello))
     assert cli.main(["hello", "--code", "7"]) == 7
     assert "server" in cli.build_parser().format_help()
+
+
+def test_naq_worker_accepts_strict() -> None:
+    parser = cli.build_parser()
+    assert parser.parse_args(["worker", "--strict", "--import", "jobs"]).strict is True
+    assert parser.parse_args(["worker", "--import", "jobs"]).strict is False
+
+
+@pytest.mark.parametrize(("argv", "passed"), [(["--strict"], {"strict": True}), ([], {})])
+def test_naq_worker_hands_strict_to_the_worker(
+    monkeypatch: pytest.MonkeyPatch, argv: list[str], passed: dict[str, object]
+) -> None:
+    """Without --strict nothing is passed, so the Worker's own reading of NAQ_STRICT holds."""
+    from naq_resilience.jetstream import worker
+    from naq_resilience.ops import logging as naq_logging
+
+    built: list[dict[str, object]] = []
+
+    class FakeWorker:
+        def __init__(self, queues: list[str], **options: object) -> None:
+            built.append(options)
+
+        def run_forever(self) -> None:
+            pass
+
+    monkeypatch.setattr(worker, "Worker", FakeWorker)
+    monkeypatch.setattr(naq_logging, "setup_logging", lambda *args, **kwargs: None)
+    assert cli.main(["worker", *argv]) == 0
+    [options] = built
+    assert {key: options[key] for key in options if key == "strict"} == passed

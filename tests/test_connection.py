@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
+import os
 import shutil
 import socket
 import ssl
@@ -12,6 +13,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -42,25 +44,32 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@contextmanager
-def plain_server(*options: str) -> Iterator[str]:
-    """A nats-server started by hand with `options` (no JetStream unless asked)."""
-    port = free_port()
+def start_nats_server(port: int, *options: str) -> subprocess.Popen[bytes]:
+    """nats-server on `port` with `options`, once it accepts connections."""
     process = subprocess.Popen(
         [find_nats_server(), "-a", "127.0.0.1", "-p", str(port), *options],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return process
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                process.wait(10)
+                raise AssertionError("nats-server exited or did not listen") from None
+            time.sleep(0.01)
+
+
+@contextmanager
+def plain_server(*options: str) -> Iterator[str]:
+    """A nats-server started by hand with `options` (no JetStream unless asked)."""
+    port = free_port()
+    process = start_nats_server(port, *options)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert process.poll() is None, "nats-server exited"
-                assert time.monotonic() < deadline, "nats-server did not listen"
-                time.sleep(0.01)
         yield f"nats://127.0.0.1:{port}"
     finally:
         process.terminate()
@@ -244,31 +253,157 @@ def test_ensure_jetstream_names_the_fix_on_a_server_without_it() -> None:
 
 @pytest.mark.skipif(importlib.util.find_spec("nkeys") is not None, reason="nkeys is installed")
 def test_credentials_without_nkeys_name_the_missing_package(nats_url: str) -> None:
-    with pytest.raises(NatsUnavailableError, match=r"pip install nkeys"):
+    with pytest.raises(NatsUnavailableError, match=r"pip install 'naq-resilience\[nkeys\]'"):
         asyncio.run(connect(url=nats_url, credentials_file="user.creds"))
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make a cert")
-def test_tls_with_a_ca_file(tmp_path: Path) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    with plain_server("--tls", "--tlscert", str(cert), "--tlskey", str(key)) as url:
+@pytest.mark.skipif(importlib.util.find_spec("nkeys") is None, reason="needs the nkeys extra")
+def test_an_nkey_seed_file_logs_in(tmp_path: Path) -> None:
+    import nkeys  # type: ignore[import-not-found,unused-ignore]
 
-        async def main(settings: ConnectionSettings) -> bool:
-            nc = await connect(settings)
+    def user(name: str) -> tuple[Path, str]:
+        seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
+        path = tmp_path / f"{name}.nk"
+        path.write_bytes(seed)
+        return path, nkeys.from_seed(bytearray(seed)).public_key.decode()
+
+    allowed, public = user("allowed")
+    stranger, _ = user("stranger")
+    config = tmp_path / "nkeys.conf"
+    config.write_text(f"authorization {{ users = [ {{ nkey: {public} }} ] }}\n")
+    with plain_server("-c", str(config)) as url:
+
+        async def main(seed: Path) -> bool:
+            nc = await connect(url=url, nkey_seed_file=str(seed))
             try:
                 return nc.is_connected
             finally:
                 await nc.close()
 
-        assert asyncio.run(main(ConnectionSettings(url, tls_ca_file=str(cert))))
-        with pytest.raises(NatsUnavailableError, match="CERTIFICATE_VERIFY_FAILED"):
-            asyncio.run(main(ConnectionSettings(url, connect_timeout=1)))
+        assert asyncio.run(main(allowed))
+        with pytest.raises(NatsUnavailableError, match="rejected the credentials"):
+            asyncio.run(main(stranger))
+
+
+needs_openssl = pytest.mark.skipif(
+    shutil.which("openssl") is None, reason="needs openssl to make a cert"
+)
+NO_CA_FIX = (
+    "the server requires TLS and its certificate is not signed by a CA this machine trusts: "
+    "set NAQ_NATS_TLS_CA to the CA file that signed it"
+)
+
+
+def self_signed(directory: Path, name: str, san: str = "IP:127.0.0.1") -> tuple[str, str]:
+    """A certificate valid for `san` that is its own CA, and its key."""
+    cert, key = directory / f"{name}.pem", directory / f"{name}-key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", key, "-out", cert, "-days", "1", "-subj", f"/CN={name}",
+         "-addext", f"subjectAltName={san}"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return str(cert), str(key)
+
+
+async def connects(settings: ConnectionSettings) -> bool:
+    nc = await connect(settings)
+    try:
+        return nc.is_connected
+    finally:
+        await nc.close()
+
+
+def refusal(settings: ConnectionSettings) -> str:
+    with pytest.raises(NatsUnavailableError) as caught:
+        asyncio.run(connects(settings))
+    message = str(caught.value)
+    assert FIX not in message  # no server to start: TLS is what needs fixing
+    return message
+
+
+@needs_openssl
+def test_tls_with_a_ca_file(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path, "server")
+    with plain_server("--tls", "--tlscert", cert, "--tlskey", key) as url:
+        assert asyncio.run(connects(ConnectionSettings(url, tls_ca_file=cert)))
+        message = refusal(ConnectionSettings(url, connect_timeout=1))
+    assert message.startswith(f"cannot connect to NATS at {url} over TLS (")
+    assert "CERTIFICATE_VERIFY_FAILED" in message
+    assert message.endswith(NO_CA_FIX)
+
+
+@needs_openssl
+def test_tls_names_the_ca_file_that_did_not_sign_the_server_certificate(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path, "server")
+    other, _ = self_signed(tmp_path, "other")
+    with plain_server("--tls", "--tlscert", cert, "--tlskey", key) as url:
+        message = refusal(ConnectionSettings(url, tls_ca_file=other, connect_timeout=1))
+    assert message.endswith(
+        f"the server's certificate is not signed by the CA in NAQ_NATS_TLS_CA ({other}): point "
+        "NAQ_NATS_TLS_CA at the CA that signed the server's certificate"
+    )
+
+
+@needs_openssl
+def test_tls_says_when_the_certificate_is_for_another_host(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path, "elsewhere", san="DNS:nats.elsewhere.invalid")
+    with plain_server("--tls", "--tlscert", cert, "--tlskey", key) as url:
+        message = refusal(ConnectionSettings(url, tls_ca_file=cert, connect_timeout=1))
+    assert "IP address mismatch" in message
+    assert message.endswith(
+        "the server's certificate does not name the host this client connected to: connect "
+        "with a host name or address the certificate lists (check NAQ_NATS_URL), or reissue "
+        "the certificate with that host in its subjectAltName"
+    )
+
+
+@needs_openssl
+def test_tls_asked_of_a_server_without_tls_is_refused_not_sent_in_plain_text(
+    tmp_path: Path,
+) -> None:
+    """Measured: nats-py connects in plain text when the server does not require TLS,
+    whatever the client was given; that connection is refused here."""
+    cert, _ = self_signed(tmp_path, "server")
+    with plain_server() as url:
+        with_ca = refusal(ConnectionSettings(url, tls_ca_file=cert))
+        tls_url = url.replace("nats://", "tls://")
+        with_scheme = refusal(ConnectionSettings(tls_url))
+    fix = (
+        "does not require TLS, so this connection would be plain text (nats-py uses TLS only "
+        "when the server requires it): require TLS on the server (a `tls { cert_file, "
+        "key_file }` block, without allow_non_tls), or, if plain text is intended, use a "
+        "nats:// URL and unset NAQ_NATS_TLS_CA, NAQ_NATS_TLS_CERT and NAQ_NATS_TLS_KEY"
+    )
+    assert (
+        with_ca == f"TLS is configured (NAQ_NATS_TLS_CA={cert}) but the NATS server at {url} {fix}"
+    )
+    assert with_scheme == (
+        f"TLS is configured (a tls:// URL) but the NATS server at {tls_url} {fix}"
+    )
+
+
+@needs_openssl
+def test_tls_names_the_client_certificate_a_server_asks_for(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path, "server")
+    client, client_key = self_signed(tmp_path, "client")
+    stranger, stranger_key = self_signed(tmp_path, "stranger")
+    verifying = ("--tlsverify", "--tlscert", cert, "--tlskey", key, "--tlscacert", client)
+    with plain_server(*verifying) as url:
+        settings = ConnectionSettings(url, tls_ca_file=cert, connect_timeout=1)
+        assert asyncio.run(
+            connects(replace(settings, tls_cert_file=client, tls_key_file=client_key))
+        )
+        without = refusal(settings)
+        untrusted = refusal(replace(settings, tls_cert_file=stranger, tls_key_file=stranger_key))
+    assert without.endswith(
+        "the server requires a client certificate: set NAQ_NATS_TLS_CERT and NAQ_NATS_TLS_KEY "
+        "to this client's certificate and key"
+    )
+    assert untrusted.endswith(
+        f"the server did not accept the client certificate in NAQ_NATS_TLS_CERT ({stranger}): "
+        "use one signed by a CA the server trusts (the ca_file of its tls block)"
+    )
 
 
 def test_connection_events_reach_the_naq_resilience_logger(

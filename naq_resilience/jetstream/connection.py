@@ -7,7 +7,12 @@ runs under its own short policy (the least nats-py allows: two tries a quarter o
 second apart, no retry at all after the server rejected the handshake), and the
 settings' reconnect policy is switched on only once connected. A server that cannot
 be reached then surfaces as one `NatsUnavailableError` naming the URL and the fix,
-instead of a traceback through nats-py's internals.
+instead of a traceback through nats-py's internals. A TLS failure gets TLS advice
+(which of NAQ_NATS_TLS_CA / _CERT / _KEY to check) rather than "start a server".
+
+nats-py uses TLS only when the server requires it, even when the client was given a
+CA, a certificate or a `tls://` URL. A connection configured for TLS that came up in
+plain text is therefore refused here, so nobody runs unencrypted believing otherwise.
 
 Secrets (password, token, credentials inside a URL) never reach a repr, a log line or
 an error message.
@@ -55,6 +60,12 @@ _HIDDEN = "***"
 _FIRST_CONNECT_RETRY_WAIT = 0.25
 _DISCARD_TIMEOUT = 0.5
 _UNAVAILABLE_FIX = "start one with `naq server`, or set NAQ_NATS_URL"
+_NKEYS_INSTALL = "pip install 'naq-resilience[nkeys]'"
+_TLS_VARS = "NAQ_NATS_TLS_CA, NAQ_NATS_TLS_CERT and NAQ_NATS_TLS_KEY"
+
+# X509_V_ERR_* verify codes from OpenSSL's x509_vfy.h.
+_CERT_NAME_MISMATCH = frozenset({62, 63, 64})  # host name, e-mail, IP address
+_CERT_OUT_OF_DATE = frozenset({9, 10})  # not yet valid, expired
 
 logger = logging.getLogger("naq_resilience")
 
@@ -130,6 +141,19 @@ class ConnectionSettings:
     @property
     def servers(self) -> list[str]:
         return [part.strip() for part in self.url.split(",") if part.strip()]
+
+    def _tls_sources(self) -> list[str]:
+        """What asked for TLS: a context, a CA or certificate file, a `tls://` URL."""
+        sources = []
+        if self.tls_context is not None:
+            sources.append("tls_context")
+        if self.tls_ca_file:
+            sources.append(f"{ENV_VARS['tls_ca_file']}={self.tls_ca_file}")
+        if self.tls_cert_file:
+            sources.append(f"{ENV_VARS['tls_cert_file']}={self.tls_cert_file}")
+        if any(server.lower().startswith("tls://") for server in self.servers):
+            sources.append("a tls:// URL")
+        return sources
 
     @property
     def display_url(self) -> str:
@@ -256,11 +280,24 @@ async def connect(settings: ConnectionSettings | None = None, **overrides: Any) 
     except ImportError as error:
         raise NatsUnavailableError(
             f"cannot connect to NATS at {settings.display_url}: credentials and nkey files "
-            f"need the nkeys package ({error}); install it with `pip install nkeys`"
+            f"need the nkeys package ({error}); install it with `{_NKEYS_INSTALL}`"
         ) from None
     except (TimeoutError, OSError, NatsError) as error:
         await _discard(client)
-        raise NatsUnavailableError(_unavailable_message(settings, callbacks, error)) from None
+        raise NatsUnavailableError(
+            _unavailable_message(settings, callbacks, error, _server_info(client))
+        ) from None
+    tls_sources = settings._tls_sources()
+    if tls_sources and not _uses_tls(client):
+        where = _connected_where(client, settings)
+        await _discard(client)
+        raise NatsUnavailableError(
+            f"TLS is configured ({', '.join(tls_sources)}) but the NATS server at "
+            f"{where} does not require TLS, so this connection would be plain text (nats-py "
+            "uses TLS only when the server requires it): require TLS on the server (a "
+            "`tls { cert_file, key_file }` block, without allow_non_tls), or, if plain text "
+            f"is intended, use a nats:// URL and unset {_TLS_VARS}"
+        )
     client.options["allow_reconnect"] = settings.allow_reconnect
     client.options["max_reconnect_attempts"] = settings.max_reconnect_attempts
     client.options["reconnect_time_wait"] = settings.reconnect_time_wait
@@ -269,11 +306,20 @@ async def connect(settings: ConnectionSettings | None = None, **overrides: Any) 
 
 
 def _unavailable_message(
-    settings: ConnectionSettings, callbacks: _Callbacks, error: BaseException
+    settings: ConnectionSettings,
+    callbacks: _Callbacks,
+    error: BaseException,
+    server_info: dict[str, Any],
 ) -> str:
     reason = error
     if callbacks.last_error is not None and not _is_rejection(error):
         reason = callbacks.last_error
+    tls_fix = _tls_fix(settings, reason, server_info)
+    if tls_fix is not None:
+        return (
+            f"cannot connect to NATS at {settings.display_url} over TLS "
+            f"({settings.scrub(_describe(reason, settings))}): {tls_fix}"
+        )
     if _is_rejection(reason):
         return (
             f"NATS at {settings.display_url} rejected the credentials "
@@ -285,6 +331,88 @@ def _unavailable_message(
         f"cannot connect to NATS at {settings.display_url} "
         f"({settings.scrub(_describe(reason, settings))}): {_UNAVAILABLE_FIX}"
     )
+
+
+def _tls_fix(
+    settings: ConnectionSettings, error: BaseException, server_info: dict[str, Any]
+) -> str | None:
+    """What to change when `error` is a failed TLS handshake; None for any other error.
+
+    A server that wants a client certificate (`tls_verify` in its INFO) and does not
+    like ours ends the handshake with an alert that the client may read (an SSLError)
+    or not, having already written (a reset or broken pipe): measured, either happens.
+    So that case is recognised from the server's INFO, not from the error.
+    """
+    if isinstance(error, ssl.SSLCertVerificationError):
+        if error.verify_code in _CERT_NAME_MISMATCH:
+            return (
+                "the server's certificate does not name the host this client connected to: "
+                "connect with a host name or address the certificate lists (check "
+                "NAQ_NATS_URL), or reissue the certificate with that host in its "
+                "subjectAltName"
+            )
+        if error.verify_code in _CERT_OUT_OF_DATE:
+            return (
+                "the server's certificate is not valid at this time: renew it, or check "
+                "this machine's clock"
+            )
+        if settings.tls_ca_file:
+            return (
+                f"the server's certificate is not signed by the CA in {ENV_VARS['tls_ca_file']} "
+                f"({settings.tls_ca_file}): point {ENV_VARS['tls_ca_file']} at the CA that "
+                "signed the server's certificate"
+            )
+        if settings.tls_context is not None:
+            return (
+                "the server's certificate is not trusted by the tls_context given: load the "
+                "CA that signed it into that context (SSLContext.load_verify_locations)"
+            )
+        return (
+            "the server requires TLS and its certificate is not signed by a CA this machine "
+            f"trusts: set {ENV_VARS['tls_ca_file']} to the CA file that signed it"
+        )
+    ended_by_server = isinstance(error, OSError) and not isinstance(error, TimeoutError)
+    if server_info.get("tls_verify") and ended_by_server:
+        if not settings.tls_cert_file and settings.tls_context is None:
+            return (
+                "the server requires a client certificate: set "
+                f"{ENV_VARS['tls_cert_file']} and {ENV_VARS['tls_key_file']} to this "
+                "client's certificate and key"
+            )
+        given = (
+            f"{ENV_VARS['tls_cert_file']} ({settings.tls_cert_file})"
+            if settings.tls_cert_file
+            else "the tls_context given"
+        )
+        return (
+            f"the server did not accept the client certificate in {given}: use one signed "
+            "by a CA the server trusts (the ca_file of its tls block)"
+        )
+    if isinstance(error, ssl.SSLError):
+        return (
+            f"the TLS handshake failed: check {_TLS_VARS}, and that the URL names a "
+            "server that speaks TLS on that port"
+        )
+    return None
+
+
+def _uses_tls(client: Client) -> bool:
+    current = client.connected_url
+    if current is not None and current.scheme in ("ws", "wss"):
+        return True  # TLS, if any, belongs to the websocket layer; not ours to judge.
+    # nats-py upgrades to TLS exactly when the server's INFO says it is required.
+    return bool(_server_info(client).get("tls_required"))
+
+
+def _server_info(client: Client) -> dict[str, Any]:
+    # nats-py keeps the server's INFO only in a private attribute.
+    info = getattr(client, "_server_info", None)
+    return info if isinstance(info, dict) else {}
+
+
+def _connected_where(client: Client, settings: ConnectionSettings) -> str:
+    current = client.connected_url
+    return _redact_url(current.geturl()) if current is not None else settings.display_url
 
 
 def _is_rejection(error: BaseException) -> bool:

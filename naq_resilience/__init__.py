@@ -90,6 +90,7 @@ if TYPE_CHECKING:
     )
     from naq_resilience.jetstream.connection import (
         ConnectionSettings,
+        JetStreamNotEnabledError,
         JetStreamUnavailableError,
         NatsUnavailableError,
     )
@@ -115,6 +116,7 @@ _LAZY = {
     "ConnectionSettings": "naq_resilience.jetstream.connection",
     "NatsUnavailableError": "naq_resilience.jetstream.connection",
     "JetStreamUnavailableError": "naq_resilience.jetstream.connection",
+    "JetStreamNotEnabledError": "naq_resilience.jetstream.connection",
     "EmbeddedServer": "naq_resilience.jetstream.server",
     "Worker": "naq_resilience.jetstream.worker",
     "current_job": "naq_resilience.jetstream.worker",
@@ -189,6 +191,7 @@ __all__ = [
     "get_breaker",
     "get_dead_letter_jobs",
     "is_injected",
+    "JetStreamNotEnabledError",
     "JetStreamUnavailableError",
     "job",
     "Job",

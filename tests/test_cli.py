@@ -20,6 +20,7 @@ import pytest
 
 from naq_resilience import cli
 from naq_resilience.jetstream.connection import connect, ensure_jetstream
+from naq_resilience.jetstream.server import find_nats_server
 
 from conftest import wait_gone
 
@@ -220,3 +221,38 @@ def test_naq_worker_hands_strict_to_the_worker(
     assert cli.main(["worker", *argv]) == 0
     [options] = built
     assert {key: options[key] for key in options if key == "strict"} == passed
+
+
+def test_naq_worker_on_a_server_without_jetstream_explains_and_exits_1() -> None:
+    port = free_port()
+    server = subprocess.Popen(
+        [find_nats_server(), "-a", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"nats://127.0.0.1:{port}"
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert server.poll() is None, "nats-server exited"
+                assert time.monotonic() < deadline, "nats-server did not listen"
+                time.sleep(0.01)
+        done = subprocess.run(
+            [sys.executable, "-m", "naq_resilience.cli", "worker", "--nats-url", url],
+            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.endswith(
+        f"naq worker: the NATS server at {url} has no JetStream (nothing answers the JetStream "
+        "API and the server does not announce it): start nats-server with -js, or use "
+        "`naq server`\n"
+    )
+    assert "Traceback" not in done.stderr

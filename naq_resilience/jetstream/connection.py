@@ -14,6 +14,13 @@ nats-py uses TLS only when the server requires it, even when the client was give
 CA, a certificate or a `tls://` URL. A connection configured for TLS that came up in
 plain text is therefore refused here, so nobody runs unencrypted believing otherwise.
 
+JetStream that is off and JetStream that is not ready yet look alike to a client (no
+answer, or a 503), but only the second is worth waiting for: a JetStream cluster
+answers "temporarily unavailable" (10008), or nothing at all, for the seconds it takes
+to elect a meta leader after a start. `is_transient_jetstream_error` tells them apart
+and `while_jetstream_starts` waits the transient ones out; a server or account without
+JetStream raises `JetStreamNotEnabledError` at once.
+
 Secrets (password, token, credentials inside a URL) never reach a repr, a log line or
 an error message.
 """
@@ -24,24 +31,31 @@ import asyncio
 import logging
 import os
 import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import KW_ONLY, dataclass, field, fields, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from nats.aio.client import Client
-from nats.errors import AuthorizationError
+from nats.errors import AuthorizationError, NoRespondersError
 from nats.errors import Error as NatsError
 from nats.js.api import AccountInfo
-from nats.js.errors import ServiceUnavailableError
+from nats.js.errors import APIError, ServiceUnavailableError
 
 __all__ = [
+    "DEFAULT_JETSTREAM_TIMEOUT",
     "DEFAULT_URL",
     "ENV_VARS",
     "ConnectionSettings",
+    "JetStreamNotEnabledError",
     "JetStreamUnavailableError",
     "NatsUnavailableError",
     "connect",
     "ensure_jetstream",
+    "is_transient_jetstream_error",
+    "while_jetstream_starts",
 ]
+
+T = TypeVar("T")
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
 ENV_VARS = {
@@ -54,7 +68,10 @@ ENV_VARS = {
     "tls_ca_file": "NAQ_NATS_TLS_CA",
     "tls_cert_file": "NAQ_NATS_TLS_CERT",
     "tls_key_file": "NAQ_NATS_TLS_KEY",
+    "jetstream_timeout": "NAQ_JETSTREAM_TIMEOUT",
 }
+DEFAULT_JETSTREAM_TIMEOUT = 30.0
+_SECONDS = frozenset({"jetstream_timeout"})
 _SECRETS = frozenset({"password", "token"})
 _HIDDEN = "***"
 _FIRST_CONNECT_RETRY_WAIT = 0.25
@@ -62,6 +79,17 @@ _DISCARD_TIMEOUT = 0.5
 _UNAVAILABLE_FIX = "start one with `naq server`, or set NAQ_NATS_URL"
 _NKEYS_INSTALL = "pip install 'naq-resilience[nkeys]'"
 _TLS_VARS = "NAQ_NATS_TLS_CA, NAQ_NATS_TLS_CERT and NAQ_NATS_TLS_KEY"
+
+# JetStream API error codes (nats-server's server/jetstream_errors_generated.go), all
+# sent with status 503. Not enabled: JSNotEnabledForAccountErr, JSNotEnabledErr.
+_NOT_ENABLED_FOR_ACCOUNT = 10039
+_NOT_ENABLED = 10076
+# Worth waiting for: JSClusterNotAvailErr ("JetStream system temporarily unavailable"),
+# JSClusterIncompleteErr, JSStreamExpectedLastSeqPerSubjectNotReady. Other 503s (an
+# expected sequence that does not match, insufficient resources) are answers.
+_TRANSIENT_CODES = frozenset({10008, 10004, 10163})
+_FIRST_PAUSE = 0.1
+_LONGEST_PAUSE = 1.0
 
 # X509_V_ERR_* verify codes from OpenSSL's x509_vfy.h.
 _CERT_NAME_MISMATCH = frozenset({62, 63, 64})  # host name, e-mail, IP address
@@ -75,7 +103,11 @@ class NatsUnavailableError(ConnectionError):
 
 
 class JetStreamUnavailableError(ConnectionError):
-    """The NATS server answers but has no JetStream for this account."""
+    """The NATS server answers but JetStream does not: off, or not ready in time."""
+
+
+class JetStreamNotEnabledError(JetStreamUnavailableError):
+    """The server, or the account we are logged into, has no JetStream: waiting cannot help."""
 
 
 def _url_from_env() -> str:
@@ -104,6 +136,9 @@ class ConnectionSettings:
     tls_context: ssl.SSLContext | None = None
     name: str | None = None
     connect_timeout: float = 2.0
+    jetstream_timeout: float = DEFAULT_JETSTREAM_TIMEOUT
+    """How long start-up waits for JetStream to become ready (a cluster electing its
+    leader), the default of `ensure_jetstream` and `while_jetstream_starts`."""
     allow_reconnect: bool = True
     max_reconnect_attempts: int = 60
     reconnect_time_wait: float = 2.0
@@ -113,6 +148,11 @@ class ConnectionSettings:
             raise ValueError("url names no server")
         if self.connect_timeout <= 0:
             raise ValueError(f"connect_timeout must be positive, got {self.connect_timeout!r}")
+        if not self.jetstream_timeout > 0:  # also refuses NaN
+            raise ValueError(
+                f"jetstream_timeout must be a positive number of seconds, got "
+                f"{self.jetstream_timeout!r}"
+            )
         if self.reconnect_time_wait < 0:
             raise ValueError(
                 f"reconnect_time_wait must not be negative, got {self.reconnect_time_wait!r}"
@@ -131,10 +171,13 @@ class ConnectionSettings:
 
     @classmethod
     def from_env(cls, **overrides: Any) -> ConnectionSettings:
-        """Settings from the NAQ_NATS_* variables; keyword arguments win over them."""
-        values: dict[str, Any] = {
-            name: os.environ[var] for name, var in ENV_VARS.items() if os.environ.get(var)
-        }
+        """Settings from the variables in `ENV_VARS`; keyword arguments win over them."""
+        values: dict[str, Any] = {}
+        for name, var in ENV_VARS.items():
+            raw = os.environ.get(var)
+            if not raw or name in overrides:
+                continue
+            values[name] = _seconds(var, raw) if name in _SECONDS else raw
         values.update(overrides)
         return cls(**values)
 
@@ -192,6 +235,13 @@ class ConnectionSettings:
         return f"ConnectionSettings({', '.join(shown)})"
 
     __str__ = __repr__
+
+
+def _seconds(var: str, raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{var}={raw!r} is not a number of seconds; set e.g. {var}=60") from None
 
 
 def _default(name: str) -> object:
@@ -445,21 +495,137 @@ async def _discard(client: Client) -> None:
         logger.debug("closing a NATS client that never connected: %r", error)
 
 
-async def ensure_jetstream(client: Client, timeout: float = 2.0) -> AccountInfo:
-    """The account's JetStream info, or `JetStreamUnavailableError` saying how to get one.
+def is_transient_jetstream_error(error: BaseException) -> bool:
+    """Whether `error` may pass if the same JetStream call is made again shortly.
+
+    True for no answer in time (the request went nowhere while a cluster elects its
+    leader), no responders, and the 503 errors that say "not now"
+    (10008 JetStream system temporarily unavailable, 10004, 10163). False for every
+    answer that will not change by waiting, including JetStream not enabled (10039,
+    10076), which `ensure_jetstream` turns into `JetStreamNotEnabledError`.
+    """
+    if isinstance(error, JetStreamUnavailableError):
+        return False
+    if isinstance(error, APIError):
+        if error.err_code is None:
+            # nats-py turns "no responders" into a bare ServiceUnavailableError.
+            return isinstance(error, ServiceUnavailableError) or error.code == 503
+        return error.err_code in _TRANSIENT_CODES
+    return isinstance(error, (TimeoutError, NoRespondersError))
+
+
+async def while_jetstream_starts(
+    operation: Callable[[], Awaitable[T]], *, timeout: float, what: str
+) -> T:
+    """`await operation()`, called again while it fails with a transient JetStream error.
+
+    For start-up calls (account info, creating streams and buckets) made while a
+    cluster may still be electing its leader. Pauses grow from 0.1 s to 1 s; the first
+    wait is logged once at INFO. After `timeout` seconds the last transient error
+    becomes a `JetStreamUnavailableError` naming `what` (a noun phrase: "stream
+    NAQ_JOBS"), the wait and the fix; any other error propagates at once, unchanged.
+    """
+    if not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    deadline = started + timeout
+    pause = _FIRST_PAUSE
+    waiting = False
+    while True:
+        try:
+            result = await operation()
+        except Exception as error:
+            if not is_transient_jetstream_error(error):
+                raise
+            last = error
+        else:
+            if waiting:
+                logger.info("JetStream is ready: got %s after %.1f s", what, loop.time() - started)
+            return result
+        now = loop.time()
+        if now >= deadline:
+            raise JetStreamUnavailableError(
+                f"waited {timeout:g} s for {what}, but JetStream stayed unavailable (last "
+                f"error: {_describe_jetstream_error(last)}); in a cluster, check that a "
+                "majority of the nodes are up and routed to each other; if it only needs "
+                f"longer to start, raise {ENV_VARS['jetstream_timeout']}"
+            ) from None
+        if not waiting:
+            waiting = True
+            logger.info(
+                "waiting up to %g s for %s: JetStream is not ready (%s); a JetStream cluster "
+                "answers only once it has elected a leader",
+                timeout, what, _describe_jetstream_error(last),
+            )  # fmt: skip
+        await asyncio.sleep(min(pause, deadline - now))
+        pause = min(pause * 2, _LONGEST_PAUSE)
+
+
+def _describe_jetstream_error(error: BaseException) -> str:
+    if isinstance(error, APIError):
+        if error.err_code is None and error.code is None:
+            return "no responders: nothing answers the JetStream API"
+        return f"{error.description} (status {error.code}, JetStream error {error.err_code})"
+    if isinstance(error, NoRespondersError):
+        return "no responders: nothing answers the JetStream API"
+    if isinstance(error, TimeoutError):
+        return "no answer in time"
+    return f"{type(error).__name__}: {error}"
+
+
+async def ensure_jetstream(
+    client: Client,
+    timeout: float = DEFAULT_JETSTREAM_TIMEOUT,
+    *,
+    request_timeout: float = 2.0,
+) -> AccountInfo:
+    """The account's JetStream info, once JetStream answers; or why it will not.
 
     Asked of the server rather than read from its INFO, because JetStream may be on for
-    the server yet off for the account we are logged into.
+    the server yet off for the account we are logged into. A server or account without
+    JetStream raises `JetStreamNotEnabledError` at once; JetStream that is starting (a
+    cluster electing its leader) is waited for up to `timeout` seconds
+    (`ConnectionSettings.jetstream_timeout` is the setting to pass), each request
+    waiting at most `request_timeout`.
     """
-    try:
-        return await client.jetstream(timeout=timeout).account_info()
-    except ServiceUnavailableError as error:
-        reason = error.description or "nothing answers the JetStream API"
-    except TimeoutError:
-        reason = f"no JetStream API answer within {timeout:g} s"
     where = client.connected_url
     url = _redact_url(where.geturl()) if where is not None else "the server"
-    raise JetStreamUnavailableError(
-        f"the NATS server at {url} has no JetStream ({reason}): "
-        "start nats-server with -js, or use `naq server`"
-    ) from None
+    js = client.jetstream(timeout=min(request_timeout, timeout))
+
+    async def account_info() -> AccountInfo:
+        try:
+            return await js.account_info()
+        except APIError as error:
+            reason = _not_enabled(client, error, url)
+            if reason is not None:
+                raise JetStreamNotEnabledError(reason) from None
+            raise
+
+    return await while_jetstream_starts(
+        account_info, timeout=timeout, what=f"the JetStream account info of {url}"
+    )
+
+
+def _not_enabled(client: Client, error: APIError, url: str) -> str | None:
+    """The message for an answer that means "no JetStream here", else None."""
+    if error.err_code == _NOT_ENABLED_FOR_ACCOUNT:
+        return (
+            f"the NATS server at {url} has JetStream, but not for the account this "
+            "connection logged into (JetStream not enabled for account): enable it for "
+            "that account in the server's configuration (`jetstream: enabled` in its "
+            "accounts block), or connect as a user of an account that has it"
+        )
+    if error.err_code == _NOT_ENABLED:
+        return (
+            f"the NATS server at {url} has JetStream switched off (JetStream not enabled): "
+            "start nats-server with -js, or use `naq server`, and check the server's log "
+            "for why JetStream is off"
+        )
+    if error.err_code is None and not _server_info(client).get("jetstream"):
+        return (
+            f"the NATS server at {url} has no JetStream (nothing answers the JetStream API "
+            "and the server does not announce it): start nats-server with -js, or use "
+            "`naq server`"
+        )
+    return None

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import nats.errors
 import pytest
+from nats.aio.msg import Msg
 from nats.js.api import AccountInfo
 from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
@@ -313,6 +314,36 @@ def test_ensure_jetstream_names_an_account_without_jetstream(
         "or connect as a user of an account that has it"
     )
     assert waits_logged(caplog) == []
+
+
+def test_ensure_jetstream_names_jetstream_switched_off() -> None:
+    """10076 ("JetStream not enabled") is not one this suite can make a real server send,
+    so a responder on a real server gives the answer nats-server gives."""
+    answer = (
+        b'{"type":"io.nats.jetstream.api.v1.account_info_response",'
+        b'"error":{"code":503,"err_code":10076,"description":"JetStream not enabled"}}'
+    )
+
+    async def main(url: str) -> None:
+        responder = await connect(url=url)
+        try:
+
+            async def respond(msg: Msg) -> None:
+                await msg.respond(answer)
+
+            await responder.subscribe("$JS.API.INFO", cb=respond)
+            await responder.flush()
+            await ensure_jetstream_at(url)
+        finally:
+            await responder.close()
+
+    with plain_server() as url, pytest.raises(JetStreamNotEnabledError) as caught:
+        asyncio.run(main(url))
+    assert str(caught.value) == (
+        f"the NATS server at {url} has JetStream switched off (JetStream not enabled): start "
+        "nats-server with -js, or use `naq server`, and check the server's log for why "
+        "JetStream is off"
+    )
 
 
 # --------------------------------------------------------------------------- waiting for JetStream

@@ -217,6 +217,7 @@ def test_naq_worker_hands_strict_to_the_worker(
             pass
 
     monkeypatch.setattr(worker, "Worker", FakeWorker)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the command puts the cwd on it
     monkeypatch.setattr(naq_logging, "setup_logging", lambda *args, **kwargs: None)
     assert cli.main(["worker", *argv]) == 0
     [options] = built

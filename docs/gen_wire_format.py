@@ -509,8 +509,10 @@ def section_producers(c: Code) -> list[str]:
                 "- **`function`.** The registered name `module:qualname` of a function "
                 "defined in a module the workers of that queue import "
                 "(`Worker(imports=[...])`, or the `NAQ_IMPORTS` environment variable). A "
-                "worker never imports anything a message names; any other name is "
-                "dead-lettered.",
+                "name with a part starting with `_` is private and runs only if the worker "
+                "registered that function explicitly; a strict worker (`--strict`, "
+                "`NAQ_STRICT=1`) runs only functions marked `@job`. A worker never imports "
+                "anything a message names; any other name is dead-lettered.",
                 "- **Arguments.** `args` and `kwargs` are plain JSON. The worker converts "
                 "each to the type of the parameter it is passed to: an RFC 3339 string "
                 "to a `datetime`, an array to a `tuple`, an object to a dataclass or "

@@ -62,6 +62,7 @@ from naq_resilience.policies.errors import (
     TemporaryResourceError,
 )
 from naq_resilience.policies.fallback import FallbackPolicy, fallback
+from naq_resilience.policies.marker import job
 from naq_resilience.policies.pipeline import policies_of
 from naq_resilience.policies.retry import (
     Attempt,
@@ -89,6 +90,7 @@ if TYPE_CHECKING:
     )
     from naq_resilience.jetstream.connection import (
         ConnectionSettings,
+        JetStreamNotEnabledError,
         JetStreamUnavailableError,
         NatsUnavailableError,
     )
@@ -114,6 +116,7 @@ _LAZY = {
     "ConnectionSettings": "naq_resilience.jetstream.connection",
     "NatsUnavailableError": "naq_resilience.jetstream.connection",
     "JetStreamUnavailableError": "naq_resilience.jetstream.connection",
+    "JetStreamNotEnabledError": "naq_resilience.jetstream.connection",
     "EmbeddedServer": "naq_resilience.jetstream.server",
     "Worker": "naq_resilience.jetstream.worker",
     "current_job": "naq_resilience.jetstream.worker",
@@ -188,7 +191,9 @@ __all__ = [
     "get_breaker",
     "get_dead_letter_jobs",
     "is_injected",
+    "JetStreamNotEnabledError",
     "JetStreamUnavailableError",
+    "job",
     "Job",
     "JobEnvelope",
     "JobFailedError",

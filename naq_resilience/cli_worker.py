@@ -1,4 +1,4 @@
-"""`naq worker QUEUE... [--concurrency N] [--import MODULE]... [--log-level LEVEL]`."""
+"""`naq worker QUEUE... [--concurrency N] [--import MODULE]... [--strict] [--log-level LEVEL]`."""
 
 from __future__ import annotations
 
@@ -16,14 +16,19 @@ def add_worker_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
         help="run jobs from one or more queues",
         description=(
             "Run the jobs of QUEUE(s). A worker runs only functions defined in the modules "
-            "it is told to import (--import, or NAQ_IMPORTS as a comma list); the current "
-            "directory is importable, as with `python script.py`."
+            "it is told to import (--import, or NAQ_IMPORTS as a comma list), never private "
+            "ones (a name part starting with '_'); with --strict only those marked @job. The "
+            "current directory is importable, as with `python script.py`."
         ),
     )
     parser.add_argument("queues", nargs="*", default=["default"], metavar="QUEUE")
     parser.add_argument(
         "-i", "--import", dest="imports", action="append", default=[], metavar="MODULE",
         help="a module whose functions jobs may name (repeatable)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--strict", action="store_true",
+        help="run only functions marked @job (also NAQ_STRICT=1)",
     )  # fmt: skip
     parser.add_argument("-c", "--concurrency", type=int, default=10)
     parser.add_argument("--nats-url", default=None, help="default: $NAQ_NATS_URL")
@@ -53,7 +58,10 @@ def add_worker_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
 
 
 def _run(args: argparse.Namespace) -> int:
-    from naq_resilience.jetstream.connection import NatsUnavailableError
+    from naq_resilience.jetstream.connection import (
+        JetStreamUnavailableError,
+        NatsUnavailableError,
+    )
     from naq_resilience.jetstream.streams import StorageSettings
     from naq_resilience.jetstream.worker import Worker, WorkerConnectionLost
     from naq_resilience.ops.logging import setup_logging
@@ -71,13 +79,14 @@ def _run(args: argparse.Namespace) -> int:
             shutdown_grace=args.shutdown_grace,
             max_crashes=args.max_crashes,
             storage=StorageSettings.from_env().with_replicas(args.replicas),
+            strict=args.strict,
         )
     except (ImportError, ValueError) as exc:
         print(f"naq worker: {exc}", file=sys.stderr)
         return 2
     try:
         worker.run_forever()
-    except NatsUnavailableError as exc:
+    except (NatsUnavailableError, JetStreamUnavailableError) as exc:
         print(f"naq worker: {exc}", file=sys.stderr)
         return 1
     except WorkerConnectionLost as exc:

@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from naq_resilience import fallback, retry
+from naq_resilience import circuit_breaker, fallback, job, retry
 
 LIMIT = 10
 """Not callable: jobs_for_registry:LIMIT is refused."""
@@ -68,6 +68,11 @@ class Mailer:
 
     def send(self, to: str) -> str:
         return f"sent to {to}"
+
+    @staticmethod
+    def _private() -> str:
+        """Private: jobs_for_registry:Mailer._private is refused."""
+        return "private"
 
 
 LOAD_CALLS: list[int] = []
@@ -140,3 +145,80 @@ def flaky_once(x: int) -> int:
 @fallback(lambda *args, **kwargs: "fallback value")
 def flaky_with_fallback(x: int) -> str:
     raise ConnectionError("always")
+
+
+# --------------------------------------------------------------------------- private names
+
+
+def _helper(x: Any) -> Any:
+    """Private: refused unless registered explicitly."""
+    return x
+
+
+class _Private:
+    @staticmethod
+    def method() -> str:
+        """Public name, private class: jobs_for_registry:_Private.method is refused."""
+        return "private class"
+
+
+# --------------------------------------------------------------------------- @job
+
+
+@job
+def marked(x: Any) -> Any:
+    return x
+
+
+@job()
+async def marked_async(host: str) -> str:
+    return f"pong from {host}"
+
+
+@retry(max_retries=1, retry_delay=0)
+@job
+def marked_under_retry(x: int) -> int:
+    return x
+
+
+@job
+@retry(max_retries=1, retry_delay=0)
+@circuit_breaker(name="jobs_for_registry.marked_above_a_stack")
+def marked_above_a_stack(x: int) -> int:
+    return x
+
+
+@retry(max_retries=1, retry_delay=0)
+@job
+@fallback(lambda *args, **kwargs: "fallback value")
+async def marked_between_stages(x: int) -> str:
+    raise ConnectionError("always")
+
+
+@_foreign
+@job
+def marked_under_a_foreign_decorator(x: Any) -> Any:
+    return x
+
+
+class Tasks:
+    @job
+    @staticmethod
+    def static_marked_outside(x: int) -> int:
+        return x
+
+    @staticmethod
+    @job
+    def static_marked_inside(x: int) -> int:
+        return x
+
+    @job
+    @classmethod
+    def class_marked_outside(cls, x: int) -> str:
+        return f"{cls.__name__}({x})"
+
+    @classmethod
+    @retry(max_retries=1, retry_delay=0)
+    @job
+    def class_marked_inside(cls, x: int) -> str:
+        return f"{cls.__name__}({x})"

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import signal
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from naq_resilience import cli
 from naq_resilience.jetstream.connection import connect, ensure_jetstream
+from naq_resilience.jetstream.server import find_nats_server
 
-from conftest import NaqServer, free_port, wait_gone
+from conftest import ROOT, NaqServer, free_port, wait_gone
 
 
 async def use(url: str) -> int:
@@ -118,3 +123,69 @@ def test_subcommands_come_from_commands(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(cli, "COMMANDS", (*cli.COMMANDS, add_hello))
     assert cli.main(["hello", "--code", "7"]) == 7
     assert "server" in cli.build_parser().format_help()
+
+
+def test_naq_worker_accepts_strict() -> None:
+    parser = cli.build_parser()
+    assert parser.parse_args(["worker", "--strict", "--import", "jobs"]).strict is True
+    assert parser.parse_args(["worker", "--import", "jobs"]).strict is False
+
+
+@pytest.mark.parametrize(("argv", "passed"), [(["--strict"], {"strict": True}), ([], {})])
+def test_naq_worker_hands_strict_to_the_worker(
+    monkeypatch: pytest.MonkeyPatch, argv: list[str], passed: dict[str, object]
+) -> None:
+    """Without --strict nothing is passed, so the Worker's own reading of NAQ_STRICT holds."""
+    from naq_resilience.jetstream import worker
+    from naq_resilience.ops import logging as naq_logging
+
+    built: list[dict[str, object]] = []
+
+    class FakeWorker:
+        def __init__(self, queues: list[str], **options: object) -> None:
+            built.append(options)
+
+        def run_forever(self) -> None:
+            pass
+
+    monkeypatch.setattr(worker, "Worker", FakeWorker)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the command puts the cwd on it
+    monkeypatch.setattr(naq_logging, "setup_logging", lambda *args, **kwargs: None)
+    assert cli.main(["worker", *argv]) == 0
+    [options] = built
+    assert {key: options[key] for key in options if key == "strict"} == passed
+
+
+def test_naq_worker_on_a_server_without_jetstream_explains_and_exits_1() -> None:
+    port = free_port()
+    server = subprocess.Popen(
+        [find_nats_server(), "-a", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"nats://127.0.0.1:{port}"
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert server.poll() is None, "nats-server exited"
+                assert time.monotonic() < deadline, "nats-server did not listen"
+                time.sleep(0.01)
+        done = subprocess.run(
+            [sys.executable, "-m", "naq_resilience.cli", "worker", "--nats-url", url],
+            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.endswith(
+        f"naq worker: the NATS server at {url} has no JetStream (nothing answers the JetStream "
+        "API and the server does not announce it): start nats-server with -js, or use "
+        "`naq server`\n"
+    )
+    assert "Traceback" not in done.stderr

@@ -1,10 +1,11 @@
-"""connect() and ConnectionSettings against real nats-server processes."""
+"""connect(), ConnectionSettings and ensure_jetstream against real nats-server processes."""
 
 from __future__ import annotations
 
 import asyncio
 import importlib.util
 import logging
+import os
 import shutil
 import socket
 import ssl
@@ -12,18 +13,26 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
+import nats.errors
 import pytest
+from nats.aio.msg import Msg
+from nats.js.api import AccountInfo
+from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
 from naq_resilience.jetstream.connection import (
     DEFAULT_URL,
     ENV_VARS,
     ConnectionSettings,
+    JetStreamNotEnabledError,
     JetStreamUnavailableError,
     NatsUnavailableError,
     connect,
     ensure_jetstream,
+    is_transient_jetstream_error,
+    while_jetstream_starts,
 )
 from naq_resilience.jetstream.server import EmbeddedServer, find_nats_server
 
@@ -42,25 +51,32 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@contextmanager
-def plain_server(*options: str) -> Iterator[str]:
-    """A nats-server started by hand with `options` (no JetStream unless asked)."""
-    port = free_port()
+def start_nats_server(port: int, *options: str) -> subprocess.Popen[bytes]:
+    """nats-server on `port` with `options`, once it accepts connections."""
     process = subprocess.Popen(
         [find_nats_server(), "-a", "127.0.0.1", "-p", str(port), *options],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return process
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                process.wait(10)
+                raise AssertionError("nats-server exited or did not listen") from None
+            time.sleep(0.01)
+
+
+@contextmanager
+def plain_server(*options: str) -> Iterator[str]:
+    """A nats-server started by hand with `options` (no JetStream unless asked)."""
+    port = free_port()
+    process = start_nats_server(port, *options)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert process.poll() is None, "nats-server exited"
-                assert time.monotonic() < deadline, "nats-server did not listen"
-                time.sleep(0.01)
         yield f"nats://127.0.0.1:{port}"
     finally:
         process.terminate()
@@ -97,6 +113,7 @@ def test_from_env_reads_every_variable_and_overrides_win(
         "NAQ_NATS_TLS_CA": "/etc/nats/ca.pem",
         "NAQ_NATS_TLS_CERT": "/etc/nats/cert.pem",
         "NAQ_NATS_TLS_KEY": "/etc/nats/key.pem",
+        "NAQ_JETSTREAM_TIMEOUT": "12.5",
     }
     for var, value in values.items():
         monkeypatch.setenv(var, value)
@@ -113,6 +130,21 @@ def test_from_env_reads_every_variable_and_overrides_win(
         "/etc/nats/cert.pem",
         "/etc/nats/key.pem",
     )
+    assert settings.jetstream_timeout == 12.5
+
+
+def test_jetstream_timeout_defaults_to_30_s_and_refuses_what_is_not_a_number(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert ConnectionSettings().jetstream_timeout == 30.0
+    monkeypatch.setenv("NAQ_JETSTREAM_TIMEOUT", "half a minute")
+    with pytest.raises(ValueError, match=r"^NAQ_JETSTREAM_TIMEOUT=") as caught:
+        ConnectionSettings.from_env()
+    assert str(caught.value) == (
+        "NAQ_JETSTREAM_TIMEOUT='half a minute' is not a number of seconds; set e.g. "
+        "NAQ_JETSTREAM_TIMEOUT=60"
+    )
+    assert ConnectionSettings.from_env(jetstream_timeout=5).jetstream_timeout == 5
 
 
 def test_secrets_never_appear_in_repr() -> None:
@@ -142,6 +174,8 @@ def test_secrets_never_appear_in_repr() -> None:
         ({"url": " , "}, "no server"),
         ({"tls_context": ssl.create_default_context(), "tls_ca_file": "ca.pem"}, "not both"),
         ({"tls_key_file": "key.pem"}, "tls_cert_file"),
+        ({"jetstream_timeout": 0}, "jetstream_timeout must be a positive number of seconds"),
+        ({"jetstream_timeout": float("nan")}, "jetstream_timeout must be a positive"),
     ],
 )
 def test_inconsistent_settings_are_refused(options: dict[str, object], message: str) -> None:
@@ -225,50 +259,404 @@ def test_token_is_passed_through() -> None:
         assert asyncio.run(main())
 
 
-def test_ensure_jetstream_names_the_fix_on_a_server_without_it() -> None:
-    with plain_server() as url:
+async def ensure_jetstream_at(url: str, **options: object) -> AccountInfo:
+    nc = await connect(url=url)
+    try:
+        return await ensure_jetstream(nc, **options)  # type: ignore[arg-type]
+    finally:
+        await nc.close()
 
-        async def main() -> None:
-            nc = await connect(url=url)
-            try:
-                await ensure_jetstream(nc)
-            finally:
-                await nc.close()
 
-        with pytest.raises(JetStreamUnavailableError) as caught:
-            asyncio.run(main())
-    message = str(caught.value)
-    assert url in message
-    assert "start nats-server with -js, or use `naq server`" in message
+def waits_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("waiting up to")]
+
+
+def test_ensure_jetstream_names_the_fix_on_a_server_without_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Measured: a server without -js has nothing on $JS.API.INFO (no responders) and
+    announces no `jetstream` in its INFO. That is an answer, so nothing is waited for."""
+    caplog.set_level(logging.INFO, logger="naq_resilience")
+    with plain_server() as url, pytest.raises(JetStreamNotEnabledError) as caught:
+        asyncio.run(ensure_jetstream_at(url))
+    assert isinstance(caught.value, JetStreamUnavailableError)  # old `except`s still match
+    assert str(caught.value) == (
+        f"the NATS server at {url} has no JetStream (nothing answers the JetStream API and "
+        "the server does not announce it): start nats-server with -js, or use `naq server`"
+    )
+    assert waits_logged(caplog) == []
+
+
+def test_ensure_jetstream_names_an_account_without_jetstream(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Measured: the server has JetStream, the account not: 503, err_code 10039."""
+    config = tmp_path / "accounts.conf"
+    config.write_text(
+        f"""
+        jetstream {{ store_dir: "{tmp_path / "js"}" }}
+        accounts {{
+          JOBS: {{ jetstream: enabled, users: [{{ user: jobs, password: jobs-secret }}] }}
+          PLAIN: {{ users: [{{ user: plain, password: plain-secret }}] }}
+        }}
+        """
+    )
+    caplog.set_level(logging.INFO, logger="naq_resilience")
+    with plain_server("-c", str(config)) as url:
+        host = url.removeprefix("nats://")
+        asyncio.run(ensure_jetstream_at(f"nats://jobs:jobs-secret@{host}"))
+        with pytest.raises(JetStreamNotEnabledError) as caught:
+            asyncio.run(ensure_jetstream_at(f"nats://plain:plain-secret@{host}"))
+    assert str(caught.value) == (
+        f"the NATS server at nats://***@{host} has JetStream, but not for the account this "
+        "connection logged into (JetStream not enabled for account): enable it for that "
+        "account in the server's configuration (`jetstream: enabled` in its accounts block), "
+        "or connect as a user of an account that has it"
+    )
+    assert waits_logged(caplog) == []
+
+
+def test_ensure_jetstream_names_jetstream_switched_off() -> None:
+    """10076 ("JetStream not enabled") is not one this suite can make a real server send,
+    so a responder on a real server gives the answer nats-server gives."""
+    answer = (
+        b'{"type":"io.nats.jetstream.api.v1.account_info_response",'
+        b'"error":{"code":503,"err_code":10076,"description":"JetStream not enabled"}}'
+    )
+
+    async def main(url: str) -> None:
+        responder = await connect(url=url)
+        try:
+
+            async def respond(msg: Msg) -> None:
+                await msg.respond(answer)
+
+            await responder.subscribe("$JS.API.INFO", cb=respond)
+            await responder.flush()
+            await ensure_jetstream_at(url)
+        finally:
+            await responder.close()
+
+    with plain_server() as url, pytest.raises(JetStreamNotEnabledError) as caught:
+        asyncio.run(main(url))
+    assert str(caught.value) == (
+        f"the NATS server at {url} has JetStream switched off (JetStream not enabled): start "
+        "nats-server with -js, or use `naq server`, and check the server's log for why "
+        "JetStream is off"
+    )
+
+
+# --------------------------------------------------------------------------- waiting for JetStream
+
+
+@pytest.mark.parametrize(
+    ("error", "transient"),
+    [
+        (nats.errors.TimeoutError(), True),
+        (TimeoutError(), True),  # asyncio.TimeoutError since 3.11
+        (nats.errors.NoRespondersError(), True),
+        (ServiceUnavailableError(), True),  # nats-py's translation of no responders
+        (ServiceUnavailableError(code=503, err_code=10008), True),
+        (APIError(code=503, err_code=10008), True),
+        (ServiceUnavailableError(code=503, err_code=10039), False),  # not for the account
+        (ServiceUnavailableError(code=503, err_code=10076), False),  # not enabled
+        (ServiceUnavailableError(code=503, err_code=10063), False),  # sequence mismatch
+        (NotFoundError(code=404, err_code=10059), False),
+        (JetStreamNotEnabledError("no"), False),
+        (JetStreamUnavailableError("gave up"), False),
+        (ValueError("x"), False),
+    ],
+)
+def test_which_jetstream_errors_are_transient(error: BaseException, transient: bool) -> None:
+    assert is_transient_jetstream_error(error) is transient
+
+
+def test_a_failure_that_waiting_cannot_fix_propagates_at_once(
+    nats_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="naq_resilience")
+
+    async def main() -> None:
+        nc = await connect(url=nats_url)
+        try:
+            js = nc.jetstream()
+            await while_jetstream_starts(
+                lambda: js.stream_info("NO_SUCH_STREAM"), timeout=30, what="stream NO_SUCH_STREAM"
+            )
+        finally:
+            await nc.close()
+
+    with pytest.raises(NotFoundError):
+        asyncio.run(main())
+    assert waits_logged(caplog) == []
+
+
+def test_while_jetstream_starts_refuses_a_timeout_that_is_not_positive() -> None:
+    async def never() -> None:
+        raise AssertionError("not called")
+
+    with pytest.raises(ValueError, match="timeout must be a positive number of seconds, got 0"):
+        asyncio.run(while_jetstream_starts(never, timeout=0, what="nothing"))
+
+
+class Cluster:
+    """Three JetStream nodes routed to each other, which a test starts one at a time.
+
+    With one node up there is no majority, so no meta leader: measured, JetStream then
+    drops requests (timeouts) for a few seconds and answers 503 / 10008 "JetStream system
+    temporarily unavailable" after that, until a majority is up and a leader elected.
+    """
+
+    def __init__(self, store: Path) -> None:
+        self.store = store
+        self.ports = [free_port() for _ in range(3)]
+        self.route_ports = [free_port() for _ in range(3)]
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def url(self, node: int) -> str:
+        return f"nats://127.0.0.1:{self.ports[node]}"
+
+    def start(self, node: int) -> None:
+        routes = ",".join(f"nats://127.0.0.1:{port}" for port in self.route_ports)
+        options = [
+            "-js", "-sd", str(self.store / f"n{node}"), "-n", f"naq-test-n{node}",
+            "--cluster_name", "naq-test", "--cluster",
+            f"nats://127.0.0.1:{self.route_ports[node]}", "--routes", routes,
+        ]  # fmt: skip
+        self.processes.append(start_nats_server(self.ports[node], *options))
+
+    def close(self) -> None:
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes:
+            process.wait(10)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    nodes = Cluster(tmp_path)
+    try:
+        yield nodes
+    finally:
+        nodes.close()
+
+
+def test_a_wait_for_a_cluster_without_a_leader_times_out_naming_the_fix(
+    cluster: Cluster,
+) -> None:
+    cluster.start(0)
+    with pytest.raises(JetStreamUnavailableError) as caught:
+        asyncio.run(ensure_jetstream_at(cluster.url(0), timeout=1))
+    error = caught.value
+    assert not isinstance(error, JetStreamNotEnabledError)
+    message = str(error)
+    assert message.startswith(
+        f"waited 1 s for the JetStream account info of {cluster.url(0)}, but JetStream stayed "
+        "unavailable (last error: "
+    )
+    assert "in a cluster, check that a majority of the nodes are up" in message
+    assert "raise NAQ_JETSTREAM_TIMEOUT" in message
+
+
+def test_the_wait_lasts_until_the_cluster_elects_a_leader(
+    cluster: Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="naq_resilience")
+    seen: list[BaseException] = []
+
+    async def main() -> AccountInfo:
+        nc = await connect(url=cluster.url(0))
+        try:
+            js = nc.jetstream(timeout=1)
+
+            async def account_info() -> AccountInfo:
+                try:
+                    return await js.account_info()
+                except Exception as error:
+                    seen.append(error)
+                    raise
+
+            waiting = asyncio.create_task(
+                while_jetstream_starts(account_info, timeout=120, what="the account info")
+            )
+            for _ in range(2000):  # until it has failed once and is waiting
+                if waits_logged(caplog) or waiting.done():
+                    break
+                await asyncio.sleep(0.01)
+            assert not waiting.done(), "JetStream answered with one node of three up"
+            await asyncio.to_thread(cluster.start, 1)
+            await asyncio.to_thread(cluster.start, 2)
+            info = await waiting
+            await ensure_jetstream(nc)  # and the same through ensure_jetstream, at once
+            return info
+        finally:
+            await nc.close()
+
+    cluster.start(0)
+    assert isinstance(asyncio.run(main()), AccountInfo)
+    assert seen
+    assert all(is_transient_jetstream_error(error) for error in seen)
+    [waiting] = waits_logged(caplog)  # logged once, however many tries
+    assert waiting.startswith("waiting up to 120 s for the account info: JetStream is not ready")
+    assert any(
+        m.startswith("JetStream is ready: got the account info after")
+        for m in (r.getMessage() for r in caplog.records)
+    )
 
 
 @pytest.mark.skipif(importlib.util.find_spec("nkeys") is not None, reason="nkeys is installed")
 def test_credentials_without_nkeys_name_the_missing_package(nats_url: str) -> None:
-    with pytest.raises(NatsUnavailableError, match=r"pip install nkeys"):
+    with pytest.raises(NatsUnavailableError, match=r"pip install 'naq-resilience\[nkeys\]'"):
         asyncio.run(connect(url=nats_url, credentials_file="user.creds"))
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make a cert")
-def test_tls_with_a_ca_file(tmp_path: Path) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    with plain_server("--tls", "--tlscert", str(cert), "--tlskey", str(key)) as url:
+@pytest.mark.skipif(importlib.util.find_spec("nkeys") is None, reason="needs the nkeys extra")
+def test_an_nkey_seed_file_logs_in(tmp_path: Path) -> None:
+    import nkeys  # type: ignore[import-not-found,unused-ignore]
 
-        async def main(settings: ConnectionSettings) -> bool:
-            nc = await connect(settings)
+    def user(name: str) -> tuple[Path, str]:
+        seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
+        path = tmp_path / f"{name}.nk"
+        path.write_bytes(seed)
+        return path, nkeys.from_seed(bytearray(seed)).public_key.decode()
+
+    allowed, public = user("allowed")
+    stranger, _ = user("stranger")
+    config = tmp_path / "nkeys.conf"
+    config.write_text(f"authorization {{ users = [ {{ nkey: {public} }} ] }}\n")
+    with plain_server("-c", str(config)) as url:
+
+        async def main(seed: Path) -> bool:
+            nc = await connect(url=url, nkey_seed_file=str(seed))
             try:
                 return nc.is_connected
             finally:
                 await nc.close()
 
-        assert asyncio.run(main(ConnectionSettings(url, tls_ca_file=str(cert))))
-        with pytest.raises(NatsUnavailableError, match="CERTIFICATE_VERIFY_FAILED"):
-            asyncio.run(main(ConnectionSettings(url, connect_timeout=1)))
+        assert asyncio.run(main(allowed))
+        with pytest.raises(NatsUnavailableError, match="rejected the credentials"):
+            asyncio.run(main(stranger))
+
+
+needs_openssl = pytest.mark.skipif(
+    shutil.which("openssl") is None, reason="needs openssl to make a cert"
+)
+NO_CA_FIX = (
+    "the server requires TLS and its certificate is not signed by a CA this machine trusts: "
+    "set NAQ_NATS_TLS_CA to the CA file that signed it"
+)
+
+
+def self_signed(directory: Path, name: str, san: str = "IP:127.0.0.1") -> tuple[str, str]:
+    """A certificate valid for `san` that is its own CA, and its key."""
+    cert, key = directory / f"{name}.pem", directory / f"{name}-key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", key, "-out", cert, "-days", "1", "-subj", f"/CN={name}",
+         "-addext", f"subjectAltName={san}"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return str(cert), str(key)
+
+
+async def connects(settings: ConnectionSettings) -> bool:
+    nc = await connect(settings)
+    try:
+        return nc.is_connected
+    finally:
+        await nc.close()
+
+
+def refusal(settings: ConnectionSettings) -> str:
+    with pytest.raises(NatsUnavailableError) as caught:
+        asyncio.run(connects(settings))
+    message = str(caught.value)
+    assert FIX not in message  # no server to start: TLS is what needs fixing
+    return message
+
+
+@needs_openssl
+def test_tls_with_a_ca_file(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path, "server")
+    with plain_server("--tls", "--tlscert", cert, "--tlskey", key) as url:
+        assert asyncio.run(connects(ConnectionSettings(url, tls_ca_file=cert)))
+        message = refusal(ConnectionSettings(url, connect_timeout=1))
+    assert message.startswith(f"cannot connect to NATS at {url} over TLS (")
+    assert "CERTIFICATE_VERIFY_FAILED" in message
+    assert message.endswith(NO_CA_FIX)
+
+
+@needs_openssl
+def test_tls_names_the_ca_file_that_did_not_sign_the_server_certificate(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path, "server")
+    other, _ = self_signed(tmp_path, "other")
+    with plain_server("--tls", "--tlscert", cert, "--tlskey", key) as url:
+        message = refusal(ConnectionSettings(url, tls_ca_file=other, connect_timeout=1))
+    assert message.endswith(
+        f"the server's certificate is not signed by the CA in NAQ_NATS_TLS_CA ({other}): point "
+        "NAQ_NATS_TLS_CA at the CA that signed the server's certificate"
+    )
+
+
+@needs_openssl
+def test_tls_says_when_the_certificate_is_for_another_host(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path, "elsewhere", san="DNS:nats.elsewhere.invalid")
+    with plain_server("--tls", "--tlscert", cert, "--tlskey", key) as url:
+        message = refusal(ConnectionSettings(url, tls_ca_file=cert, connect_timeout=1))
+    assert "IP address mismatch" in message
+    assert message.endswith(
+        "the server's certificate does not name the host this client connected to: connect "
+        "with a host name or address the certificate lists (check NAQ_NATS_URL), or reissue "
+        "the certificate with that host in its subjectAltName"
+    )
+
+
+@needs_openssl
+def test_tls_asked_of_a_server_without_tls_is_refused_not_sent_in_plain_text(
+    tmp_path: Path,
+) -> None:
+    """Measured: nats-py connects in plain text when the server does not require TLS,
+    whatever the client was given; that connection is refused here."""
+    cert, _ = self_signed(tmp_path, "server")
+    with plain_server() as url:
+        with_ca = refusal(ConnectionSettings(url, tls_ca_file=cert))
+        tls_url = url.replace("nats://", "tls://")
+        with_scheme = refusal(ConnectionSettings(tls_url))
+    fix = (
+        "does not require TLS, so this connection would be plain text (nats-py uses TLS only "
+        "when the server requires it): require TLS on the server (a `tls { cert_file, "
+        "key_file }` block, without allow_non_tls), or, if plain text is intended, use a "
+        "nats:// URL and unset NAQ_NATS_TLS_CA, NAQ_NATS_TLS_CERT and NAQ_NATS_TLS_KEY"
+    )
+    assert (
+        with_ca == f"TLS is configured (NAQ_NATS_TLS_CA={cert}) but the NATS server at {url} {fix}"
+    )
+    assert with_scheme == (
+        f"TLS is configured (a tls:// URL) but the NATS server at {tls_url} {fix}"
+    )
+
+
+@needs_openssl
+def test_tls_names_the_client_certificate_a_server_asks_for(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path, "server")
+    client, client_key = self_signed(tmp_path, "client")
+    stranger, stranger_key = self_signed(tmp_path, "stranger")
+    verifying = ("--tlsverify", "--tlscert", cert, "--tlskey", key, "--tlscacert", client)
+    with plain_server(*verifying) as url:
+        settings = ConnectionSettings(url, tls_ca_file=cert, connect_timeout=1)
+        assert asyncio.run(
+            connects(replace(settings, tls_cert_file=client, tls_key_file=client_key))
+        )
+        without = refusal(settings)
+        untrusted = refusal(replace(settings, tls_cert_file=stranger, tls_key_file=stranger_key))
+    assert without.endswith(
+        "the server requires a client certificate: set NAQ_NATS_TLS_CERT and NAQ_NATS_TLS_KEY "
+        "to this client's certificate and key"
+    )
+    assert untrusted.endswith(
+        f"the server did not accept the client certificate in NAQ_NATS_TLS_CERT ({stranger}): "
+        "use one signed by a CA the server trusts (the ca_file of its tls block)"
+    )
 
 
 def test_connection_events_reach_the_naq_resilience_logger(

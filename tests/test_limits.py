@@ -163,7 +163,6 @@ def test_a_result_too_big_to_store_fails_the_job_once(
     assert workers[0].proc.poll() is None
 
 
-@pytest.mark.xfail(reason="the registry still repeats the value in DataValidationError", strict=True)
 def test_a_value_that_does_not_convert_is_not_repeated_in_the_error(
     nats_url: str, trace: Path, workers: list[WorkerProcess]
 ) -> None:

@@ -7,16 +7,24 @@ in tests/jobs_for_registry.py.
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from naq_resilience import DataValidationError, NonRetryable
-from naq_resilience.jetstream.registry import FunctionRegistry, UnknownFunction, function_name
+from naq_resilience import DataValidationError, NonRetryable, job, policies_of
+from naq_resilience.jetstream.registry import (
+    FunctionRegistry,
+    UnknownFunction,
+    function_name,
+    strict_from_env,
+)
+from naq_resilience.policies.marker import is_job
 
 import jobs_for_registry as jobs
 
@@ -171,15 +179,11 @@ def test_a_module_not_allowed_is_refused_without_being_imported(
         # What the allowed module merely imported, or reaches through an attribute:
         ("os.system", "is defined in posix, not in jobs_for_registry"),
         ("dumps", "is defined in json, not in jobs_for_registry"),
-        ("__loader__.load_module", "not in jobs_for_registry"),
-        ("__spec__.loader.exec_module", "not in jobs_for_registry"),
-        ("plain.__call__", "is defined in None, not in jobs_for_registry"),
         ("Mailer.mro", "is defined in None, not in jobs_for_registry"),
         # Not a function at all:
         ("Path", "is not a function"),
         ("Mailer", "is not a function"),
         ("LIMIT", "is not a function"),
-        ("plain.__globals__", "is not a function"),
         ("nope", "has no function nope"),
         ("Mailer.send", "is an instance method"),
     ],
@@ -190,6 +194,66 @@ def test_only_functions_defined_in_the_allowed_module_are_reachable(
     with pytest.raises(UnknownFunction) as caught:
         registry.resolve(f"{MODULE}:{qualname}")
     assert reason in caught.value.reason
+
+
+@pytest.mark.parametrize(
+    ("qualname", "part"),
+    [
+        ("_helper", "_helper"),
+        ("Mailer._private", "_private"),
+        ("_Private.method", "_Private"),
+        # Refused before any lookup, so no attribute path reaches past the module:
+        ("__loader__.load_module", "__loader__"),
+        ("__spec__.loader.exec_module", "__spec__"),
+        ("plain.__call__", "__call__"),
+        ("plain.__globals__", "__globals__"),
+        # ... nor past a function's policies to the bare function inside them:
+        ("decorated.__wrapped__", "__wrapped__"),
+    ],
+)
+def test_a_private_name_is_refused_naming_the_fix(
+    registry: FunctionRegistry, qualname: str, part: str
+) -> None:
+    with pytest.raises(UnknownFunction) as caught:
+        registry.resolve(f"{MODULE}:{qualname}")
+    assert caught.value.reason == (
+        f"{MODULE}:{qualname} is private ({part!r} starts with '_'): a worker runs a private "
+        "function only when it was registered explicitly (FunctionRegistry.register, or "
+        "Worker(functions=[...])); register it, or give it a public name"
+    )
+
+
+@pytest.mark.parametrize(
+    ("func", "qualname"),
+    [(jobs._helper, "_helper"), (jobs._Private.method, "_Private.method")],
+)
+def test_a_private_function_registered_explicitly_runs(func: Any, qualname: str) -> None:
+    registry = FunctionRegistry([MODULE])
+    assert registry.register(func) == f"{MODULE}:{qualname}"
+    assert registry.resolve(f"{MODULE}:{qualname}").func is func
+
+
+@pytest.mark.parametrize(
+    ("func", "qualname", "part"),
+    [
+        (jobs._helper, "_helper", "_helper"),
+        (jobs.Mailer._private, "Mailer._private", "_private"),
+        (jobs._Private.method, "_Private.method", "_Private"),
+    ],
+)
+def test_enqueue_refuses_a_private_function_naming_the_fix(
+    func: Any, qualname: str, part: str
+) -> None:
+    """A worker would dead-letter every such job unless it registered the function, which
+    the client cannot know: refused at enqueue, where the mistake is made."""
+    with pytest.raises(TypeError) as caught:
+        function_name(func)
+    assert str(caught.value) == (
+        f"{qualname} cannot be enqueued: {part!r} starts with '_', so the name is private, "
+        "and a worker refuses to run a private function unless it was registered on that "
+        "worker explicitly (Worker(functions=[...])), which enqueue cannot check; give it "
+        "a public name (not starting with '_') to enqueue it"
+    )
 
 
 @pytest.mark.parametrize("name", ["plain", f"{MODULE}:", f"{MODULE}.plain", ""])
@@ -321,3 +385,159 @@ def test_a_decorated_classmethod_keeps_its_retry_policy_for_the_broker(
         found.runner(*found.convert(["7"], {})[0])
     assert jobs.LOAD_CALLS == [7]
     assert found.runner(7) == "Mailer[7]"
+
+
+# --------------------------------------------------------------------------- @job, strict
+
+MARKED = [
+    "marked",
+    "marked_async",
+    "marked_under_retry",
+    "marked_above_a_stack",
+    "marked_between_stages",
+    "marked_under_a_foreign_decorator",
+    "Tasks.static_marked_outside",
+    "Tasks.static_marked_inside",
+    "Tasks.class_marked_outside",
+    "Tasks.class_marked_inside",
+]
+
+
+@pytest.fixture
+def strict() -> FunctionRegistry:
+    return FunctionRegistry([MODULE], strict=True)
+
+
+def test_registries_are_not_strict_unless_asked() -> None:
+    assert not FunctionRegistry().strict
+    assert FunctionRegistry(strict=True).strict
+
+
+@pytest.mark.parametrize("qualname", MARKED)
+def test_a_strict_registry_runs_marked_functions_however_stacked(
+    strict: FunctionRegistry, qualname: str
+) -> None:
+    found = strict.resolve(f"{MODULE}:{qualname}")
+    assert found.name == f"{MODULE}:{qualname}"
+    assert function_name(found.func) == found.name
+
+
+def test_marked_functions_keep_their_stages(strict: FunctionRegistry) -> None:
+    assert strict.resolve(f"{MODULE}:marked_async").is_async
+    stacked = strict.resolve(f"{MODULE}:marked_above_a_stack")
+    assert stacked.retry is not None
+    assert stacked.has_breaker
+    between = strict.resolve(f"{MODULE}:marked_between_stages")
+    assert between.is_async
+    assert between.retry is not None
+    assert asyncio.run(between.runner(1)) == "fallback value"
+    classmethod_job = strict.resolve(f"{MODULE}:Tasks.class_marked_inside")
+    assert classmethod_job.retry is not None
+    assert classmethod_job.runner(3) == "Tasks(3)"
+
+
+@pytest.mark.parametrize("qualname", ["plain", "decorated", "ping", "Mailer.render"])
+def test_a_strict_registry_refuses_unmarked_functions_naming_job(
+    strict: FunctionRegistry, qualname: str
+) -> None:
+    with pytest.raises(UnknownFunction) as caught:
+        strict.resolve(f"{MODULE}:{qualname}")
+    assert caught.value.reason == (
+        f"{MODULE}:{qualname} is not marked as a job, and this worker is strict (--strict, "
+        "NAQ_STRICT): it runs only functions decorated with @job (from naq_resilience "
+        "import job) or registered explicitly; add @job to it"
+    )
+
+
+def test_a_strict_registry_runs_what_was_registered_explicitly(strict: FunctionRegistry) -> None:
+    strict.register(jobs.plain)
+    strict.register(jobs._helper)
+    assert strict.resolve(f"{MODULE}:plain").func is jobs.plain
+    assert strict.resolve(f"{MODULE}:_helper").func is jobs._helper
+
+
+def test_strict_still_refuses_private_names(strict: FunctionRegistry) -> None:
+    with pytest.raises(UnknownFunction, match=r"is private \('_Private' starts with '_'\)"):
+        strict.resolve(f"{MODULE}:_Private.method")
+
+
+def test_job_is_a_marker_not_a_wrapper() -> None:
+    def bare(x: int) -> int:
+        return x
+
+    assert job(bare) is bare
+    assert job()(bare) is bare
+    assert is_job(bare)
+    assert is_job(jobs.marked)
+    assert not is_job(jobs.plain)
+    assert policies_of(jobs.marked) == ()
+    assert [type(p).__name__ for p in policies_of(jobs.marked_above_a_stack)] == [
+        "RetryPolicy",
+        "BreakerPolicy",
+    ]
+
+
+def test_job_keeps_static_and_class_method_objects() -> None:
+    def inner(x: int) -> int:
+        return x
+
+    static = staticmethod(inner)
+    assert job(static) is static
+    assert is_job(static)
+    assert is_job(jobs.Tasks.class_marked_outside)  # a bound method, through its class
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        (jobs.Mailer, "@job marks a function (or a static or class method), got <class"),
+        (42, "@job marks a function (or a static or class method), got 42"),
+        (len, "@job cannot mark <built-in function len>: it takes no attributes"),
+    ],
+)
+def test_job_refuses_what_it_cannot_mark(target: Any, message: str) -> None:
+    with pytest.raises(TypeError) as caught:
+        job(target)
+    assert str(caught.value).startswith(message)
+
+
+def test_job_refuses_generator_functions() -> None:
+    def numbers() -> Iterator[int]:
+        yield 1
+
+    with pytest.raises(TypeError, match=r"@job cannot mark generator function .*numbers"):
+        job(numbers)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, False),
+        ("", False),
+        ("0", False),
+        ("false", False),
+        ("No", False),
+        ("1", True),
+        ("true", True),
+        (" YES ", True),
+    ],
+)
+def test_strict_from_env(
+    monkeypatch: pytest.MonkeyPatch, value: str | None, expected: bool
+) -> None:
+    if value is None:
+        monkeypatch.delenv("NAQ_STRICT", raising=False)
+    else:
+        monkeypatch.setenv("NAQ_STRICT", value)
+    assert strict_from_env() is expected
+
+
+def test_strict_from_env_refuses_a_value_it_cannot_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NAQ_STRICT", "maybe")
+    with pytest.raises(ValueError, match=r"^NAQ_STRICT='maybe' is neither") as caught:
+        strict_from_env()
+    assert str(caught.value) == (
+        "NAQ_STRICT='maybe' is neither yes nor no: set it to 1, true or yes to run only "
+        "functions marked @job, or to 0, false or no (or unset it) to run every public "
+        "function of the imported modules"
+    )

@@ -43,7 +43,12 @@ from nats.js.errors import APIError, KeyNotFoundError, NoStreamResponseError, No
 from naq_resilience.codec import Format, decode, encode, encode_job_arguments
 from naq_resilience.fitting import headers_size
 from naq_resilience.jetstream import layout
-from naq_resilience.jetstream.connection import ConnectionSettings, connect, ensure_jetstream
+from naq_resilience.jetstream.connection import (
+    ConnectionSettings,
+    connect,
+    ensure_jetstream,
+    while_jetstream_starts,
+)
 from naq_resilience.jetstream.publisher import Publisher, PublishTimeoutError, StreamFullError
 from naq_resilience.jetstream.registry import function_name
 from naq_resilience.jetstream.streams import Buckets, StorageSettings, ensure_layout
@@ -278,9 +283,12 @@ class Client:
             if self._js is None or self._buckets is None:
                 if self._nc is None:
                     self._nc = await connect(self._settings)
-                await ensure_jetstream(self._nc)
+                wait = self._settings.jetstream_timeout
+                await ensure_jetstream(self._nc, wait)
                 js = self._nc.jetstream()
-                self._buckets = await ensure_layout(js, self._storage)
+                self._buckets = await while_jetstream_starts(
+                    lambda: ensure_layout(js, self._storage), timeout=wait, what="the job streams"
+                )
                 publisher = Publisher(self._nc)
                 await publisher.start()
                 self._publisher = publisher

@@ -7,7 +7,19 @@ runs under its own short policy (the least nats-py allows: two tries a quarter o
 second apart, no retry at all after the server rejected the handshake), and the
 settings' reconnect policy is switched on only once connected. A server that cannot
 be reached then surfaces as one `NatsUnavailableError` naming the URL and the fix,
-instead of a traceback through nats-py's internals.
+instead of a traceback through nats-py's internals. A TLS failure gets TLS advice
+(which of NAQ_NATS_TLS_CA / _CERT / _KEY to check) rather than "start a server".
+
+nats-py uses TLS only when the server requires it, even when the client was given a
+CA, a certificate or a `tls://` URL. A connection configured for TLS that came up in
+plain text is therefore refused here, so nobody runs unencrypted believing otherwise.
+
+JetStream that is off and JetStream that is not ready yet look alike to a client (no
+answer, or a 503), but only the second is worth waiting for: a JetStream cluster
+answers "temporarily unavailable" (10008), or nothing at all, for the seconds it takes
+to elect a meta leader after a start. `is_transient_jetstream_error` tells them apart
+and `while_jetstream_starts` waits the transient ones out; a server or account without
+JetStream raises `JetStreamNotEnabledError` at once.
 
 Secrets (password, token, credentials inside a URL) never reach a repr, a log line or
 an error message.
@@ -19,24 +31,31 @@ import asyncio
 import logging
 import os
 import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import KW_ONLY, dataclass, field, fields, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from nats.aio.client import Client
-from nats.errors import AuthorizationError
+from nats.errors import AuthorizationError, NoRespondersError
 from nats.errors import Error as NatsError
 from nats.js.api import AccountInfo
-from nats.js.errors import ServiceUnavailableError
+from nats.js.errors import APIError, ServiceUnavailableError
 
 __all__ = [
+    "DEFAULT_JETSTREAM_TIMEOUT",
     "DEFAULT_URL",
     "ENV_VARS",
     "ConnectionSettings",
+    "JetStreamNotEnabledError",
     "JetStreamUnavailableError",
     "NatsUnavailableError",
     "connect",
     "ensure_jetstream",
+    "is_transient_jetstream_error",
+    "while_jetstream_starts",
 ]
+
+T = TypeVar("T")
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
 ENV_VARS = {
@@ -49,12 +68,32 @@ ENV_VARS = {
     "tls_ca_file": "NAQ_NATS_TLS_CA",
     "tls_cert_file": "NAQ_NATS_TLS_CERT",
     "tls_key_file": "NAQ_NATS_TLS_KEY",
+    "jetstream_timeout": "NAQ_JETSTREAM_TIMEOUT",
 }
+DEFAULT_JETSTREAM_TIMEOUT = 30.0
+_SECONDS = frozenset({"jetstream_timeout"})
 _SECRETS = frozenset({"password", "token"})
 _HIDDEN = "***"
 _FIRST_CONNECT_RETRY_WAIT = 0.25
 _DISCARD_TIMEOUT = 0.5
 _UNAVAILABLE_FIX = "start one with `naq server`, or set NAQ_NATS_URL"
+_NKEYS_INSTALL = "pip install 'naq-resilience[nkeys]'"
+_TLS_VARS = "NAQ_NATS_TLS_CA, NAQ_NATS_TLS_CERT and NAQ_NATS_TLS_KEY"
+
+# JetStream API error codes (nats-server's server/jetstream_errors_generated.go), all
+# sent with status 503. Not enabled: JSNotEnabledForAccountErr, JSNotEnabledErr.
+_NOT_ENABLED_FOR_ACCOUNT = 10039
+_NOT_ENABLED = 10076
+# Worth waiting for: JSClusterNotAvailErr ("JetStream system temporarily unavailable"),
+# JSClusterIncompleteErr, JSStreamExpectedLastSeqPerSubjectNotReady. Other 503s (an
+# expected sequence that does not match, insufficient resources) are answers.
+_TRANSIENT_CODES = frozenset({10008, 10004, 10163})
+_FIRST_PAUSE = 0.1
+_LONGEST_PAUSE = 1.0
+
+# X509_V_ERR_* verify codes from OpenSSL's x509_vfy.h.
+_CERT_NAME_MISMATCH = frozenset({62, 63, 64})  # host name, e-mail, IP address
+_CERT_OUT_OF_DATE = frozenset({9, 10})  # not yet valid, expired
 
 logger = logging.getLogger("naq_resilience")
 
@@ -64,7 +103,11 @@ class NatsUnavailableError(ConnectionError):
 
 
 class JetStreamUnavailableError(ConnectionError):
-    """The NATS server answers but has no JetStream for this account."""
+    """The NATS server answers but JetStream does not: off, or not ready in time."""
+
+
+class JetStreamNotEnabledError(JetStreamUnavailableError):
+    """The server, or the account we are logged into, has no JetStream: waiting cannot help."""
 
 
 def _url_from_env() -> str:
@@ -76,8 +119,10 @@ class ConnectionSettings:
     """Everything needed to reach the NATS server; plain data, safe to log.
 
     `url` may list several servers of a cluster, comma-separated, as NATS tools do.
-    `max_reconnect_attempts=-1` reconnects forever, as a worker should; it applies
-    once connected, never to the first connect.
+    `max_reconnect_attempts=-1` (the default) reconnects forever, after an outage of
+    any length; it applies once connected, never to the first connect. A finite number
+    lets the connection close for good, after which a `Client` connects afresh on its
+    next use and a worker exits for its supervisor to restart it.
     """
 
     url: str = field(default_factory=_url_from_env)
@@ -93,8 +138,11 @@ class ConnectionSettings:
     tls_context: ssl.SSLContext | None = None
     name: str | None = None
     connect_timeout: float = 2.0
+    jetstream_timeout: float = DEFAULT_JETSTREAM_TIMEOUT
+    """How long start-up waits for JetStream to become ready (a cluster electing its
+    leader), the default of `ensure_jetstream` and `while_jetstream_starts`."""
     allow_reconnect: bool = True
-    max_reconnect_attempts: int = 60
+    max_reconnect_attempts: int = -1
     reconnect_time_wait: float = 2.0
 
     def __post_init__(self) -> None:
@@ -102,6 +150,11 @@ class ConnectionSettings:
             raise ValueError("url names no server")
         if self.connect_timeout <= 0:
             raise ValueError(f"connect_timeout must be positive, got {self.connect_timeout!r}")
+        if not self.jetstream_timeout > 0:  # also refuses NaN
+            raise ValueError(
+                f"jetstream_timeout must be a positive number of seconds, got "
+                f"{self.jetstream_timeout!r}"
+            )
         if self.reconnect_time_wait < 0:
             raise ValueError(
                 f"reconnect_time_wait must not be negative, got {self.reconnect_time_wait!r}"
@@ -120,16 +173,32 @@ class ConnectionSettings:
 
     @classmethod
     def from_env(cls, **overrides: Any) -> ConnectionSettings:
-        """Settings from the NAQ_NATS_* variables; keyword arguments win over them."""
-        values: dict[str, Any] = {
-            name: os.environ[var] for name, var in ENV_VARS.items() if os.environ.get(var)
-        }
+        """Settings from the variables in `ENV_VARS`; keyword arguments win over them."""
+        values: dict[str, Any] = {}
+        for name, var in ENV_VARS.items():
+            raw = os.environ.get(var)
+            if not raw or name in overrides:
+                continue
+            values[name] = _seconds(var, raw) if name in _SECONDS else raw
         values.update(overrides)
         return cls(**values)
 
     @property
     def servers(self) -> list[str]:
         return [part.strip() for part in self.url.split(",") if part.strip()]
+
+    def _tls_sources(self) -> list[str]:
+        """What asked for TLS: a context, a CA or certificate file, a `tls://` URL."""
+        sources = []
+        if self.tls_context is not None:
+            sources.append("tls_context")
+        if self.tls_ca_file:
+            sources.append(f"{ENV_VARS['tls_ca_file']}={self.tls_ca_file}")
+        if self.tls_cert_file:
+            sources.append(f"{ENV_VARS['tls_cert_file']}={self.tls_cert_file}")
+        if any(server.lower().startswith("tls://") for server in self.servers):
+            sources.append("a tls:// URL")
+        return sources
 
     @property
     def display_url(self) -> str:
@@ -168,6 +237,13 @@ class ConnectionSettings:
         return f"ConnectionSettings({', '.join(shown)})"
 
     __str__ = __repr__
+
+
+def _seconds(var: str, raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{var}={raw!r} is not a number of seconds; set e.g. {var}=60") from None
 
 
 def _default(name: str) -> object:
@@ -256,11 +332,24 @@ async def connect(settings: ConnectionSettings | None = None, **overrides: Any) 
     except ImportError as error:
         raise NatsUnavailableError(
             f"cannot connect to NATS at {settings.display_url}: credentials and nkey files "
-            f"need the nkeys package ({error}); install it with `pip install nkeys`"
+            f"need the nkeys package ({error}); install it with `{_NKEYS_INSTALL}`"
         ) from None
     except (TimeoutError, OSError, NatsError) as error:
         await _discard(client)
-        raise NatsUnavailableError(_unavailable_message(settings, callbacks, error)) from None
+        raise NatsUnavailableError(
+            _unavailable_message(settings, callbacks, error, _server_info(client))
+        ) from None
+    tls_sources = settings._tls_sources()
+    if tls_sources and not _uses_tls(client):
+        where = _connected_where(client, settings)
+        await _discard(client)
+        raise NatsUnavailableError(
+            f"TLS is configured ({', '.join(tls_sources)}) but the NATS server at "
+            f"{where} does not require TLS, so this connection would be plain text (nats-py "
+            "uses TLS only when the server requires it): require TLS on the server (a "
+            "`tls { cert_file, key_file }` block, without allow_non_tls), or, if plain text "
+            f"is intended, use a nats:// URL and unset {_TLS_VARS}"
+        )
     client.options["allow_reconnect"] = settings.allow_reconnect
     client.options["max_reconnect_attempts"] = settings.max_reconnect_attempts
     client.options["reconnect_time_wait"] = settings.reconnect_time_wait
@@ -269,11 +358,20 @@ async def connect(settings: ConnectionSettings | None = None, **overrides: Any) 
 
 
 def _unavailable_message(
-    settings: ConnectionSettings, callbacks: _Callbacks, error: BaseException
+    settings: ConnectionSettings,
+    callbacks: _Callbacks,
+    error: BaseException,
+    server_info: dict[str, Any],
 ) -> str:
     reason = error
     if callbacks.last_error is not None and not _is_rejection(error):
         reason = callbacks.last_error
+    tls_fix = _tls_fix(settings, reason, server_info)
+    if tls_fix is not None:
+        return (
+            f"cannot connect to NATS at {settings.display_url} over TLS "
+            f"({settings.scrub(_describe(reason, settings))}): {tls_fix}"
+        )
     if _is_rejection(reason):
         return (
             f"NATS at {settings.display_url} rejected the credentials "
@@ -285,6 +383,88 @@ def _unavailable_message(
         f"cannot connect to NATS at {settings.display_url} "
         f"({settings.scrub(_describe(reason, settings))}): {_UNAVAILABLE_FIX}"
     )
+
+
+def _tls_fix(
+    settings: ConnectionSettings, error: BaseException, server_info: dict[str, Any]
+) -> str | None:
+    """What to change when `error` is a failed TLS handshake; None for any other error.
+
+    A server that wants a client certificate (`tls_verify` in its INFO) and does not
+    like ours ends the handshake with an alert that the client may read (an SSLError)
+    or not, having already written (a reset or broken pipe): measured, either happens.
+    So that case is recognised from the server's INFO, not from the error.
+    """
+    if isinstance(error, ssl.SSLCertVerificationError):
+        if error.verify_code in _CERT_NAME_MISMATCH:
+            return (
+                "the server's certificate does not name the host this client connected to: "
+                "connect with a host name or address the certificate lists (check "
+                "NAQ_NATS_URL), or reissue the certificate with that host in its "
+                "subjectAltName"
+            )
+        if error.verify_code in _CERT_OUT_OF_DATE:
+            return (
+                "the server's certificate is not valid at this time: renew it, or check "
+                "this machine's clock"
+            )
+        if settings.tls_ca_file:
+            return (
+                f"the server's certificate is not signed by the CA in {ENV_VARS['tls_ca_file']} "
+                f"({settings.tls_ca_file}): point {ENV_VARS['tls_ca_file']} at the CA that "
+                "signed the server's certificate"
+            )
+        if settings.tls_context is not None:
+            return (
+                "the server's certificate is not trusted by the tls_context given: load the "
+                "CA that signed it into that context (SSLContext.load_verify_locations)"
+            )
+        return (
+            "the server requires TLS and its certificate is not signed by a CA this machine "
+            f"trusts: set {ENV_VARS['tls_ca_file']} to the CA file that signed it"
+        )
+    ended_by_server = isinstance(error, OSError) and not isinstance(error, TimeoutError)
+    if server_info.get("tls_verify") and ended_by_server:
+        if not settings.tls_cert_file and settings.tls_context is None:
+            return (
+                "the server requires a client certificate: set "
+                f"{ENV_VARS['tls_cert_file']} and {ENV_VARS['tls_key_file']} to this "
+                "client's certificate and key"
+            )
+        given = (
+            f"{ENV_VARS['tls_cert_file']} ({settings.tls_cert_file})"
+            if settings.tls_cert_file
+            else "the tls_context given"
+        )
+        return (
+            f"the server did not accept the client certificate in {given}: use one signed "
+            "by a CA the server trusts (the ca_file of its tls block)"
+        )
+    if isinstance(error, ssl.SSLError):
+        return (
+            f"the TLS handshake failed: check {_TLS_VARS}, and that the URL names a "
+            "server that speaks TLS on that port"
+        )
+    return None
+
+
+def _uses_tls(client: Client) -> bool:
+    current = client.connected_url
+    if current is not None and current.scheme in ("ws", "wss"):
+        return True  # TLS, if any, belongs to the websocket layer; not ours to judge.
+    # nats-py upgrades to TLS exactly when the server's INFO says it is required.
+    return bool(_server_info(client).get("tls_required"))
+
+
+def _server_info(client: Client) -> dict[str, Any]:
+    # nats-py keeps the server's INFO only in a private attribute.
+    info = getattr(client, "_server_info", None)
+    return info if isinstance(info, dict) else {}
+
+
+def _connected_where(client: Client, settings: ConnectionSettings) -> str:
+    current = client.connected_url
+    return _redact_url(current.geturl()) if current is not None else settings.display_url
 
 
 def _is_rejection(error: BaseException) -> bool:
@@ -317,21 +497,137 @@ async def _discard(client: Client) -> None:
         logger.debug("closing a NATS client that never connected: %r", error)
 
 
-async def ensure_jetstream(client: Client, timeout: float = 2.0) -> AccountInfo:
-    """The account's JetStream info, or `JetStreamUnavailableError` saying how to get one.
+def is_transient_jetstream_error(error: BaseException) -> bool:
+    """Whether `error` may pass if the same JetStream call is made again shortly.
+
+    True for no answer in time (the request went nowhere while a cluster elects its
+    leader), no responders, and the 503 errors that say "not now"
+    (10008 JetStream system temporarily unavailable, 10004, 10163). False for every
+    answer that will not change by waiting, including JetStream not enabled (10039,
+    10076), which `ensure_jetstream` turns into `JetStreamNotEnabledError`.
+    """
+    if isinstance(error, JetStreamUnavailableError):
+        return False
+    if isinstance(error, APIError):
+        if error.err_code is None:
+            # nats-py turns "no responders" into a bare ServiceUnavailableError.
+            return isinstance(error, ServiceUnavailableError) or error.code == 503
+        return error.err_code in _TRANSIENT_CODES
+    return isinstance(error, (TimeoutError, NoRespondersError))
+
+
+async def while_jetstream_starts(
+    operation: Callable[[], Awaitable[T]], *, timeout: float, what: str
+) -> T:
+    """`await operation()`, called again while it fails with a transient JetStream error.
+
+    For start-up calls (account info, creating streams and buckets) made while a
+    cluster may still be electing its leader. Pauses grow from 0.1 s to 1 s; the first
+    wait is logged once at INFO. After `timeout` seconds the last transient error
+    becomes a `JetStreamUnavailableError` naming `what` (a noun phrase: "stream
+    NAQ_JOBS"), the wait and the fix; any other error propagates at once, unchanged.
+    """
+    if not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    deadline = started + timeout
+    pause = _FIRST_PAUSE
+    waiting = False
+    while True:
+        try:
+            result = await operation()
+        except Exception as error:
+            if not is_transient_jetstream_error(error):
+                raise
+            last = error
+        else:
+            if waiting:
+                logger.info("JetStream is ready: got %s after %.1f s", what, loop.time() - started)
+            return result
+        now = loop.time()
+        if now >= deadline:
+            raise JetStreamUnavailableError(
+                f"waited {timeout:g} s for {what}, but JetStream stayed unavailable (last "
+                f"error: {_describe_jetstream_error(last)}); in a cluster, check that a "
+                "majority of the nodes are up and routed to each other; if it only needs "
+                f"longer to start, raise {ENV_VARS['jetstream_timeout']}"
+            ) from None
+        if not waiting:
+            waiting = True
+            logger.info(
+                "waiting up to %g s for %s: JetStream is not ready (%s); a JetStream cluster "
+                "answers only once it has elected a leader",
+                timeout, what, _describe_jetstream_error(last),
+            )  # fmt: skip
+        await asyncio.sleep(min(pause, deadline - now))
+        pause = min(pause * 2, _LONGEST_PAUSE)
+
+
+def _describe_jetstream_error(error: BaseException) -> str:
+    if isinstance(error, APIError):
+        if error.err_code is None and error.code is None:
+            return "no responders: nothing answers the JetStream API"
+        return f"{error.description} (status {error.code}, JetStream error {error.err_code})"
+    if isinstance(error, NoRespondersError):
+        return "no responders: nothing answers the JetStream API"
+    if isinstance(error, TimeoutError):
+        return "no answer in time"
+    return f"{type(error).__name__}: {error}"
+
+
+async def ensure_jetstream(
+    client: Client,
+    timeout: float = DEFAULT_JETSTREAM_TIMEOUT,
+    *,
+    request_timeout: float = 2.0,
+) -> AccountInfo:
+    """The account's JetStream info, once JetStream answers; or why it will not.
 
     Asked of the server rather than read from its INFO, because JetStream may be on for
-    the server yet off for the account we are logged into.
+    the server yet off for the account we are logged into. A server or account without
+    JetStream raises `JetStreamNotEnabledError` at once; JetStream that is starting (a
+    cluster electing its leader) is waited for up to `timeout` seconds
+    (`ConnectionSettings.jetstream_timeout` is the setting to pass), each request
+    waiting at most `request_timeout`.
     """
-    try:
-        return await client.jetstream(timeout=timeout).account_info()
-    except ServiceUnavailableError as error:
-        reason = error.description or "nothing answers the JetStream API"
-    except TimeoutError:
-        reason = f"no JetStream API answer within {timeout:g} s"
     where = client.connected_url
     url = _redact_url(where.geturl()) if where is not None else "the server"
-    raise JetStreamUnavailableError(
-        f"the NATS server at {url} has no JetStream ({reason}): "
-        "start nats-server with -js, or use `naq server`"
-    ) from None
+    js = client.jetstream(timeout=min(request_timeout, timeout))
+
+    async def account_info() -> AccountInfo:
+        try:
+            return await js.account_info()
+        except APIError as error:
+            reason = _not_enabled(client, error, url)
+            if reason is not None:
+                raise JetStreamNotEnabledError(reason) from None
+            raise
+
+    return await while_jetstream_starts(
+        account_info, timeout=timeout, what=f"the JetStream account info of {url}"
+    )
+
+
+def _not_enabled(client: Client, error: APIError, url: str) -> str | None:
+    """The message for an answer that means "no JetStream here", else None."""
+    if error.err_code == _NOT_ENABLED_FOR_ACCOUNT:
+        return (
+            f"the NATS server at {url} has JetStream, but not for the account this "
+            "connection logged into (JetStream not enabled for account): enable it for "
+            "that account in the server's configuration (`jetstream: enabled` in its "
+            "accounts block), or connect as a user of an account that has it"
+        )
+    if error.err_code == _NOT_ENABLED:
+        return (
+            f"the NATS server at {url} has JetStream switched off (JetStream not enabled): "
+            "start nats-server with -js, or use `naq server`, and check the server's log "
+            "for why JetStream is off"
+        )
+    if error.err_code is None and not _server_info(client).get("jetstream"):
+        return (
+            f"the NATS server at {url} has no JetStream (nothing answers the JetStream API "
+            "and the server does not announce it): start nats-server with -js, or use "
+            "`naq server`"
+        )
+    return None

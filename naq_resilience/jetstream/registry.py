@@ -5,6 +5,18 @@ told to (`--import`, `NAQ_IMPORTS`) and resolves a name only inside them: a job 
 anything else is refused without importing a thing, so a message on the queue can
 never make a worker import or run code it was not given.
 
+Inside those modules two more rules narrow what a message may name, since a module
+holds helpers as well as jobs:
+
+- A name with a part starting with `_` (`mod:_helper`, `mod:Class._private`,
+  `mod:_Private.method`) is private and refused, unless that function was registered
+  explicitly. This also keeps a message from reaching past a function's policies
+  (`mod:func.__wrapped__` is the undecorated function). `function_name` refuses to
+  enqueue such a function at all: the client cannot know what a worker registered, and
+  a job every worker refuses is a bug best caught when it is enqueued.
+- A strict registry (`naq worker --strict`, `NAQ_STRICT=1`) runs only functions marked
+  `@job`, or registered explicitly.
+
 A function defined in a script run as `python script.py` lives in `__main__`; it is
 named after the script's file (`script:func`) so that a worker started beside it with
 `--import script` finds it.
@@ -15,6 +27,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+import reprlib
 import sys
 import types
 import typing
@@ -27,10 +40,22 @@ import msgspec
 from naq_resilience.policies.breaker import BreakerStage
 from naq_resilience.policies.compensate import SagaStage
 from naq_resilience.policies.errors import DataValidationError
+from naq_resilience.policies.marker import is_job
 from naq_resilience.policies.pipeline import pipeline_of, rebuild_without
 from naq_resilience.policies.retry import RetryPolicy, RetryStage
 
-__all__ = ["FunctionRegistry", "JobFunction", "UnknownFunction", "function_name"]
+__all__ = [
+    "STRICT_ENV",
+    "FunctionRegistry",
+    "JobFunction",
+    "UnknownFunction",
+    "function_name",
+    "strict_from_env",
+]
+
+STRICT_ENV = "NAQ_STRICT"
+_TRUE = frozenset({"1", "true", "yes"})
+_FALSE = frozenset({"", "0", "false", "no"})
 
 
 class UnknownFunction(LookupError):
@@ -70,13 +95,53 @@ def _is_instance_method(owner: object, attribute: str) -> bool:
     )
 
 
+def strict_from_env() -> bool:
+    """Whether `NAQ_STRICT` asks for a strict worker (1, true or yes; unset is no).
+
+    A value that is neither yes nor no is an error rather than a guess, since guessing
+    "no" would quietly run every public function of the imported modules.
+    """
+    raw = os.environ.get(STRICT_ENV, "")
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(
+        f"{STRICT_ENV}={raw!r} is neither yes nor no: set it to 1, true or yes to run only "
+        "functions marked @job, or to 0, false or no (or unset it) to run every public "
+        "function of the imported modules"
+    )
+
+
+def _private_part(qualname: str) -> str | None:
+    return next((part for part in qualname.split(".") if part.startswith("_")), None)
+
+
 def function_name(func: Callable[..., Any]) -> str:
     """The `module:qualname` a job uses for `func` (decorated or not).
 
     Module-level functions, and static and class methods of module-level classes
     (`module:Class.method`), can be enqueued; lambdas, nested functions, instance
-    methods and classes cannot, since a worker could not find or call them.
+    methods and classes cannot, since a worker could not find or call them. Nor can
+    private functions (a part of the name starts with `_`): a worker runs those only
+    when it registered them explicitly, which the client cannot know.
     """
+    name = _name_of(func)
+    qualname = name.partition(":")[2]
+    private = _private_part(qualname)
+    if private is not None:
+        raise TypeError(
+            f"{qualname} cannot be enqueued: {private!r} starts with '_', so the name is "
+            "private, and a worker refuses to run a private function unless it was "
+            "registered on that worker explicitly (Worker(functions=[...])), which "
+            "enqueue cannot check; give it a public name (not starting with '_') to "
+            "enqueue it"
+        )
+    return name
+
+
+def _name_of(func: Callable[..., Any]) -> str:
     if inspect.ismethod(func) and not isinstance(func.__self__, type):
         raise _instance_method_error(func.__qualname__, type(func.__self__))
     if isinstance(func, type):
@@ -145,11 +210,25 @@ class JobFunction:
             return value
         try:
             return msgspec.convert(value, hint, strict=False)
-        except (msgspec.ValidationError, TypeError) as exc:
+        except (msgspec.ValidationError, TypeError, RecursionError) as exc:
             raise DataValidationError(
                 f"argument {name!r} of {self.name} does not match its annotation "
-                f"{getattr(hint, '__name__', hint)!s}: {exc} (got {value!r})"
+                f"{getattr(hint, '__name__', hint)!s}: {exc} (got {_shown(value)})"
             ) from None
+
+
+_SHOWN = reprlib.Repr()  # keyword arguments only from Python 3.12
+_SHOWN.maxstring = _SHOWN.maxother = 80
+_SHOWN.maxlist = _SHOWN.maxdict = 6
+_SHOWN.maxlevel = 3
+
+
+def _shown(value: Any) -> str:
+    """The value as an error message may quote it: a 700 KB string is not repeated."""
+    text = _SHOWN.repr(value)
+    if isinstance(value, (str, bytes)) and len(value) > 80:
+        text += f" ({len(value):,} {'characters' if isinstance(value, str) else 'bytes'})"
+    return text
 
 
 def _describe(name: str, func: Callable[..., Any]) -> JobFunction:
@@ -206,11 +285,17 @@ def _describe(name: str, func: Callable[..., Any]) -> JobFunction:
 
 
 class FunctionRegistry:
-    """The functions one worker may run: those defined in the modules it imported."""
+    """The functions one worker may run: those defined in the modules it imported.
 
-    def __init__(self, modules: Iterable[str] = ()) -> None:
+    Only public names are found in the modules, and with `strict=True` only functions
+    marked `@job`; functions passed to `register` are allowed whatever their name or
+    mark, since registering one is as explicit as allowing gets.
+    """
+
+    def __init__(self, modules: Iterable[str] = (), *, strict: bool = False) -> None:
         self._modules: dict[str, Any] = {}
         self._resolved: dict[str, JobFunction] = {}
+        self._strict = strict
         for module in modules:
             self.allow_module(module)
 
@@ -218,14 +303,22 @@ class FunctionRegistry:
     def modules(self) -> tuple[str, ...]:
         return tuple(self._modules)
 
+    @property
+    def strict(self) -> bool:
+        return self._strict
+
     def allow_module(self, module: str) -> None:
         """Import `module` (the worker's `--import`) and allow its functions."""
         if module not in self._modules:
             self._modules[module] = importlib.import_module(module)
 
     def register(self, func: Callable[..., Any], name: str | None = None) -> str:
-        """Allow one function explicitly (for workers embedded in a program)."""
-        key = name or function_name(func)
+        """Allow one function explicitly (for workers embedded in a program).
+
+        Its name may be private and it need not be marked `@job`: naming a function
+        here is the explicit choice those rules otherwise ask for.
+        """
+        key = name or _name_of(func)
         self._resolved[key] = _describe(key, func)
         return key
 
@@ -236,6 +329,14 @@ class FunctionRegistry:
         module_name, sep, qualname = name.partition(":")
         if not sep or not qualname:
             raise UnknownFunction(f"function name {name!r} is not of the form 'module:qualname'")
+        private = _private_part(qualname)
+        if private is not None:
+            # Checked before any attribute is looked up, so nothing private is touched.
+            raise UnknownFunction(
+                f"{name} is private ({private!r} starts with '_'): a worker runs a private "
+                "function only when it was registered explicitly (FunctionRegistry.register, "
+                "or Worker(functions=[...])); register it, or give it a public name"
+            )
         module = self._modules.get(module_name)
         if module is None:
             allowed = ", ".join(sorted(self._modules)) or "none"
@@ -263,6 +364,12 @@ class FunctionRegistry:
             raise UnknownFunction(
                 f"{name} is defined in {defined_in}, not in {module_name}; a job may only "
                 "name functions defined in a module the worker imported"
+            )
+        if self._strict and not is_job(target):
+            raise UnknownFunction(
+                f"{name} is not marked as a job, and this worker is strict (--strict, "
+                f"{STRICT_ENV}): it runs only functions decorated with @job (from "
+                "naq_resilience import job) or registered explicitly; add @job to it"
             )
         described = _describe(name, target)
         self._resolved[name] = described

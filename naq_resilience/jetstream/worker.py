@@ -72,10 +72,20 @@ from naq_resilience.fitting import (
     headers_size,
 )
 from naq_resilience.jetstream import layout
-from naq_resilience.jetstream.connection import ConnectionSettings, connect, ensure_jetstream
+from naq_resilience.jetstream.connection import (
+    ConnectionSettings,
+    connect,
+    ensure_jetstream,
+    while_jetstream_starts,
+)
 from naq_resilience.jetstream.heartbeat import Heartbeats
 from naq_resilience.jetstream.publisher import Publisher, StreamFullError
-from naq_resilience.jetstream.registry import FunctionRegistry, JobFunction, UnknownFunction
+from naq_resilience.jetstream.registry import (
+    FunctionRegistry,
+    JobFunction,
+    UnknownFunction,
+    strict_from_env,
+)
 from naq_resilience.jetstream.stores import BreakerSync, KVActionLog, load_action_log
 from naq_resilience.jetstream.streams import Buckets, StorageSettings, ensure_layout
 from naq_resilience.models import (
@@ -196,6 +206,8 @@ class Worker:
     from a thread of their own. `max_crashes` is how many deliveries of one job a worker
     crash may interrupt before the job is dead-lettered as a poison job. `storage` sets
     the replicas and limits of the streams this worker creates when they are missing.
+    `strict` (or `NAQ_STRICT=1`) runs only functions marked `@job` or given in
+    `functions`.
     """
 
     def __init__(
@@ -212,6 +224,7 @@ class Worker:
         shutdown_grace: float = 30.0,
         fetch_timeout: float = 1.0,
         max_crashes: int = 3,
+        strict: bool = False,
         format: Format = "json",
         worker_id: str | None = None,
     ) -> None:
@@ -226,7 +239,9 @@ class Worker:
         self.concurrency = concurrency
         self.max_crashes = max_crashes
         env_imports = [m.strip() for m in os.environ.get("NAQ_IMPORTS", "").split(",") if m.strip()]
-        self.registry = FunctionRegistry([*imports, *env_imports])
+        self.registry = FunctionRegistry(
+            [*imports, *env_imports], strict=strict or strict_from_env()
+        )
         for func in functions:
             self.registry.register(func)
         if settings is None:
@@ -268,9 +283,12 @@ class Worker:
         async with contextlib.AsyncExitStack() as stack:
             self._nc = nc = await connect(self._settings, max_reconnect_attempts=-1)
             stack.push_async_callback(self._close_connection, nc)
-            await ensure_jetstream(nc)
-            self._js = nc.jetstream()
-            self._buckets = await ensure_layout(self._js, self._storage)
+            wait = self._settings.jetstream_timeout
+            await ensure_jetstream(nc, wait)
+            self._js = js = nc.jetstream()
+            self._buckets = await while_jetstream_starts(
+                lambda: ensure_layout(js, self._storage), timeout=wait, what="the job streams"
+            )
             self._publisher = Publisher(nc)
             await self._publisher.start()
             stack.push_async_callback(self._publisher.close)
@@ -298,9 +316,10 @@ class Worker:
                 ),
             ]
             log.info(
-                "worker %s started: queues=%s concurrency=%d modules=%s",
+                "worker %s started: queues=%s concurrency=%d modules=%s%s",
                 self.worker_id, ",".join(self.queues), self.concurrency,
                 ",".join(self.registry.modules) or "-",
+                " strict (only @job functions)" if self.registry.strict else "",
             )  # fmt: skip
             try:
                 await self._stopping.wait()

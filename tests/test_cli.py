@@ -131,11 +131,13 @@ def test_naq_worker_accepts_strict() -> None:
     assert parser.parse_args(["worker", "--import", "jobs"]).strict is False
 
 
-@pytest.mark.parametrize(("argv", "passed"), [(["--strict"], {"strict": True}), ([], {})])
+@pytest.mark.parametrize(
+    ("argv", "passed"), [(["--strict"], {"strict": True}), ([], {"strict": False})]
+)
 def test_naq_worker_hands_strict_to_the_worker(
     monkeypatch: pytest.MonkeyPatch, argv: list[str], passed: dict[str, object]
 ) -> None:
-    """Without --strict nothing is passed, so the Worker's own reading of NAQ_STRICT holds."""
+    """The flag reaches the Worker (which also reads NAQ_STRICT: see the test below)."""
     from naq_resilience.jetstream import worker
     from naq_resilience.ops import logging as naq_logging
 
@@ -154,6 +156,15 @@ def test_naq_worker_hands_strict_to_the_worker(
     assert cli.main(["worker", *argv]) == 0
     [options] = built
     assert {key: options[key] for key in options if key == "strict"} == passed
+
+
+def test_naq_strict_turns_strict_mode_on_without_the_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    from naq_resilience import Worker
+
+    monkeypatch.setenv("NAQ_STRICT", "1")
+    assert Worker("default", strict=False).registry.strict
+    monkeypatch.setenv("NAQ_STRICT", "0")
+    assert not Worker("default").registry.strict
 
 
 def test_naq_worker_on_a_server_without_jetstream_explains_and_exits_1() -> None:

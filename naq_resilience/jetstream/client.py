@@ -232,7 +232,8 @@ class Client:
     """One connection for enqueueing, reading results and dead letters.
 
     `async with Client() as client:`; the URL and credentials come from the arguments
-    or the environment (`NAQ_NATS_URL`, see `ConnectionSettings`).
+    or the environment (`NAQ_NATS_URL`, see `ConnectionSettings`). An enqueue waits at
+    most `publish_timeout` seconds for JetStream to confirm the job is stored.
     """
 
     def __init__(
@@ -243,7 +244,11 @@ class Client:
         storage: StorageSettings | None = None,
         format: Format = "json",
         connection: NatsClient | None = None,
+        publish_timeout: float = 10.0,
     ) -> None:
+        if not publish_timeout > 0:
+            raise ValueError(f"publish_timeout must be seconds > 0, got {publish_timeout!r}")
+        self.publish_timeout = publish_timeout
         if settings is None:
             settings = ConnectionSettings.from_env(**({"url": nats_url} if nats_url else {}))
         self._settings = settings
@@ -289,7 +294,7 @@ class Client:
                 self._buckets = await while_jetstream_starts(
                     lambda: ensure_layout(js, self._storage), timeout=wait, what="the job streams"
                 )
-                publisher = Publisher(self._nc)
+                publisher = Publisher(self._nc, ack_timeout=self.publish_timeout)
                 await publisher.start()
                 self._publisher = publisher
                 self._js = js

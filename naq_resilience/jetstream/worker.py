@@ -351,7 +351,15 @@ class Worker:
         nats-py offers only its one `closed_cb`, which `connect` already uses.)"""
         while not nc.is_closed:  # noqa: ASYNC110
             await asyncio.sleep(0.5)
-        self._lost = self._lost or "the NATS connection was closed for good"
+        self._connection_lost()
+
+    def _connection_lost(self) -> None:
+        if self._lost is None:
+            assert self._nc is not None
+            why = self._nc.last_error
+            self._lost = "the NATS connection was closed for good" + (
+                f" ({type(why).__name__}: {why})" if why is not None else ""
+            )
         self._stopping.set()
 
     def stop(self) -> None:
@@ -466,9 +474,8 @@ class Worker:
                 msgs = await sub.fetch(min(self._free, MAX_FETCH), timeout=self.fetch_timeout)
             except (TimeoutError, nats.errors.TimeoutError):
                 continue
-            except (nats.errors.ConnectionClosedError, nats.errors.NoServersError) as exc:
-                self._lost = f"the NATS connection was closed for good ({type(exc).__name__})"
-                self._stopping.set()
+            except (nats.errors.ConnectionClosedError, nats.errors.NoServersError):
+                self._connection_lost()
                 return
             except Exception as exc:  # disconnected: nats-py reconnects; try again shortly
                 log.debug("fetch on %s failed (%r); retrying", queue, exc)

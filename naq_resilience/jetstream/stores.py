@@ -48,6 +48,8 @@ from naq_resilience.policies.compensate import Action, ActionLog, ActionStatus
 __all__ = ["BreakerSync", "KVActionLog", "load_action_log"]
 
 log = logging.getLogger("naq_resilience.stores")
+PURGE_MARKER_TTL = 60.0
+"""Seconds the marker of a finished saga's purged log is kept (watchers see it go)."""
 _encoder = msgspec.json.Encoder(enc_hook=repr)
 
 
@@ -229,8 +231,10 @@ class KVActionLog(ActionLog):
         self._submit(self._kv.put(self._job_id, _encoder.encode(record)))
 
     async def _delete(self) -> None:
+        # A purge leaves a marker; with a TTL it goes too, or every saga job that ever
+        # ran would leave one behind for good.
         with contextlib.suppress(KeyNotFoundError):
-            await self._kv.purge(self._job_id)
+            await self._kv.purge(self._job_id, msg_ttl=PURGE_MARKER_TTL)
 
     def _submit(self, coro: Any) -> None:
         """In order, and durably before returning when called off the loop's thread."""

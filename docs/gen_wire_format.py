@@ -835,9 +835,9 @@ def section_protocol(c: Code) -> list[str]:
                 f"of the job (read back from `{layout.FAILURE_STREAM}`, this one included) "
                 f"to `{layout.dead_subject(DEAD_QUEUE, JOB)}`, kept `dead_letter_ttl` "
                 "seconds if set (a per-message TTL), then a `dead` JobResult if "
-                "`result_ttl`; once JetStream has acknowledged those, `ack`. A dead letter "
-                "carries `Nats-Msg-Id: dead-<n>` (`n`: the job message's sequence), so "
-                "it is stored once even if the job's `ack` was lost. If the dead-letter "
+                "`result_ttl`; once JetStream has acknowledged those, `ack`. The "
+                "dead-letter stream keeps one message per subject, so a letter written "
+                "again (the job's `ack` was lost) replaces the first. If the dead-letter "
                 "stream is full, the job is handed back (Ledger `handed_back`) and comes "
                 "back a minute later: nothing is acked away.",
                 "11. **Shutdown:** a job still running after the grace period is handed "

@@ -66,30 +66,39 @@ def cut_text(text: str, limit: int, *, tail: int = 0) -> str:
 
 
 def headers_size(headers: dict[str, str] | None) -> int:
-    """Bytes the headers take on the wire (`NATS/1.0` block), as the server counts them."""
+    """Bytes the headers take on the wire (`NATS/1.0` block), as the server counts them.
+
+    On every publish with headers, so a plain loop: ASCII (every header we write) is
+    one byte a character, and only other text is encoded to be counted.
+    """
     if not headers:
         return 0
-    # "NATS/1.0\r\n", then "key: value\r\n" per header, then "\r\n".
-    return 12 + sum(len(k.encode()) + len(v.encode()) + 4 for k, v in headers.items())
+    size = 12  # "NATS/1.0\r\n" before the headers, "\r\n" after them
+    for key, value in headers.items():
+        size += 4  # ": " and "\r\n"
+        size += len(key) if key.isascii() else len(key.encode())
+        size += len(value) if value.isascii() else len(value.encode())
+    return size
 
 
 def fit_failure(
     record: FailureRecord, encode: Encode, limit: int = RECORD_LIMIT
 ) -> tuple[FailureRecord, bytes]:
-    """The record as kept and encoded within `limit` bytes: texts cut, then its context."""
+    """The record as kept and encoded within `limit` bytes: texts cut, then its context.
+
+    The common case, nothing too long, costs one encode and two length checks.
+    """
     cut: list[str] = []
-    message = cut_text(record.message, MESSAGE_LIMIT)
-    if message is not record.message:
+    message, tb = record.message, record.traceback
+    if len(message) > MESSAGE_LIMIT:
+        message = cut_text(message, MESSAGE_LIMIT)
         cut.append("message")
-    tb = cut_text(record.traceback, TRACEBACK_LIMIT, tail=TRACEBACK_LIMIT * 3 // 4)
-    if tb is not record.traceback:
+    if len(tb) > TRACEBACK_LIMIT:
+        tb = cut_text(tb, TRACEBACK_LIMIT, tail=TRACEBACK_LIMIT * 3 // 4)
         cut.append("traceback")
     if cut:
         record = msgspec.structs.replace(record, message=message, traceback=tb, cut=cut)
-    try:
-        payload = encode(record)
-    except (TypeError, msgspec.EncodeError, OverflowError, RecursionError, ValueError):
-        payload = None  # a context value no encoder takes, or one nested a thousand deep
+    payload = _encoded(record, encode)
     if payload is not None and len(payload) <= limit:
         return record, payload
     record = _shrink_context(record)
@@ -98,6 +107,13 @@ def fit_failure(
         return record, payload
     record = _shorten(record)
     return record, encode(record)
+
+
+def _encoded(record: FailureRecord, encode: Encode) -> bytes | None:
+    try:
+        return encode(record)
+    except (TypeError, msgspec.EncodeError, OverflowError, RecursionError, ValueError):
+        return None  # a context value no encoder takes, or one nested a thousand deep
 
 
 def _shrink_context(record: FailureRecord) -> FailureRecord:

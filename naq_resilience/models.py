@@ -181,9 +181,10 @@ class DeadLetter(msgspec.Struct, kw_only=True, omit_defaults=True):
     """A job that will not be tried again, with everything needed to understand or replay it.
 
     Published to `naq.dead.<dead_letter_queue>.<job_id>` (or `...seq-<n>`, after the
-    stream sequence of a message that is not a readable job). `job` is absent when the
-    message could not be decoded; `raw` then holds its bytes (base64 in JSON) so
-    nothing is lost.
+    stream sequence of a message that is not a readable job). The stream keeps one
+    message per subject, so a job has one dead letter: a second write replaces it.
+    `job` is absent when the message could not be decoded; `raw` then holds its bytes
+    (base64 in JSON) so nothing is lost.
 
     A dead letter always fits the server's `max_payload`. When the job's message is too
     big to carry inside it, the message is kept verbatim, byte for byte, on

@@ -76,6 +76,7 @@ def test_every_stream_and_bucket_is_created_with_its_limits(nats_url: str) -> No
             assert failures.max_bytes == settings.failures_max_bytes
             dead = (await js.stream_info(layout.DEAD_STREAM)).config
             assert (dead.max_age, dead.discard) == (3600.0, DiscardPolicy.NEW)
+            assert dead.max_msgs_per_subject == 1  # one letter per job, a rewrite replaces it
             assert dead.subjects == [layout.DEAD_SUBJECTS, layout.ORIGINAL_SUBJECTS]
             for bucket in (layout.BREAKER_BUCKET, layout.SAGA_BUCKET, layout.RESULT_BUCKET,
                            layout.ATTEMPT_BUCKET):  # fmt: skip
@@ -189,3 +190,29 @@ def test_replicas_that_differ_from_an_existing_stream_are_reported(
     expected = "stream NAQ_JOBS has 1 replica but the settings ask for 3"
     assert any(m.startswith(expected) for m in warned)
     assert any(m.startswith(f"bucket {layout.ATTEMPT_BUCKET} has 1 replica") for m in warned)
+
+
+def test_a_dead_letter_stream_of_an_earlier_version_gets_what_the_layout_needs(
+    nats_url: str,
+) -> None:
+    async def main() -> None:
+        nc = await nats.connect(nats_url)
+        try:
+            js = nc.jetstream()
+            # As version 0.1 created it, with a letter written twice (an ack lost).
+            await js.add_stream(
+                name=layout.DEAD_STREAM, subjects=[layout.DEAD_SUBJECTS], allow_msg_ttl=True
+            )
+            for _ in range(2):
+                await js.publish(layout.dead_subject("default.dead", "job-1"), b"{}")
+            await ensure_layout(js, StorageSettings())
+            dead = await js.stream_info(layout.DEAD_STREAM)
+            assert dead.config.subjects == [layout.DEAD_SUBJECTS, layout.ORIGINAL_SUBJECTS]
+            assert dead.config.max_msgs_per_subject == 1
+            assert dead.state.messages == 1  # the older copy went with the new limit
+            await js.publish(layout.dead_subject("default.dead", "job-1"), b"{}")
+            assert (await js.stream_info(layout.DEAD_STREAM)).state.messages == 1
+        finally:
+            await nc.close()
+
+    asyncio.run(main())

@@ -7,7 +7,7 @@ import traceback
 from types import SimpleNamespace
 from typing import Any
 
-from naq_resilience.jetstream.worker import _delivered, _format_traceback
+from naq_resilience.jetstream.worker import _delivered, _format_traceback, _stream_sequence
 
 
 def _without_carets(text: str) -> str:
@@ -50,13 +50,15 @@ def test_chained_errors_keep_their_causes() -> None:
     assert text.rstrip().endswith("RuntimeError: wrapped")
 
 
-def test_delivery_count_from_both_reply_subject_forms() -> None:
+def test_delivery_count_and_stream_sequence_from_both_reply_subject_forms() -> None:
     short = SimpleNamespace(reply="$JS.ACK.NAQ_JOBS.naq-worker-default.3.10.7.1700000000.0")
     long = SimpleNamespace(
-        reply="$JS.ACK.hub.ACCHASH.NAQ_JOBS.naq-worker-default.5.10.7.1700000000.0.token"
+        reply="$JS.ACK.hub.ACCHASH.NAQ_JOBS.naq-worker-default.5.11.7.1700000000.0.token"
     )
     assert _delivered(short) == 3  # type: ignore[arg-type]
     assert _delivered(long) == 5  # type: ignore[arg-type]
+    assert _stream_sequence(short) == 10  # type: ignore[arg-type]
+    assert _stream_sequence(long) == 11  # type: ignore[arg-type]
 
 
 def test_exception_line_matches_the_stdlib() -> None:

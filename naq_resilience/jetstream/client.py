@@ -27,9 +27,9 @@ import atexit
 import contextlib
 import hashlib
 import logging
+import os
 import threading
 import time
-import uuid
 import weakref
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any, TypeVar
@@ -72,6 +72,7 @@ __all__ = [
 
 T = TypeVar("T")
 log = logging.getLogger("naq_resilience.client")
+_MSG_ID_HEADER = headers_size({"Nats-Msg-Id": ""})
 
 
 class JobFailedError(ProcessingError):
@@ -167,7 +168,13 @@ def _job_id(job_id: str | None, idempotency_key: str | None) -> str:
         if not isinstance(idempotency_key, str) or not idempotency_key:
             raise ValueError(f"idempotency_key must be a non-empty string, got {idempotency_key!r}")
         return hashlib.blake2b(idempotency_key.encode(), digest_size=16).hexdigest()
-    return uuid.uuid4().hex
+    return _new_id()
+
+
+def _new_id() -> str:
+    """128 random bits as 32 hex digits: a uuid4's worth, without building a `UUID`
+    (a third of the cost, on every job)."""
+    return os.urandom(16).hex()
 
 
 def _exception_names(value: Any, argument: str) -> list[str] | None:
@@ -326,7 +333,7 @@ class Client:
         job_id: str | None = None,
     ) -> tuple[JobEnvelope, bytes]:
         envelope = JobEnvelope(
-            id=job_id or uuid.uuid4().hex,
+            id=job_id or _new_id(),
             function=name,
             queue=options.queue,
             args=list(args),
@@ -383,8 +390,9 @@ class Client:
         envelope, payload = self._envelope(name, options, args, kwargs, job_id)
         await self._ready()
         assert self._publisher is not None
-        headers = {"Nats-Msg-Id": idempotency_key or job_id}
-        self._check_size(name, payload, headers)
+        msg_id = idempotency_key or job_id
+        headers = {"Nats-Msg-Id": msg_id}
+        self._check_size(name, len(payload) + headers_size(headers))
         try:
             sequence = await self._store(layout.job_subject(options.queue), payload, headers)
         except PublishTimeoutError as exc:
@@ -415,9 +423,9 @@ class Client:
         except Exception as exc:  # unavailable for now: the publish is asked again
             log.debug("stream_info(%s) failed: %r", layout.JOB_STREAM, exc)
 
-    def _check_size(self, name: str, payload: bytes, headers: dict[str, str]) -> None:
+    def _check_size(self, name: str, size: int) -> None:
+        """`size` is the message's, headers included."""
         assert self._publisher is not None
-        size = len(payload) + headers_size(headers)
         if size > self._publisher.max_payload:
             raise ValueError(
                 f"a job for {name} is {size:,} bytes with its headers, over the NATS "
@@ -461,7 +469,7 @@ class Client:
         await self._ready()
         assert self._publisher is not None
         envelopes: list[JobEnvelope] = []
-        payloads: list[tuple[bytes, dict[str, str]]] = []
+        payloads: list[bytes] = []
         for call in calls:
             if not isinstance(call, (tuple, list)):
                 raise TypeError(
@@ -469,19 +477,23 @@ class Client:
                     "write e.g. [(1,), (2,)] or [(order_id, email), ...]"
                 )
             envelope, payload = self._envelope(name, options, call, shared_kwargs)
-            headers = {"Nats-Msg-Id": envelope.id}
-            self._check_size(name, payload, headers)
+            # An id is ASCII: its length is its size in the Nats-Msg-Id header.
+            self._check_size(name, len(payload) + _MSG_ID_HEADER + len(envelope.id))
             envelopes.append(envelope)
-            payloads.append((payload, headers))
+            payloads.append(payload)
         publish = self._publisher.publish
-        futures = [await publish(subject, payload, headers) for payload, headers in payloads]
+        futures = [
+            await publish(subject, payload, {"Nats-Msg-Id": envelope.id})
+            for envelope, payload in zip(envelopes, payloads, strict=True)
+        ]
         outcomes: list[int | BaseException] = await asyncio.gather(
             *futures, return_exceptions=True
         )
         for i, outcome in enumerate(outcomes):
             if isinstance(outcome, BaseException):
+                message = (payloads[i], {"Nats-Msg-Id": envelopes[i].id})
                 outcomes[i] = await self._publish_again(
-                    subject, payloads[i], envelopes[i], outcome, outcomes
+                    subject, message, envelopes[i], outcome, outcomes
                 )
         return [
             Job(self, envelope, sequence)

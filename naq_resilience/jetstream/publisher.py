@@ -166,6 +166,13 @@ class Publisher:
         `timeout` (default `ack_timeout`): such a message was certainly not stored. A
         missing ack raises `PublishTimeoutError` at once: that message may be stored.
         """
+        try:  # the common case, without the retry loop's bookkeeping
+            return await (await self.publish(subject, payload, headers, msg_ttl))
+        except NoStreamResponseError:
+            pass
+        except APIError as error:
+            if error.err_code not in _TRANSIENT_CODES:
+                raise
         deadline = time.monotonic() + (self.ack_timeout if timeout is None else timeout)
         pause = _RETRY_PAUSE
         while True:

@@ -158,10 +158,12 @@ def _streams(settings: StorageSettings) -> list[StreamConfig]:
             storage=StorageType.FILE,
             num_replicas=settings.replicas,
             allow_msg_ttl=True,
-            duplicate_window=settings.duplicate_window,
             max_age=settings.dead_max_age,
             max_bytes=settings.dead_max_bytes,
             discard=DiscardPolicy.NEW,
+            # One subject per job: a letter written twice (the job's ack lost after the
+            # letter was stored) replaces itself, even in a full stream.
+            max_msgs_per_subject=1,
         ),
     ]
 
@@ -185,9 +187,18 @@ async def _stream(js: JetStreamContext, config: StreamConfig) -> None:
         return
     existing = info.config
     _report_replicas(f"stream {name}", existing.num_replicas or 1, config.num_replicas or 1)
+    # What the layout needs to mean what it says (not a tunable limit): the subjects a
+    # newer version of the library writes to, one dead letter per job.
     missing = [s for s in config.subjects or [] if s not in (existing.subjects or [])]
-    if missing:  # a subject a newer version of the library writes to
-        await js.update_stream(replace(existing, subjects=[*(existing.subjects or []), *missing]))
+    per_subject = config.max_msgs_per_subject
+    if missing or (per_subject is not None and existing.max_msgs_per_subject != per_subject):
+        await js.update_stream(
+            replace(
+                existing,
+                subjects=[*(existing.subjects or []), *missing],
+                max_msgs_per_subject=per_subject or existing.max_msgs_per_subject,
+            )
+        )
 
 
 def _report_replicas(what: str, existing: int, wanted: int) -> None:

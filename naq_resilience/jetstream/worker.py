@@ -49,7 +49,7 @@ import socket
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, Final
@@ -69,7 +69,6 @@ from naq_resilience.fitting import (
     cut_text,
     fit_dead_letter,
     fit_failure,
-    headers_size,
 )
 from naq_resilience.jetstream import layout
 from naq_resilience.jetstream.connection import (
@@ -522,11 +521,10 @@ class Worker:
             return
         ledger = _NO_LEDGER
         crashes = 0
-        if _delivered(msg) > 1:
+        delivered = _delivered(msg)
+        if delivered > 1:
             ledger = await self._ledger(env.id)
-            crashes = max(
-                0, _delivered(msg) - 1 - ledger.failed - ledger.deferred - ledger.handed_back
-            )
+            crashes = max(0, delivered - 1 - ledger.failed - ledger.deferred - ledger.handed_back)
             if crashes >= self.max_crashes:
                 await self._dead(
                     msg, env, queue,
@@ -541,7 +539,7 @@ class Worker:
         logs: list[KVActionLog] | None = None
         if fn.has_saga:
             logs = []
-            if _delivered(msg) > 1:
+            if delivered > 1:
                 await self._roll_back_crashed(env)
             log_token = use_action_log(partial(self._saga_log, env, logs))
         started = time.time()
@@ -753,7 +751,9 @@ class Worker:
             crashes=crashes,
         )
         subject = layout.failure_subject(record.queue, record.job_id)
-        record, payload = fit_failure(record, self._record_encoder.encode, self._record_limit())
+        assert self._nc is not None
+        limit = min(RECORD_LIMIT, self._nc.max_payload - 1024)
+        record, payload = fit_failure(record, self._record_encoder.encode, limit)
         assert self._publisher is not None
         if delay is not None:
             # Both stored before the nak: the history is complete, and the redelivery
@@ -780,10 +780,6 @@ class Worker:
         earlier = await self._history(env) if attempt > 1 else []
         history = [h for h in earlier if h.attempt < attempt] + [record]
         await self._dead(msg, env, queue, reason, history, error=f"{error_type}: {record.message}")
-
-    def _record_limit(self) -> int:
-        assert self._nc is not None
-        return min(RECORD_LIMIT, self._nc.max_payload - 1024)
 
     async def _history(self, env: JobEnvelope) -> list[FailureRecord]:
         """The job's earlier failure records, read back from the failures stream."""
@@ -839,7 +835,7 @@ class Worker:
             reason=reason, queue=queue, dead_letter_queue=dead_queue, dead_at=time.time(),
             raw=bytes(msg.data),
         )  # fmt: skip
-        seq = msg.metadata.sequence.stream
+        seq = _stream_sequence(msg)
         if await self._publish_dead(msg, letter, f"seq-{seq}", None):
             await msg.ack()
             log.warning("message %d on %s dead-lettered: %s", seq, queue, reason)
@@ -850,26 +846,30 @@ class Worker:
         """Store a dead letter fitted to `max_payload`; False when the dead-letter stream
         is full (the job is then handed back to wait for room, never acked away).
 
-        Its `Nats-Msg-Id` is the job message's stream sequence, so a letter stored twice
-        (the ack of the job lost after the letter was written) is stored once.
+        A letter stored twice (the job's ack lost after the letter was written) is
+        stored once: the dead-letter stream keeps one message per subject, a job's.
         """
         assert self._publisher is not None
-        headers = {"Nats-Msg-Id": f"dead-{msg.metadata.sequence.stream}"}
-        ttl_headers = 0 if ttl is None else 24  # "Nats-TTL: <seconds>\r\n"
-        budget = self._publisher.max_payload - headers_size(headers) - ttl_headers
-        original = layout.original_subject(letter.dead_letter_queue, name)
-        payload, moved = fit_dead_letter(
-            letter, self._record_encoder.encode, budget, bytes(msg.data), original
-        )
+        ttl_header = 0 if ttl is None else 24  # "Nats-TTL: <seconds>\r\n" and the block
+        budget = self._publisher.max_payload - ttl_header
+        payload = self._record_encoder.encode(letter)
+        moved = False
+        if len(payload) > budget:
+            original = layout.original_subject(letter.dead_letter_queue, name)
+            payload, moved = fit_dead_letter(
+                letter, self._record_encoder.encode, budget, bytes(msg.data), original
+            )
+        subject = layout.dead_subject(letter.dead_letter_queue, name)
         try:
-            stores: list[Coroutine[Any, Any, object]] = [
-                self._publisher.store(
-                    layout.dead_subject(letter.dead_letter_queue, name), payload, headers, ttl
-                )
-            ]
             if moved:
-                stores.append(self._store_original(msg, original, ttl))
-            await asyncio.gather(*stores)
+                await asyncio.gather(
+                    self._publisher.store(subject, payload, msg_ttl=ttl),
+                    self._store_original(
+                        msg, layout.original_subject(letter.dead_letter_queue, name), ttl
+                    ),
+                )
+            else:
+                await self._publisher.store(subject, payload, msg_ttl=ttl)
         except StreamFullError as exc:
             log.error(
                 "the dead-letter stream %s is full (%s): job %s stays in its queue and comes "
@@ -896,7 +896,7 @@ class Worker:
         """Something failed while handling or settling this message: end it as a dead
         letter that says so; if that fails too, a minimal one; if nothing can be
         written, let it come back later (a delivery the ledger counts as a crash)."""
-        seq = msg.metadata.sequence.stream
+        seq = _stream_sequence(msg)
         log.error(
             "worker error while handling message %d on %s; dead-lettering it", seq, queue,
             exc_info=exc,
@@ -929,9 +929,7 @@ class Worker:
                 cut=["a last-resort letter: the job's message and history could not be stored"],
             )  # fmt: skip
             await self._publisher.store(
-                layout.dead_subject(dead_queue, job_id),
-                self._record_encoder.encode(minimal),
-                {"Nats-Msg-Id": f"dead-{seq}"},
+                layout.dead_subject(dead_queue, job_id), self._record_encoder.encode(minimal)
             )
             await msg.ack()
         except Exception as third:
@@ -993,8 +991,9 @@ async def _flush(logs: list[KVActionLog]) -> None:
 def _delivered(msg: Msg) -> int:
     """JetStream's delivery count, read from the reply subject without parsing it all.
 
-    `$JS.ACK.<stream>.<consumer>.<delivered>....` (9 tokens), or with a domain and
-    account hash before the stream (12 tokens).
+    `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>....` (9 tokens), or with a
+    domain and account hash before the stream (12 tokens). nats-py's `msg.metadata`
+    builds an object and a datetime for it: a cost on every message.
     """
     tokens = (msg.reply or "").split(".")
     if len(tokens) == 9:
@@ -1002,6 +1001,16 @@ def _delivered(msg: Msg) -> int:
     if len(tokens) >= 12:
         return int(tokens[6])
     return msg.metadata.num_delivered
+
+
+def _stream_sequence(msg: Msg) -> int:
+    """The message's sequence in the job stream, from the reply subject (as `_delivered`)."""
+    tokens = (msg.reply or "").split(".")
+    if len(tokens) == 9:
+        return int(tokens[5])
+    if len(tokens) >= 12:
+        return int(tokens[7])
+    return msg.metadata.sequence.stream
 
 
 _stack_texts: dict[tuple[tuple[Any, int], ...], str] = {}
@@ -1038,7 +1047,9 @@ def _exception_only(exc: BaseException) -> str:
     name = cls.__qualname__
     if cls.__module__ not in ("__main__", "builtins"):
         name = f"{cls.__module__}.{name}"
-    text = cut_text(_message(exc), MESSAGE_LIMIT)
+    text = _message(exc)
+    if len(text) > MESSAGE_LIMIT:
+        text = cut_text(text, MESSAGE_LIMIT)
     line = f"{name}: {text}\n" if text else f"{name}\n"
     notes = getattr(exc, "__notes__", None)
     if isinstance(notes, (list, tuple)):

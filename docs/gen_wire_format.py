@@ -122,9 +122,6 @@ class RecordingJetStream:
     async def add_consumer(self, stream: str, config: ConsumerConfig) -> None:
         self.consumers.append((stream, config))
 
-    async def pull_subscribe_bind(self, durable: str, stream: str) -> None:
-        return None
-
 
 def created_layout() -> RecordingJetStream:
     """Run `ensure_layout` and a worker's subscription against the recorder."""
@@ -133,9 +130,8 @@ def created_layout() -> RecordingJetStream:
 
     async def create() -> None:
         await streams.ensure_layout(js)
-        worker = Worker("default")
-        worker._js = js  # the one consumer-creating step, without a server
-        await worker._subscribe("<queue>")
+        worker = Worker("default")  # the consumer it creates for each queue, without a server
+        await js.add_consumer(layout.JOB_STREAM, worker._consumer_config("<queue>"))
 
     asyncio.run(create())
     return recorder

@@ -79,6 +79,7 @@ from naq_resilience.jetstream.connection import (
 )
 from naq_resilience.jetstream.heartbeat import Heartbeats
 from naq_resilience.jetstream.publisher import Publisher, StreamFullError
+from naq_resilience.jetstream.puller import Puller
 from naq_resilience.jetstream.registry import (
     FunctionRegistry,
     JobFunction,
@@ -305,14 +306,11 @@ class Worker:
             stack.push_async_callback(asyncio.to_thread, heartbeats.stop)
             self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="naq-job")
             stack.callback(self._pool.shutdown, wait=False, cancel_futures=True)
-            subs = [await self._subscribe(queue) for queue in self.queues]
+            pullers = [await self._puller(queue) for queue in self.queues]
             watchers = [
                 asyncio.create_task(heartbeats.stamp_loop()),
                 asyncio.create_task(self._watch_connection(nc)),
-                *(
-                    asyncio.create_task(self._fetch_loop(queue, sub))
-                    for queue, sub in zip(self.queues, subs, strict=True)
-                ),
+                *(asyncio.create_task(self._fetch_loop(puller)) for puller in pullers),
             ]
             log.info(
                 "worker %s started: queues=%s concurrency=%d modules=%s%s",
@@ -326,6 +324,9 @@ class Worker:
                 for task in watchers:
                     task.cancel()
                 await asyncio.gather(*watchers, return_exceptions=True)
+                for puller in pullers:
+                    with contextlib.suppress(Exception):
+                        await puller.stop()  # no more deliveries for this worker
                 if self._lost is None:
                     await self._drain_in_flight()
                 else:
@@ -443,11 +444,25 @@ class Worker:
         async_tasks = [t for t in self._running if t not in self._on_thread]
         await asyncio.gather(*async_tasks, return_exceptions=True)
 
-    async def _subscribe(self, queue: str) -> JetStreamContext.PullSubscription:
+    async def _puller(self, queue: str) -> Puller:
+        """The queue's durable consumer (created, or its `ack_wait` updated), and a puller."""
         assert self._js is not None
-        durable = layout.worker_consumer(queue)
-        config = ConsumerConfig(
-            durable_name=durable,
+        assert self._nc is not None
+        config = self._consumer_config(queue)
+        await self._js.add_consumer(layout.JOB_STREAM, config)
+        puller = Puller(
+            self._nc,
+            layout.JOB_STREAM,
+            config.durable_name or "",
+            partial(self._start, queue),
+            self.fetch_timeout,
+        )
+        await puller.start()
+        return puller
+
+    def _consumer_config(self, queue: str) -> ConsumerConfig:
+        return ConsumerConfig(
+            durable_name=layout.worker_consumer(queue),
             filter_subject=layout.job_subject(queue),
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL,
@@ -456,13 +471,11 @@ class Worker:
             max_ack_pending=-1,
             max_waiting=512,
         )
-        await self._js.add_consumer(layout.JOB_STREAM, config)
-        return await self._js.pull_subscribe_bind(durable, layout.JOB_STREAM)
 
     # ------------------------------------------------------------------ fetching
-    async def _fetch_loop(self, queue: str, sub: JetStreamContext.PullSubscription) -> None:
-        # Fetch when half the slots are free (or all jobs ended), not whenever one is:
-        # a fetch per finished job would be a round trip per job.
+    async def _fetch_loop(self, puller: Puller) -> None:
+        # Pull when half the slots are free (or all jobs ended), not whenever one is:
+        # a request per finished job would be a round trip per job.
         low_water = max(1, min(self.concurrency, MAX_FETCH) // 2)
         while not self._stopping.is_set():
             if self._free < low_water and self._running:
@@ -470,22 +483,32 @@ class Worker:
                 await self._slot_freed.wait()
                 continue
             try:
-                msgs = await sub.fetch(min(self._free, MAX_FETCH), timeout=self.fetch_timeout)
-            except (TimeoutError, nats.errors.TimeoutError):
-                continue
+                await puller.pull(min(self._free, MAX_FETCH))
             except (nats.errors.ConnectionClosedError, nats.errors.NoServersError):
                 self._connection_lost()
                 return
             except Exception as exc:  # disconnected: nats-py reconnects; try again shortly
-                log.debug("fetch on %s failed (%r); retrying", queue, exc)
+                log.debug("pull request failed (%r); retrying", exc)
                 await asyncio.sleep(0.25)
-                continue
-            now = time.time()
-            for msg in msgs:
-                self._free -= 1
-                task = asyncio.create_task(self._handle(msg, queue))
-                self._running[task] = (msg, now)
-                task.add_done_callback(self._done)
+
+    def _start(self, queue: str, msg: Msg) -> None:
+        """A message arrived: it starts now (it was asked for, so a slot is free)."""
+        self._free -= 1
+        work = self._handle(msg, queue) if not self._stopping.is_set() else self._return(msg)
+        task = asyncio.create_task(work)
+        self._running[task] = (msg, time.time())
+        task.add_done_callback(self._done)
+
+    async def _return(self, msg: Msg) -> None:
+        """A message that arrived as the worker stopped goes back unstarted, recorded as
+        handed back, so it does not count as a crash."""
+        try:
+            env = decode_envelope(msg.data)
+        except InvalidMessage:
+            await msg.nak()  # the next worker dead-letters it
+            return
+        ledger = await self._ledger(env.id) if _delivered(msg) > 1 else _NO_LEDGER
+        await self._hand_back(msg, env, ledger, 0.0, "it arrived as the worker stopped")
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._running.pop(task, None)

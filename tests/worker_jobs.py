@@ -16,6 +16,7 @@ from pathlib import Path
 from naq_resilience import (
     CircuitBreakerOpenError,
     SecurityError,
+    chaos,
     circuit_breaker,
     compensate,
     retry,
@@ -187,23 +188,28 @@ _FAULT_ERRORS: dict[str, type[Exception]] = {
 }
 
 
+@chaos(failure_rate=0.2, exceptions=(ConnectionError,), name="fault-suite")
 def fault(tag: str, mode: str, seconds: float = 0.0) -> str:
-    """The fault suite's job: traces every run and finish; `mode` says how it fails.
+    """The fault suite's job: traces every run and finish (with times); `mode` says how
+    it fails. Chaos injects retryable faults when NAQ_CHAOS names "fault-suite".
 
     "ok" succeeds; "retryable", "non_retryable", "critical" always raise that kind;
-    "flaky" fails its first run on each worker process, then succeeds.
+    "flaky" fails its first run (on any worker), then succeeds.
     """
-    trace(f"run {tag}")
+    trace(f"run {tag} {time.time():.3f}")
     if seconds:
         time.sleep(seconds)
     if mode == "flaky":
-        marker = Path(os.environ["NAQ_TEST_TRACE_DIR"]) / f"flaky-{tag}-{os.getpid()}"
-        if not marker.exists():
-            marker.touch()
-            raise TimeoutError(f"{tag}: first try on this worker")
+        marker = Path(os.environ["NAQ_TEST_TRACE_DIR"]) / f"flaky-{tag}"
+        try:
+            marker.touch(exist_ok=False)
+        except FileExistsError:
+            pass
+        else:
+            raise TimeoutError(f"{tag}: the first try fails")
     elif mode != "ok":
         raise _FAULT_ERRORS[mode](f"{tag} failed ({mode})")
-    trace(f"done {tag}")
+    trace(f"done {tag} {time.time():.3f}")
     return tag
 
 

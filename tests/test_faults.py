@@ -324,3 +324,24 @@ def test_a_chaos_soak_of_mixed_errors_across_worker_processes(
     result.extra = {"injected_faults_in_dead_letters": injected}
     result.report()
     assert (result.lost, result.finished_twice, result.duplicate_runs) == (0, 0, 0)
+
+
+def test_a_worker_started_while_the_cluster_has_no_leader_waits_then_works(
+    nats_cluster: EmbeddedCluster, trace: Path, workers: list[WorkerProcess]
+) -> None:
+    """Before, it crashed with a raw timeout, or said "start nats-server with -js"."""
+    storage = StorageSettings(replicas=3)
+    jobs = enqueue_faults(nats_cluster.url, [("e0", "ok")], storage=storage)
+    nats_cluster.kill(1)
+    nats_cluster.kill(2)  # one node of three: no majority, no JetStream
+    survivor = nats_cluster.urls[0]
+    worker = WorkerProcess(survivor, trace, "--replicas", "3", name="w", wait=False)
+    workers.append(worker)
+    worker.wait_for_log("JetStream is not ready", timeout=30)
+    assert worker.proc.poll() is None
+    nats_cluster.restart(1)
+    nats_cluster.restart(2)
+    worker.wait_for_log("started", timeout=60)
+    wait_for_final_states(survivor, 1, timeout=60)
+    assert final_states(survivor)[next(iter(jobs))] is JobStatus.COMPLETED
+    assert "-js" not in worker.log()

@@ -4,7 +4,7 @@ What is measured, in one run, on a nats-server this script starts itself (JetStr
 file storage in a fresh temporary directory; `naq_resilience.jetstream.server.
 EmbeddedServer` when the checkout has it, else the ``nats-server`` binary of the venv):
 
-* ``raw nats-py`` -- the limit of Python on nats-py (logic copied from
+* ``raw nats-py`` -- nats-py used as its documentation shows (logic copied from
   shared/peer-bench/raw_nats.py and raw_worker.py): *enqueue* = ``js.publish_async`` of N
   msgpack job envelopes into a WorkQueue file stream, gathering the acks; *end to end*
   = the same publishing with one worker process doing ``fetch(256)`` -> decode -> call a
@@ -50,7 +50,8 @@ worse -- so the middle round is the fair one); the best round is shown beside it
 How to read the output: ``jobs/s`` is the median rate, ``best`` the fastest round;
 ``vs raw`` is the median over rounds of the case's rate over raw nats-py's rate of the
 same kind (enqueue or end to end) *in the same round* (paired, so that a load spike
-hitting a round cancels out), raw nats-py being the limit of a library on nats-py; the
+hitting a round cancels out), raw nats-py being what a library on nats-py costs before
+it adds anything (ours exceeds it by pulling without nats-py's ``fetch``); the
 targets against raw use the same paired ratio, the one against the best peer the
 ratio of the medians. The ``us/job`` columns are CPU time
 per job of producer, worker and server, and ``wall`` is 1e6 / rate. ``n/a`` is a peer

@@ -144,3 +144,23 @@ def test_a_worker_whose_connection_is_closed_for_good_exits_non_zero(
     assert "closed for good" in log
     assert "exiting so a supervisor restarts it" in log
     assert "done held" not in events(trace)
+
+
+def test_closing_a_client_while_its_server_is_away_closes_its_connection(
+    fresh_nats_server: EmbeddedServer,
+) -> None:
+    async def main() -> None:
+        client = Client(fresh_nats_server.url)
+        await client.connect()
+        connection = client._nc
+        assert connection is not None
+        fresh_nats_server.kill()
+        for _ in range(200):
+            if connection.is_reconnecting:
+                break
+            await asyncio.sleep(0.05)
+        assert connection.is_reconnecting
+        await client.close()
+        assert connection.is_closed  # not left reconnecting for ever behind the client
+
+    asyncio.run(main())

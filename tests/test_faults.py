@@ -75,35 +75,64 @@ class Tally:
                 out.write(line + "\n")
 
 
-async def _final_states(url: str) -> dict[str, JobStatus]:
+async def _final_states(url: str, job_ids: Any) -> dict[str, JobStatus]:
+    """Each job's result, asked for by id (a KV watch may end its initial values early
+    while a cluster replica catches up)."""
     nc = await nats.connect(url)
     try:
         kv = await nc.jetstream().key_value(layout.RESULT_BUCKET)
-        watcher = await kv.watchall()
         states: dict[str, JobStatus] = {}
-        async for entry in watcher:
-            if entry is None:
-                break
+        for job_id in job_ids:
+            try:
+                entry = await kv.get(job_id)
+            except nats.js.errors.KeyNotFoundError:
+                continue
             if entry.value:
-                states[entry.key] = decode(entry.value, JobResult).status
-        await watcher.stop()
+                states[job_id] = decode(entry.value, JobResult).status
         return states
     finally:
         await nc.close()
 
 
-def final_states(url: str) -> dict[str, JobStatus]:
-    return asyncio.run(_final_states(url))
+def final_states(url: str, job_ids: Any) -> dict[str, JobStatus]:
+    return asyncio.run(_final_states(url, list(job_ids)))
+
+
+async def _stored_results(url: str) -> int:
+    nc = await nats.connect(url)
+    try:
+        info = await nc.jetstream().stream_info(f"KV_{layout.RESULT_BUCKET}")
+        return info.state.messages
+    finally:
+        await nc.close()
+
+
+async def _broker_view(url: str) -> str:
+    """Where the jobs are, as the broker sees it: for a failure message."""
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        jobs = await js.stream_info(layout.JOB_STREAM)
+        consumer = await js.consumer_info(layout.JOB_STREAM, layout.worker_consumer("default"))
+        return (
+            f"{layout.JOB_STREAM}: {jobs.state.messages} messages, first seq "
+            f"{jobs.state.first_seq}, last {jobs.state.last_seq}; consumer: pending "
+            f"{consumer.num_pending}, ack pending {consumer.num_ack_pending}, redelivered "
+            f"{consumer.num_redelivered}, waiting {consumer.num_waiting}, delivered "
+            f"{consumer.delivered}, ack floor {consumer.ack_floor}"
+        )
+    finally:
+        await nc.close()
 
 
 def wait_for_final_states(url: str, count: int, timeout: float, during: Any = None) -> None:
-    """Poll until `count` jobs have a final state, calling `during()` between polls."""
+    """Poll until `count` results are stored, calling `during()` between polls."""
     deadline = time.monotonic() + timeout
-    while len(final_states(url)) < count:
+    while (stored := asyncio.run(_stored_results(url))) < count:
         if time.monotonic() > deadline:
             raise AssertionError(
-                f"only {len(final_states(url))} of {count} jobs reached a final state "
-                f"within {timeout:.0f}s"
+                f"only {stored} of {count} jobs reached a final state within {timeout:.0f}s; "
+                + asyncio.run(_broker_view(url))
             )
         if during is not None:
             during()
@@ -135,7 +164,7 @@ def tally(
 ) -> Tally:
     """Account for `jobs` (job id -> tag); a run beyond `expected_runs` (by tag, 1 by
     default: what the job's policy explains) is a duplicate."""
-    states = final_states(url)
+    states = final_states(url, jobs)
     letters = {letter.job.id for letter in dead_letters(url) if letter.job is not None}
     started, _, _ = runs(trace)
     result = Tally(scenario, enqueued=len(jobs), seconds=round(time.monotonic() - began, 1))
@@ -242,6 +271,7 @@ def test_the_leader_of_the_job_stream_killed_in_a_three_node_cluster(
         for i in range(3)
     )
     jobs: dict[str, str] = {}
+    sequences: dict[str, int] = {}
     errors: list[BaseException] = []
     began = time.monotonic()
 
@@ -256,6 +286,7 @@ def test_the_leader_of_the_job_stream_killed_in_a_three_node_cluster(
                         errors.append(exc)
                         continue
                     jobs[job.job_id] = f"c{i}"
+                    sequences[job.job_id] = job.sequence
                     await asyncio.sleep(0.01)
 
         asyncio.run(main())
@@ -268,6 +299,8 @@ def test_the_leader_of_the_job_stream_killed_in_a_three_node_cluster(
     nats_cluster.kill(leader)
     killed = time.time()
     producer.join(timeout=300)
+    assert errors == []
+    assert len(set(sequences.values())) == n  # each enqueue stored a job of its own
     wait_for_final_states(nats_cluster.urls[(leader + 1) % 3], n + 1, timeout=120 + 30 * SCALE)
     result = tally("leader of NAQ_JOBS killed in a 3-node cluster", nats_cluster.urls[
         (leader + 1) % 3], jobs, trace, began)  # fmt: skip
@@ -298,7 +331,7 @@ def test_a_chaos_soak_of_mixed_errors_across_worker_processes(
     monkeypatch.setenv("NAQ_CHAOS", "fault-suite")  # inherited by the worker processes
     workers.extend(WorkerProcess(nats_url, trace, name=f"w{i}") for i in range(3))
     wait_for_final_states(nats_url, n, timeout=120 + 30 * SCALE)
-    states = final_states(nats_url)
+    states = final_states(nats_url, jobs)
     letters = {letter.job.id: letter for letter in dead_letters(nats_url) if letter.job}
     started, _, _ = runs(trace)
     expected_runs: dict[str, int] = {}
@@ -343,5 +376,5 @@ def test_a_worker_started_while_the_cluster_has_no_leader_waits_then_works(
     nats_cluster.restart(2)
     worker.wait_for_log("started", timeout=60)
     wait_for_final_states(survivor, 1, timeout=60)
-    assert final_states(survivor)[next(iter(jobs))] is JobStatus.COMPLETED
+    assert final_states(survivor, jobs) == dict.fromkeys(jobs, JobStatus.COMPLETED)
     assert "-js" not in worker.log()

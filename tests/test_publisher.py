@@ -6,6 +6,7 @@ import asyncio
 
 import nats
 import pytest
+from nats.aio.msg import Msg
 from nats.js.api import DiscardPolicy
 from nats.js.errors import NoStreamResponseError
 
@@ -106,6 +107,40 @@ def test_a_full_stream_is_a_stream_full_error_and_keeps_what_it_has(nats_url: st
             with pytest.raises(StreamFullError, match="maximum messages"):
                 await publisher.store("pubfull.a", b"3")
             assert (await js.stream_info("PUBFULL")).state.messages == 2
+        finally:
+            await publisher.close()
+            await nc.close()
+
+    asyncio.run(main())
+
+
+def test_an_idempotent_publish_nobody_answered_is_sent_again_until_stored(
+    nats_url: str,
+) -> None:
+    """A stream leader that died before answering: the first copy gets no ack at all."""
+
+    async def main() -> None:
+        nc = await nats.connect(nats_url)
+        copies: list[bytes] = []
+
+        async def leader_that_missed_the_first(msg: Msg) -> None:
+            copies.append(msg.data)
+            if len(copies) > 1:
+                await nc.publish(msg.reply, b'{"stream":"JOBS","seq":7}')
+
+        await nc.subscribe("resend.job", cb=leader_that_missed_the_first)
+        publisher = Publisher(nc, ack_timeout=3.5)
+        await publisher.start()
+        try:
+            seq = await publisher.store(
+                "resend.job", b"job", {"Nats-Msg-Id": "job-1"}, resend=True
+            )
+            assert seq == 7
+            assert copies == [b"job", b"job"]  # the same message, its id makes it safe
+            copies.clear()
+            with pytest.raises(PublishTimeoutError):  # not idempotent: sent once, then given up
+                await publisher.store("resend.job", b"record")
+            assert copies == [b"record"]
         finally:
             await publisher.close()
             await nc.close()

@@ -363,6 +363,22 @@ def test_job_timeout_is_a_failed_attempt(nats_url: str) -> None:
             await until(lambda: _is(job.status(), JobStatus.DEAD))
             (letter,) = await client.get_dead_letter_jobs("default.dead")
         assert letter.failures[0].error_type == "builtins:TimeoutError"
+        assert "ran past its timeout of 0.2s and was cancelled" in letter.failures[0].message
+
+    run(main())
+
+
+@pytest.mark.parametrize("func", [worker_jobs.own_timeout, worker_jobs.own_timeout_sync])
+def test_a_jobs_own_timeout_error_is_not_taken_for_the_job_timeout(
+    nats_url: str, func: Any
+) -> None:
+    async def main() -> None:
+        async with Client(nats_url) as client, working(nats_url):
+            job = await client.enqueue(func, "billing", timeout=30, max_retries=0)
+            await until(lambda: _is(job.status(), JobStatus.DEAD))
+            (letter,) = await client.get_dead_letter_jobs("default.dead")
+        (record,) = letter.failures
+        assert record.message == "the billing upstream timed out"
 
     run(main())
 

@@ -8,13 +8,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import nats
 import pytest
 
 from naq_resilience import Client, JobStatus
 from naq_resilience.codec import decode
 from naq_resilience.jetstream import layout
-from naq_resilience.models import BreakerRecord
+from naq_resilience.models import BreakerRecord, JobResult
 
 import worker_jobs
 from processes import WorkerProcess, enqueue, events, status, wait_until
@@ -167,3 +168,29 @@ def test_saga_interrupted_by_a_crash_is_rolled_back_on_redelivery(
     workers.append(WorkerProcess(nats_url, trace, "--ack-wait", "1", name="next"))
     wait_until(lambda: "ordered book" in events(trace), what="the job completes")
     assert events(trace) == ["reserve book", "undo reserve book", "reserve book", "ordered book"]
+
+
+def test_a_job_whose_result_is_stored_is_not_run_again_when_its_ack_was_lost(
+    nats_url: str, trace: Path, workers: list[WorkerProcess]
+) -> None:
+    (job_id,) = enqueue(nats_url, worker_jobs.slow_sync, [(30.0, "once")], result_ttl=60)
+    first = WorkerProcess(nats_url, trace, "--ack-wait", "1", name="first")
+    workers.append(first)
+    wait_until(lambda: "start once" in events(trace), what="the job starts")
+
+    async def result_stored_then_worker_killed() -> None:
+        nc = await nats.connect(nats_url)
+        try:
+            kv = await nc.jetstream().key_value(layout.RESULT_BUCKET)
+            record = JobResult(job_id=job_id, status=JobStatus.COMPLETED, result="once")
+            await kv.put(job_id, msgspec.json.encode(record))
+        finally:
+            await nc.close()
+
+    asyncio.run(result_stored_then_worker_killed())
+    first.kill()  # after its result, before its ack
+    second = WorkerProcess(nats_url, trace, "--ack-wait", "1", name="second")
+    workers.append(second)
+    second.wait_for_log("had already ended (completed): acked")
+    assert events(trace).count("start once") == 1
+    assert status(nats_url, job_id) is JobStatus.COMPLETED

@@ -181,6 +181,15 @@ def timed(seconds: float, tag: str) -> str:
     return tag
 
 
+async def own_timeout(kind: str) -> None:
+    """Raises a TimeoutError of its own, long before any job timeout."""
+    raise TimeoutError(f"the {kind} upstream timed out")
+
+
+def own_timeout_sync(kind: str) -> None:
+    raise TimeoutError(f"the {kind} upstream timed out")
+
+
 _FAULT_ERRORS: dict[str, type[Exception]] = {
     "retryable": ConnectionError,
     "non_retryable": ValueError,

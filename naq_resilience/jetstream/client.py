@@ -284,7 +284,12 @@ class Client:
         if publisher is not None:
             await publisher.close()
         if nc is not None and self._owns_connection and not nc.is_closed:
-            await nc.drain()
+            try:
+                await nc.drain()
+            except nats.errors.ConnectionReconnectingError:
+                # The server is away: nothing to drain into, and a connection left
+                # reconnecting (for ever, by default) would outlive the client.
+                await nc.close()
 
     async def _ready(self) -> tuple[JetStreamContext, Buckets]:
         if self._js is not None and self._buckets is not None:
@@ -402,12 +407,12 @@ class Client:
         return Job(self, envelope, sequence)
 
     async def _store(self, subject: str, payload: bytes, headers: dict[str, str]) -> int:
+        """A job carries its id as Nats-Msg-Id, so sending it again is safe: while no
+        ack comes (a stream leader died before answering), it is."""
         assert self._publisher is not None
-        try:
-            return await (await self._publisher.publish(subject, payload, headers))
-        except NoStreamResponseError:
-            await self._restore_layout()
-        return await self._publisher.store(subject, payload, headers)
+        return await self._publisher.store(
+            subject, payload, headers, resend=True, on_no_stream=self._restore_layout
+        )
 
     async def _restore_layout(self) -> None:
         """No stream answered a publish. Either it was deleted (a development server
@@ -483,12 +488,10 @@ class Client:
             payloads.append(payload)
         publish = self._publisher.publish
         futures = [
-            await publish(subject, payload, {"Nats-Msg-Id": envelope.id})
+            await publish(subject, payload, {"Nats-Msg-Id": envelope.id}, resend=True)
             for envelope, payload in zip(envelopes, payloads, strict=True)
         ]
-        outcomes: list[int | BaseException] = await asyncio.gather(
-            *futures, return_exceptions=True
-        )
+        outcomes: list[int | BaseException] = await asyncio.gather(*futures, return_exceptions=True)
         for i, outcome in enumerate(outcomes):
             if isinstance(outcome, BaseException):
                 message = (payloads[i], {"Nats-Msg-Id": envelopes[i].id})
@@ -515,9 +518,11 @@ class Client:
         assert self._publisher is not None
         try:
             if _no_leader(error):
-                if not any(isinstance(o, int) for o in outcomes):
-                    await self._restore_layout()
-                return await self._publisher.store(subject, *message)
+                first = not any(isinstance(o, int) for o in outcomes)
+                return await self._publisher.store(
+                    subject, *message, resend=True,
+                    on_no_stream=self._restore_layout if first else None,
+                )  # fmt: skip
             raise error
         except PublishTimeoutError as exc:
             failure: BaseException = _not_confirmed(exc, envelope)

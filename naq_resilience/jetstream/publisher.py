@@ -23,6 +23,7 @@ import contextlib
 import itertools
 import math
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -91,9 +92,34 @@ class _Ack(msgspec.Struct):
 _decode_ack = msgspec.json.Decoder(_Ack).decode
 
 
+class _Pending:
+    """A publish waiting for its ack; `resend` holds what to send again, if anything."""
+
+    __slots__ = ("future", "resend", "sent", "sent_last")
+
+    def __init__(
+        self,
+        future: asyncio.Future[int],
+        sent: float,
+        resend: tuple[str, bytes, dict[str, str] | None] | None,
+    ) -> None:
+        self.future = future
+        self.sent = self.sent_last = sent
+        self.resend = resend
+
+
 class Publisher:
     """JetStream publishes whose acks come back on one inbox; `await publish(...)` then
-    `await` the returned future for the stream sequence."""
+    `await` the returned future for the stream sequence.
+
+    A publish made with `resend=True` (a message whose effect is the same however often
+    it is stored: one with a `Nats-Msg-Id`, a KV put, a dead letter on its job's
+    subject) is sent again every `RESEND_AFTER` seconds while no ack came and the
+    connection is up, until `ack_timeout`: a message sent to a stream leader that died
+    before answering is otherwise waited for in vain.
+    """
+
+    RESEND_AFTER = 2.0
 
     def __init__(self, nc: NatsClient, ack_timeout: float = 10.0) -> None:
         self._nc = nc
@@ -101,7 +127,7 @@ class Publisher:
         self._prefix = ""
         self._cut = 0
         self._tokens = itertools.count()
-        self._waiting: dict[str, tuple[asyncio.Future[int], float]] = {}
+        self._waiting: dict[str, _Pending] = {}
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -123,6 +149,8 @@ class Publisher:
         payload: bytes,
         headers: dict[str, str] | None = None,
         msg_ttl: float | None = None,
+        *,
+        resend: bool = False,
     ) -> asyncio.Future[int]:
         """Send now; the future resolves to the stream sequence once JetStream stored it.
 
@@ -136,7 +164,9 @@ class Publisher:
             raise PayloadTooLargeError(subject, size, self._nc.max_payload)
         token = str(next(self._tokens))
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._waiting[token] = (future, time.monotonic())
+        self._waiting[token] = _Pending(
+            future, time.monotonic(), (subject, payload, headers) if resend else None
+        )
         try:
             await self._nc.publish(
                 subject, payload, reply=f"{self._prefix}.{token}", headers=headers
@@ -158,16 +188,20 @@ class Publisher:
         headers: dict[str, str] | None = None,
         msg_ttl: float | None = None,
         timeout: float | None = None,
+        *,
+        resend: bool = False,
+        on_no_stream: Callable[[], Awaitable[None]] | None = None,
     ) -> int:
         """Publish and wait until stored; the stream sequence.
 
         A stream that has no leader for a moment (no responders, or "JetStream
         cluster not available" while a cluster elects one) is asked again until
-        `timeout` (default `ack_timeout`): such a message was certainly not stored. A
-        missing ack raises `PublishTimeoutError` at once: that message may be stored.
+        `timeout` (default `ack_timeout`): such a message was certainly not stored;
+        `on_no_stream` is awaited the first time (to recreate a deleted stream). A
+        missing ack raises `PublishTimeoutError`: that message may be stored.
         """
         try:  # the common case, without the retry loop's bookkeeping
-            return await (await self.publish(subject, payload, headers, msg_ttl))
+            return await (await self.publish(subject, payload, headers, msg_ttl, resend=resend))
         except NoStreamResponseError:
             pass
         except APIError as error:
@@ -176,8 +210,13 @@ class Publisher:
         deadline = time.monotonic() + (self.ack_timeout if timeout is None else timeout)
         pause = _RETRY_PAUSE
         while True:
+            if on_no_stream is not None:
+                await on_no_stream()
+                on_no_stream = None
             try:
-                return await (await self.publish(subject, payload, headers, msg_ttl))
+                return await (
+                    await self.publish(subject, payload, headers, msg_ttl, resend=resend)
+                )
             except NoStreamResponseError:
                 pass
             except APIError as error:
@@ -194,9 +233,9 @@ class Publisher:
 
     async def _on_ack(self, msg: Msg) -> None:
         entry = self._waiting.pop(msg.subject[self._cut :], None)
-        if entry is None or entry[0].done():
+        if entry is None or entry.future.done():
             return
-        future = entry[0]
+        future = entry.future
         if not msg.data:
             status = (msg.headers or {}).get("Status", "")
             future.set_exception(
@@ -229,13 +268,14 @@ class Publisher:
             future.set_result(ack.seq)
 
     async def _sweep(self) -> None:
-        period = max(0.1, self.ack_timeout / 4)
+        period = max(0.05, min(0.5, self.ack_timeout / 4))
         while True:
             await asyncio.sleep(period)
-            cutoff = time.monotonic() - self.ack_timeout
-            late = [t for t, (_, sent) in self._waiting.items() if sent < cutoff]
+            now = time.monotonic()
+            cutoff = now - self.ack_timeout
+            late = [t for t, pending in self._waiting.items() if pending.sent < cutoff]
             for token in late:
-                future, _ = self._waiting.pop(token)
+                future = self._waiting.pop(token).future
                 if not future.done():
                     future.set_exception(
                         PublishTimeoutError(
@@ -243,9 +283,23 @@ class Publisher:
                             "or may not be stored"
                         )
                     )
+            if self._nc.is_connected:  # a message sent while away is in nats-py's buffer
+                await self._resend(now)
+
+    async def _resend(self, now: float) -> None:
+        due = now - self.RESEND_AFTER
+        for token, pending in list(self._waiting.items()):
+            if pending.resend is None or pending.sent_last > due or pending.future.done():
+                continue
+            subject, payload, headers = pending.resend
+            pending.sent_last = now
+            with contextlib.suppress(Exception):  # the next round tries again
+                await self._nc.publish(
+                    subject, payload, reply=f"{self._prefix}.{token}", headers=headers
+                )
 
     def _fail_all(self, error: BaseException) -> None:
         waiting, self._waiting = self._waiting, {}
-        for future, _ in waiting.values():
-            if not future.done():
-                future.set_exception(error)
+        for pending in waiting.values():
+            if not pending.future.done():
+                pending.future.set_exception(error)

@@ -546,6 +546,9 @@ class Worker:
         crashes = 0
         delivered = _delivered(msg)
         if delivered > 1:
+            if env.result_ttl is not None and await self._already_settled(env):
+                await msg.ack()  # it ended before; only its ack was lost
+                return
             ledger = await self._ledger(env.id)
             crashes = max(0, delivered - 1 - ledger.failed - ledger.deferred - ledger.handed_back)
             if crashes >= self.max_crashes:
@@ -571,13 +574,7 @@ class Worker:
             if fn.is_async:
                 result = fn.runner(*args, **kwargs)
                 if env.timeout is not None:
-                    try:
-                        result = await asyncio.wait_for(result, env.timeout)
-                    except TimeoutError:
-                        raise TimeoutError(
-                            f"job {env.id} ({env.function}) ran past its timeout of "
-                            f"{env.timeout:g}s and was cancelled"
-                        ) from None
+                    result = await _within_timeout(result, env)
                 else:
                     result = await result
             else:
@@ -625,10 +622,9 @@ class Worker:
         if env.timeout is None:
             return await future
         started = time.monotonic()
-        try:
-            return await asyncio.wait_for(asyncio.shield(future), env.timeout)
-        except TimeoutError:
-            pass
+        done, _ = await asyncio.wait([future], timeout=env.timeout)
+        if done:
+            return future.result()  # returned or raised in time, its own error included
         log.warning(
             "job %s (%s) ran past its timeout of %gs; a thread cannot be stopped, so the job "
             "keeps its message until the thread ends, then fails with TimeoutError",
@@ -678,6 +674,24 @@ class Worker:
         else:
             log.info("job %s: rolled back the steps of an interrupted delivery", env.id)
 
+    async def _already_settled(self, env: JobEnvelope) -> bool:
+        """Whether a redelivered job's result already says how it ended: its ack was lost
+        (a worker killed between storing the result and acking, a failover), and
+        running it again would only run it twice."""
+        assert self._buckets is not None
+        try:
+            entry = await self._buckets.results.get(env.id)
+        except KeyNotFoundError:
+            return False
+        if not entry.value:
+            return False
+        try:
+            status = decode(entry.value, JobResult).status
+        except msgspec.DecodeError:
+            return False
+        log.info("job %s was redelivered but had already ended (%s): acked", env.id, status)
+        return True
+
     # ------------------------------------------------------------------ the ledger
     async def _ledger(self, job_id: str) -> Ledger:
         assert self._buckets is not None
@@ -700,7 +714,10 @@ class Worker:
         assert self._publisher is not None
         try:
             await self._publisher.store(
-                f"$KV.{layout.ATTEMPT_BUCKET}.{job_id}", encode(ledger), msg_ttl=LEDGER_TTL
+                f"$KV.{layout.ATTEMPT_BUCKET}.{job_id}",
+                encode(ledger),
+                msg_ttl=LEDGER_TTL,
+                resend=True,
             )
         except Exception as exc:
             log.warning("job %s: attempt ledger not written (%r)", job_id, exc)
@@ -886,13 +903,13 @@ class Worker:
         try:
             if moved:
                 await asyncio.gather(
-                    self._publisher.store(subject, payload, msg_ttl=ttl),
+                    self._publisher.store(subject, payload, msg_ttl=ttl, resend=True),
                     self._store_original(
                         msg, layout.original_subject(letter.dead_letter_queue, name), ttl
                     ),
                 )
             else:
-                await self._publisher.store(subject, payload, msg_ttl=ttl)
+                await self._publisher.store(subject, payload, msg_ttl=ttl, resend=True)
         except StreamFullError as exc:
             log.error(
                 "the dead-letter stream %s is full (%s): job %s stays in its queue and comes "
@@ -913,7 +930,7 @@ class Worker:
         data = bytes(msg.data)
         if ttl is not None and len(data) + 24 > self._publisher.max_payload:
             ttl = None  # no room for the TTL header: kept until the stream's max_age
-        await self._publisher.store(subject, data, None, ttl)
+        await self._publisher.store(subject, data, None, ttl, resend=True)
 
     async def _backstop(self, msg: Msg, queue: str, exc: Exception) -> None:
         """Something failed while handling or settling this message: end it as a dead
@@ -952,7 +969,9 @@ class Worker:
                 cut=["a last-resort letter: the job's message and history could not be stored"],
             )  # fmt: skip
             await self._publisher.store(
-                layout.dead_subject(dead_queue, job_id), self._record_encoder.encode(minimal)
+                layout.dead_subject(dead_queue, job_id),
+                self._record_encoder.encode(minimal),
+                resend=True,
             )
             await msg.ack()
         except Exception as third:
@@ -1001,8 +1020,24 @@ class Worker:
                 "without result_ttl"
             )
         await self._publisher.store(
-            f"$KV.{layout.RESULT_BUCKET}.{env.id}", payload, msg_ttl=env.result_ttl
+            f"$KV.{layout.RESULT_BUCKET}.{env.id}", payload, msg_ttl=env.result_ttl, resend=True
         )
+
+
+async def _within_timeout(job: Any, env: JobEnvelope) -> Any:
+    """Await an async job for at most its `timeout`: cancelled past it. A `TimeoutError`
+    the job raises itself (a network call of its own) stays what it is."""
+    assert env.timeout is not None
+    try:
+        async with asyncio.timeout(env.timeout) as scope:
+            return await job
+    except TimeoutError:
+        if not scope.expired():
+            raise
+    raise TimeoutError(
+        f"job {env.id} ({env.function}) ran past its timeout of {env.timeout:g}s and was "
+        "cancelled"
+    )
 
 
 async def _flush(logs: list[KVActionLog]) -> None:

@@ -520,8 +520,8 @@ def section_producers(c: Code) -> list[str]:
                 "`NAQ_DUPLICATE_WINDOW`) a second publish with the same id is not "
                 'stored; its ack says `"duplicate": true`. So a publish whose ack never '
                 "came can be sent again safely, as the same message. (The Python client "
-                "sends every job's id this way; with `idempotency_key=` the key instead, "
-                "and the job id is derived from the key.)",
+                "sends every job's id this way; with `idempotency_key=`, the job id is "
+                "derived from the key, so the same key gives the same id.)",
                 "- **Size.** The message, headers included, must fit the server's "
                 "`max_payload` (1 MiB unless configured): a server closes the connection "
                 "of a client that sends more.",

@@ -79,6 +79,9 @@ def test_an_idempotency_key_returns_the_job_that_is_stored(nats_url: str) -> Non
             first = await client.enqueue(worker_jobs.add, 1, 2, idempotency_key="order-42")
             second = await client.enqueue(worker_jobs.add, 1, 2, idempotency_key="order-42")
             assert (second.job_id, second.sequence) == (first.job_id, first.sequence)
+            # What a PublishTimeoutError advises, for a job with a key: retry by its id.
+            third = await client.enqueue(worker_jobs.add, 1, 2, job_id=first.job_id)
+            assert third.sequence == first.sequence
 
     asyncio.run(main())
 

@@ -25,7 +25,7 @@ from naq_resilience import (
 )
 from naq_resilience.codec import decode
 from naq_resilience.jetstream import layout
-from naq_resilience.models import FailureRecord, Ledger
+from naq_resilience.models import FailureRecord, JobEnvelope, Ledger
 
 import worker_jobs
 
@@ -473,3 +473,53 @@ def test_a_worker_on_another_thread_stops_when_asked_from_this_one(nats_url: str
     worker.stop()
     thread.join(30)
     assert not thread.is_alive()
+
+
+def test_a_bug_while_settling_ends_in_a_dead_letter_that_says_so(
+    nats_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken_failure_path(*args: Any) -> None:
+        raise RuntimeError("a bug in the failure path")
+
+    monkeypatch.setattr(Worker, "_failed", broken_failure_path)
+
+    async def main() -> None:
+        async with Client(nats_url) as client, working(nats_url):
+            job = await client.enqueue(worker_jobs.raises, "value")
+            await until(lambda: _is(job.status(), JobStatus.DEAD))
+            (letter,) = await client.get_dead_letter_jobs("default.dead")
+        assert letter.reason == (
+            "the worker failed while handling this message: builtins:RuntimeError: "
+            "a bug in the failure path"
+        )
+        assert letter.job is not None
+        assert letter.job.id == job.job_id
+
+    run(main())
+
+
+def test_when_even_the_dead_letter_fails_a_minimal_one_keeps_the_message_verbatim(
+    nats_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(*args: Any) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(Worker, "_failed", broken)
+    monkeypatch.setattr(Worker, "_dead", broken)
+
+    async def main() -> None:
+        async with Client(nats_url) as client, working(nats_url):
+            job = await client.enqueue(worker_jobs.raises, "value")
+            await until(lambda: _is(job.status(), JobStatus.DEAD))
+            (letter,) = await client.get_dead_letter_jobs("default.dead")
+            nc = await nats.connect(nats_url)
+            original = await nc.jetstream().get_last_msg(
+                layout.DEAD_STREAM, letter.original_subject or ""
+            )
+            await nc.close()
+        assert letter.reason.startswith("the worker failed while handling this message")
+        assert letter.cut == [f"a last-resort letter: the job's message is kept verbatim at "
+                              f"{letter.original_subject}"]  # fmt: skip
+        assert decode(original.data or b"", JobEnvelope).id == job.job_id
+
+    run(main())

@@ -395,9 +395,10 @@ class Client:
         envelope, payload = self._envelope(name, options, args, kwargs, job_id)
         await self._ready()
         assert self._publisher is not None
-        msg_id = idempotency_key or job_id
-        headers = {"Nats-Msg-Id": msg_id}
-        self._check_size(name, len(payload) + headers_size(headers))
+        # Always the job id (derived from an idempotency key when one is given): a retry
+        # with job_id= then carries the same Nats-Msg-Id as the first publish.
+        headers = {"Nats-Msg-Id": job_id}
+        self._check_size(name, len(payload) + _MSG_ID_HEADER + len(job_id))
         try:
             sequence = await self._store(layout.job_subject(options.queue), payload, headers)
         except PublishTimeoutError as exc:

@@ -120,6 +120,7 @@ class Publisher:
     """
 
     RESEND_AFTER = 2.0
+    RESEND_BATCH = 256
 
     def __init__(self, nc: NatsClient, ack_timeout: float = 10.0) -> None:
         self._nc = nc
@@ -287,8 +288,12 @@ class Publisher:
                 await self._resend(now)
 
     async def _resend(self, now: float) -> None:
+        """The oldest unanswered messages, at most `RESEND_BATCH` a round: a message lost
+        with a dying leader is sent again within a round or two, while a backlog whose
+        acks are merely slow is not sent twice over, which would only slow it more."""
         due = now - self.RESEND_AFTER
-        for token, pending in list(self._waiting.items()):
+        sent = 0
+        for token, pending in list(self._waiting.items()):  # in the order they were sent
             if pending.resend is None or pending.sent_last > due or pending.future.done():
                 continue
             subject, payload, headers = pending.resend
@@ -297,6 +302,9 @@ class Publisher:
                 await self._nc.publish(
                     subject, payload, reply=f"{self._prefix}.{token}", headers=headers
                 )
+            sent += 1
+            if sent >= self.RESEND_BATCH:
+                return
 
     def _fail_all(self, error: BaseException) -> None:
         waiting, self._waiting = self._waiting, {}

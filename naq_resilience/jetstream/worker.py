@@ -435,7 +435,8 @@ class Worker:
         """The connection is gone: nothing can be settled, so stop at once."""
         log.error(
             "worker %s: %s; %d running jobs cannot be settled and will be redelivered to "
-            "other workers. Exiting so a supervisor restarts this worker",
+            "other workers. The worker stops (`naq worker` exits with status 3, for its "
+            "supervisor to start it again)",
             self.worker_id, self._lost, len(self._running),
         )  # fmt: skip
         for task in list(self._running):
@@ -963,15 +964,19 @@ class Worker:
             dead_queue = (env.dead_letter_queue if env else None) or layout.dead_letter_queue_for(
                 queue
             )
+            original = layout.original_subject(dead_queue, job_id)
             minimal = DeadLetter(
                 reason=cut_text(reason, 1024), queue=queue, dead_letter_queue=dead_queue,
-                dead_at=time.time(),
-                cut=["a last-resort letter: the job's message and history could not be stored"],
+                dead_at=time.time(), original_subject=original,
+                cut=[f"a last-resort letter: the job's message is kept verbatim at {original}"],
             )  # fmt: skip
-            await self._publisher.store(
-                layout.dead_subject(dead_queue, job_id),
-                self._record_encoder.encode(minimal),
-                resend=True,
+            await asyncio.gather(
+                self._store_original(msg, original, None),
+                self._publisher.store(
+                    layout.dead_subject(dead_queue, job_id),
+                    self._record_encoder.encode(minimal),
+                    resend=True,
+                ),
             )
             await msg.ack()
         except Exception as third:

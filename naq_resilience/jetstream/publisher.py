@@ -201,19 +201,9 @@ class Publisher:
         `on_no_stream` is awaited the first time (to recreate a deleted stream). A
         missing ack raises `PublishTimeoutError`: that message may be stored.
         """
-        try:  # the common case, without the retry loop's bookkeeping
-            return await (await self.publish(subject, payload, headers, msg_ttl, resend=resend))
-        except NoStreamResponseError:
-            pass
-        except APIError as error:
-            if error.err_code not in _TRANSIENT_CODES:
-                raise
-        deadline = time.monotonic() + (self.ack_timeout if timeout is None else timeout)
+        deadline = None  # computed only once a retry is needed: not on the common path
         pause = _RETRY_PAUSE
         while True:
-            if on_no_stream is not None:
-                await on_no_stream()
-                on_no_stream = None
             try:
                 return await (
                     await self.publish(subject, payload, headers, msg_ttl, resend=resend)
@@ -223,12 +213,18 @@ class Publisher:
             except APIError as error:
                 if error.err_code not in _TRANSIENT_CODES:
                     raise
-            if time.monotonic() + pause >= deadline:
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + (self.ack_timeout if timeout is None else timeout)
+            if now + pause >= deadline:
                 raise PublishTimeoutError(
                     f"no JetStream stream stored {subject} within "
                     f"{self.ack_timeout if timeout is None else timeout:g}s: no stream leader "
                     "answered (in a cluster, check that a majority of the nodes are up)"
                 )
+            if on_no_stream is not None:
+                await on_no_stream()
+                on_no_stream = None
             await asyncio.sleep(pause)
             pause = min(pause * 2, _RETRY_PAUSE_MAX)
 

@@ -45,6 +45,7 @@ from naq_resilience.models import (  # noqa: E402
     DeadLetter,
     FailureRecord,
     JobEnvelope,
+    JobRecord,
     JobResult,
     JobStatus,
     Ledger,
@@ -357,6 +358,25 @@ EXAMPLES: dict[type[msgspec.Struct], list[tuple[str, Any]]] = {
             Ledger(failed=2, deferred=1),
         )
     ],
+    JobRecord: [
+        (
+            "A job waiting for its third attempt.",
+            JobRecord(
+                job_id=JOB_ID,
+                queue="emails",
+                function="billing.jobs:send_invoice",
+                status=JobStatus.RETRYING,
+                updated_at=T0 + 4.2,
+                enqueued_at=T0,
+                started_at=T0 + 4.0,
+                attempts=2,
+                worker_id="worker-7:4242:a1b2c3",
+                error_type="builtins:ConnectionError",
+                error="SMTP server closed the connection",
+                next_retry_at=T0 + 8.2,
+            ),
+        )
+    ],
     SagaLogRecord: [
         (
             "A job that reserved stock, then crashed before charging.",
@@ -604,6 +624,13 @@ def section_subjects(c: Code) -> list[str]:
             "operators (the DeadLetter's `original_subject` points here)",
         ),
         (
+            layout.history_subject(JOB),
+            "JobRecord",
+            "the client (queued) and the worker (running, retrying, completed, failed), "
+            "without waiting for an ack",
+            "`Job.status()`, `get_job`, `get_jobs_in_timeframe`",
+        ),
+        (
             f"$KV.{layout.ATTEMPT_BUCKET}.{JOB}",
             "Ledger",
             "the worker, before each `nak` (retry, breaker deferral, hand-back)",
@@ -813,19 +840,23 @@ def section_protocol(c: Code) -> list[str]:
                 "it to another worker. A sync job past its `timeout` fails with "
                 "`TimeoutError`, but keeps its message (and heartbeats) until its thread "
                 "has ended: two attempts of one job never run at once.",
-                "7. **Returned:** a `completed` JobResult to "
+                "7. **History.** Whatever follows ends with the job's new JobRecord on "
+                f"`{layout.history_subject(JOB)}` (sent without waiting for an ack): "
+                "`completed`, `retrying` or `failed`; a job that runs longer than a "
+                "second gets a `running` record first.",
+                "8. **Returned:** a `completed` JobResult to "
                 f"`$KV.{layout.RESULT_BUCKET}.{JOB}` if `result_ttl`, then `ack`. A result "
                 "bigger than the server's `max_payload` fails the job as a non-retryable "
                 "`naq_resilience:ResultTooLargeError` instead.",
-                "8. **A circuit breaker is open:** the Ledger's `deferred` is incremented and "
+                "9. **A circuit breaker is open:** the Ledger's `deferred` is incremented and "
                 "the message is `nak`ed with a delay of the breaker's `retry_after`. No "
                 "failure record: a deferral is not an attempt.",
-                "9. **Raised,** retryable, attempts left: a FailureRecord (`outcome: "
+                "10. **Raised,** retryable, attempts left: a FailureRecord (`outcome: "
                 f'"retry"`) to `{layout.failure_subject(QUEUE, JOB)}`, acknowledged by '
                 "JetStream, then `nak` with a "
                 "delay: the error's `retry_after` if it has one, else the retry schedule's "
                 "delay for this attempt. JetStream redelivers it then; no worker waits.",
-                "10. **Raised,** not retryable, critical, or the last attempt: a "
+                "11. **Raised,** not retryable, critical, or the last attempt: a "
                 '`FailureRecord` (`outcome: "dead"`, published without waiting for its '
                 "acknowledgement), then a DeadLetter with every failure "
                 f"of the job (read back from `{layout.FAILURE_STREAM}`, this one included) "
@@ -836,7 +867,7 @@ def section_protocol(c: Code) -> list[str]:
                 "again (the job's `ack` was lost) replaces the first. If the dead-letter "
                 "stream is full, the job is handed back (Ledger `handed_back`) and comes "
                 "back a minute later: nothing is acked away.",
-                "11. **Shutdown:** a job still running after the grace period is handed "
+                "12. **Shutdown:** a job still running after the grace period is handed "
                 "back (Ledger `handed_back`, then `nak` without delay) once it has stopped: "
                 "an async job is cancelled; a sync job's thread cannot be stopped, so the "
                 "worker waits for it and settles it as usual.",

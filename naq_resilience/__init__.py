@@ -81,12 +81,16 @@ if TYPE_CHECKING:
         Client,
         Job,
         JobFailedError,
+        JobList,
         SyncClient,
         SyncJob,
         enqueue,
         enqueue_many,
         enqueue_sync,
         get_dead_letter_jobs,
+        get_failed_jobs,
+        get_job,
+        get_jobs_in_timeframe,
     )
     from naq_resilience.jetstream.connection import (
         ConnectionSettings,
@@ -94,9 +98,22 @@ if TYPE_CHECKING:
         JetStreamUnavailableError,
         NatsUnavailableError,
     )
+    from naq_resilience.jetstream.publisher import PublishTimeoutError, StreamFullError
     from naq_resilience.jetstream.server import EmbeddedServer
-    from naq_resilience.jetstream.worker import Worker, current_job
-    from naq_resilience.models import DeadLetter, FailureRecord, JobEnvelope, JobStatus
+    from naq_resilience.jetstream.streams import StorageSettings
+    from naq_resilience.jetstream.worker import (
+        ResultTooLargeError,
+        Worker,
+        WorkerConnectionLost,
+        current_job,
+    )
+    from naq_resilience.models import (
+        DeadLetter,
+        FailureRecord,
+        JobEnvelope,
+        JobRecord,
+        JobStatus,
+    )
     from naq_resilience.ops.logging import setup_logging
 
 _LIVE = frozenset({"RETRYABLE_ERRORS", "NON_RETRYABLE_ERRORS", "CRITICAL_ERRORS"})
@@ -113,6 +130,16 @@ _LAZY = {
     "enqueue_many": "naq_resilience.jetstream.client",
     "enqueue_sync": "naq_resilience.jetstream.client",
     "get_dead_letter_jobs": "naq_resilience.jetstream.client",
+    "get_failed_jobs": "naq_resilience.jetstream.client",
+    "get_job": "naq_resilience.jetstream.client",
+    "get_jobs_in_timeframe": "naq_resilience.jetstream.client",
+    "JobList": "naq_resilience.jetstream.client",
+    "PublishTimeoutError": "naq_resilience.jetstream.publisher",
+    "StreamFullError": "naq_resilience.jetstream.publisher",
+    "StorageSettings": "naq_resilience.jetstream.streams",
+    "ResultTooLargeError": "naq_resilience.jetstream.worker",
+    "WorkerConnectionLost": "naq_resilience.jetstream.worker",
+    "JobRecord": "naq_resilience.models",
     "ConnectionSettings": "naq_resilience.jetstream.connection",
     "NatsUnavailableError": "naq_resilience.jetstream.connection",
     "JetStreamUnavailableError": "naq_resilience.jetstream.connection",
@@ -190,6 +217,9 @@ __all__ = [
     "FallbackPolicy",
     "get_breaker",
     "get_dead_letter_jobs",
+    "get_failed_jobs",
+    "get_job",
+    "get_jobs_in_timeframe",
     "is_injected",
     "JetStreamNotEnabledError",
     "JetStreamUnavailableError",
@@ -197,6 +227,8 @@ __all__ = [
     "Job",
     "JobEnvelope",
     "JobFailedError",
+    "JobList",
+    "JobRecord",
     "JobStatus",
     "MemoryActionLog",
     "MemoryBreakerStore",
@@ -206,8 +238,10 @@ __all__ = [
     "on_critical",
     "policies_of",
     "ProcessingError",
+    "PublishTimeoutError",
     "RateLimitError",
     "remove_critical_hook",
+    "ResultTooLargeError",
     "retry",
     "Retryable",
     "RETRYABLE_ERRORS",
@@ -219,9 +253,12 @@ __all__ = [
     "SecurityError",
     "set_testing",
     "setup_logging",
+    "StorageSettings",
+    "StreamFullError",
     "SyncClient",
     "SyncJob",
     "SystemFailureError",
     "TemporaryResourceError",
     "Worker",
+    "WorkerConnectionLost",
 ]

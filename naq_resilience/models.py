@@ -25,6 +25,7 @@ __all__ = [
     "DeadLetter",
     "FailureRecord",
     "JobEnvelope",
+    "JobRecord",
     "JobResult",
     "JobStatus",
     "Ledger",
@@ -218,21 +219,84 @@ class DeadLetter(msgspec.Struct, kw_only=True, omit_defaults=True):
     (`naq.originals.<dead_letter_queue>.<id>` in `NAQ_DEAD`); absent otherwise."""
     cut: list[str] = []
     """What was shortened or left out to fit `max_payload`, one sentence each."""
+    letter_id: str = ""
+    """The letter's id when `job` is absent: `seq-<n>` for a message that was not a
+    readable job (after its sequence in the job stream, as in its subject), or the
+    job's id in a last-resort letter. Absent otherwise: the job's id is the letter's."""
+
+    @property
+    def id(self) -> str:
+        """The letter's id, as in its subject: the job's id, or `seq-<n>`."""
+        return self.job.id if self.job is not None else self.letter_id
 
 
 class JobStatus(enum.StrEnum):
-    """Where a job is, as `Job.status()` answers; a stored `JobResult` is only ever
-    "completed" or "dead"."""
+    """Where a job is, as `Job.status()`, `get_job()` and the job history answer."""
 
     QUEUED = "queued"
-    """In the job stream: waiting, running, or waiting for a scheduled retry."""
+    """Stored in the job stream, waiting for a worker."""
+    SCHEDULED = "scheduled"
+    """Waiting for its time (`enqueue_at`, `enqueue_in`, a schedule)."""
+    RUNNING = "running"
+    """A worker runs it (recorded once it has run for about a second)."""
+    RETRYING = "retrying"
+    """An attempt failed and the job waits to be delivered again at `next_retry_at`."""
     COMPLETED = "completed"
-    """Ran and returned (its `JobResult` holds the return value)."""
+    """Ran and returned."""
+    FAILED = "failed"
+    """Failed for good: it is in its dead-letter queue."""
     DEAD = "dead"
-    """In its dead-letter queue: failed for good."""
+    """What a `JobResult` of a job that failed for good says (its value since version
+    1); `Job.status()` reports such a job as "failed"."""
     FINISHED = "finished"
-    """Left the queue and is not a dead letter; completed, unless its dead letter
-    already expired. Enqueue with `result_ttl` to know for sure."""
+    """Left the queue and is not a dead letter, and nothing else is recorded (its
+    history expired, or it was enqueued by a producer that writes none): completed,
+    unless its dead letter expired too."""
+
+
+class JobRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A job's latest state, for its history: one per job, replaced at each change.
+
+    Published to `naq.history.<job_id>` (stream `NAQ_HISTORY`, which keeps the newest
+    record per job, for the history window): "queued" by the client once the job is
+    stored, "running" by the worker once it has run for about a second, "retrying",
+    "completed" or "failed" when the worker settles an attempt. Records are sent
+    without waiting for an acknowledgement: history is for looking, not for deciding.
+    """
+
+    version: int = _written(1)
+    """Record format version."""
+    job_id: str
+    """The job's `JobEnvelope.id`."""
+    queue: str
+    """The job's queue."""
+    function: str
+    """The job's function, `module:qualname`."""
+    status: JobStatus
+    """The job's state as of `updated_at`."""
+    updated_at: float
+    """When the job entered this state, unix time in seconds."""
+    enqueued_at: float = 0.0
+    """When the job was enqueued, unix time in seconds; 0 when unknown."""
+    scheduled_for: float | None = None
+    """When a scheduled job is due, unix time in seconds."""
+    started_at: float | None = None
+    """When its latest attempt started."""
+    finished_at: float | None = None
+    """When it completed or failed for good."""
+    attempts: int = 0
+    """Attempts run so far, the running one included; crashes and deferrals are not
+    attempts."""
+    worker_id: str = ""
+    """The worker of the latest attempt."""
+    error_type: str | None = None
+    """The latest error's class, `module:qualname`, when an attempt failed."""
+    error: str | None = None
+    """The head of the latest error's message (at most 512 characters)."""
+    next_retry_at: float | None = None
+    """When a retrying job will be delivered again, unix time in seconds."""
+    dead_letter_queue: str | None = None
+    """Where a failed job's dead letter is."""
 
 
 class JobResult(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -246,7 +310,7 @@ class JobResult(msgspec.Struct, kw_only=True, omit_defaults=True):
     job_id: str
     """The job's `JobEnvelope.id`."""
     status: JobStatus
-    """"completed" or "dead"."""
+    """"completed" or "dead" (failed for good)."""
     result: Any = None
     """The function's return value when completed (a value that cannot be encoded is
     not stored: `error` then says so)."""

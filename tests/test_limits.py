@@ -168,7 +168,7 @@ def test_a_value_that_does_not_convert_is_not_repeated_in_the_error(
 ) -> None:
     (job_id,) = enqueue(nats_url, worker_jobs.want_int, [("7" * 700_000 + "z",)], max_retries=3)
     workers.append(WorkerProcess(nats_url, trace, "--ack-wait", "2", name="w"))
-    wait_until(lambda: status(nats_url, job_id) is JobStatus.DEAD, what="a dead letter")
+    wait_until(lambda: status(nats_url, job_id) is JobStatus.FAILED, what="a dead letter")
     (letter,) = dead_letters(nats_url)
     assert letter.reason.startswith("non-retryable error naq_resilience:DataValidationError")
     assert "poison" not in letter.reason

@@ -68,7 +68,7 @@ def test_an_enqueue_whose_ack_was_lost_is_retried_safely_with_its_job_id(
 
     assert asyncio.run(stored()) == 1  # two publishes, one job
     workers.append(WorkerProcess(url, trace, name="w"))
-    wait_until(lambda: status(url, job_id) is JobStatus.FINISHED, what="the job runs")
+    wait_until(lambda: status(url, job_id) is JobStatus.COMPLETED, what="the job runs")
     time.sleep(0.5)
     assert events(trace).count("start once") == 1
 
@@ -95,7 +95,7 @@ def test_a_sync_job_past_its_timeout_never_overlaps_its_next_attempt(
     )
     for name in ("a", "b"):  # a retry could go to either
         workers.append(WorkerProcess(nats_url, trace, "--ack-wait", "1", name=name))
-    wait_until(lambda: status(nats_url, job_id) is JobStatus.DEAD, what="a dead letter")
+    wait_until(lambda: status(nats_url, job_id) is JobStatus.FAILED, what="a dead letter")
     spans = runs(trace, "t")
     assert len(spans) == 3  # every attempt ran to its end, one after the other
     assert_one_at_a_time(spans)

@@ -125,7 +125,7 @@ def test_argument_that_does_not_match_is_a_dead_letter_at_once(nats_url: str) ->
     async def main() -> None:
         async with Client(nats_url) as client, working(nats_url):
             job = await client.enqueue(worker_jobs.typed, "not a date", 3, [], max_retries=5)
-            await until(lambda: _is(job.status(), JobStatus.DEAD))
+            await until(lambda: _is(job.status(), JobStatus.FAILED))
             (letter,) = await client.get_dead_letter_jobs("default.dead")
         assert "non-retryable" in letter.reason
         assert (
@@ -176,7 +176,7 @@ def test_enqueue_options_override_the_decorator(nats_url: str) -> None:
             # ignore_on beats the decorator's defaults: TimeoutError is not retried.
             slow = await client.enqueue(worker_jobs.raises, "timeout", ignore_on=TimeoutError)
             for job in (keys, down, slow):
-                await until(lambda job=job: _is(job.status(), JobStatus.DEAD))
+                await until(lambda job=job: _is(job.status(), JobStatus.FAILED))
             letters = {d.job.id: d for d in await client.get_dead_letter_jobs("default.dead")}
         assert [f.attempt for f in letters[keys.job_id].failures] == [1, 2, 3]
         assert "out of attempts (3 of 3)" in letters[keys.job_id].reason
@@ -215,7 +215,7 @@ def test_dead_letter_holds_envelope_history_and_reason_in_its_queue(nats_url: st
                 worker_jobs.raises, "connection", max_retries=1, retry_delay=0,
                 dead_letter_queue="ops.review", dead_letter_ttl=3600,
             )  # fmt: skip
-            await until(lambda: _is(job.status(), JobStatus.DEAD))
+            await until(lambda: _is(job.status(), JobStatus.FAILED))
             assert await client.get_dead_letter_jobs("default.dead") == []
             (letter,) = await client.get_dead_letter_jobs("ops.review")
             nc = await nats.connect(nats_url)
@@ -243,7 +243,7 @@ def test_unallowed_function_is_dead_lettered_without_importing(nats_url: str) ->
             job = await client.enqueue(forbidden.anything, 1)
             sys.modules.pop(forbidden.__name__)
             async with working(nats_url):
-                await until(lambda: _is(job.status(), JobStatus.DEAD))
+                await until(lambda: _is(job.status(), JobStatus.FAILED))
                 follow_up = await client.enqueue(worker_jobs.add, 1, 1, result_ttl=60)
                 assert await follow_up.result(timeout=20) == 2
             (letter,) = await client.get_dead_letter_jobs("default.dead")
@@ -289,7 +289,7 @@ def test_open_breaker_defers_without_using_attempts(nats_url: str, tmp_path: Any
                 for i in range(3)
             ]
             for job in first:
-                await until(lambda job=job: _is(job.status(), JobStatus.DEAD))
+                await until(lambda job=job: _is(job.status(), JobStatus.FAILED))
             # The breaker is open now: these are deferred, not failed.
             later = [
                 await client.enqueue(worker_jobs.call_dependency, f"l{i}", max_retries=0,
@@ -360,7 +360,7 @@ def test_job_timeout_is_a_failed_attempt(nats_url: str) -> None:
     async def main() -> None:
         async with Client(nats_url) as client, working(nats_url):
             job = await client.enqueue(worker_jobs.slow, 30.0, "t", timeout=0.2, max_retries=0)
-            await until(lambda: _is(job.status(), JobStatus.DEAD))
+            await until(lambda: _is(job.status(), JobStatus.FAILED))
             (letter,) = await client.get_dead_letter_jobs("default.dead")
         assert letter.failures[0].error_type == "builtins:TimeoutError"
         assert "ran past its timeout of 0.2s and was cancelled" in letter.failures[0].message
@@ -375,7 +375,7 @@ def test_a_jobs_own_timeout_error_is_not_taken_for_the_job_timeout(
     async def main() -> None:
         async with Client(nats_url) as client, working(nats_url):
             job = await client.enqueue(func, "billing", timeout=30, max_retries=0)
-            await until(lambda: _is(job.status(), JobStatus.DEAD))
+            await until(lambda: _is(job.status(), JobStatus.FAILED))
             (letter,) = await client.get_dead_letter_jobs("default.dead")
         (record,) = letter.failures
         assert record.message == "the billing upstream timed out"
@@ -486,7 +486,7 @@ def test_a_bug_while_settling_ends_in_a_dead_letter_that_says_so(
     async def main() -> None:
         async with Client(nats_url) as client, working(nats_url):
             job = await client.enqueue(worker_jobs.raises, "value")
-            await until(lambda: _is(job.status(), JobStatus.DEAD))
+            await until(lambda: _is(job.status(), JobStatus.FAILED))
             (letter,) = await client.get_dead_letter_jobs("default.dead")
         assert letter.reason == (
             "the worker failed while handling this message: builtins:RuntimeError: "
@@ -510,7 +510,7 @@ def test_when_even_the_dead_letter_fails_a_minimal_one_keeps_the_message_verbati
     async def main() -> None:
         async with Client(nats_url) as client, working(nats_url):
             job = await client.enqueue(worker_jobs.raises, "value")
-            await until(lambda: _is(job.status(), JobStatus.DEAD))
+            await until(lambda: _is(job.status(), JobStatus.FAILED))
             (letter,) = await client.get_dead_letter_jobs("default.dead")
             nc = await nats.connect(nats_url)
             original = await nc.jetstream().get_last_msg(

@@ -76,7 +76,7 @@ def test_sigterm_finishes_the_running_job_then_exits(
     wait_until(lambda: "start g" in events(trace), what="the job starts")
     assert worker.terminate() == 0
     assert events(trace) == ["start g", "done g"]
-    assert status(nats_url, job_id) is JobStatus.FINISHED
+    assert status(nats_url, job_id) is JobStatus.COMPLETED
     assert "stopped" in worker.log()
 
 
@@ -94,7 +94,7 @@ def test_poison_job_ends_in_the_dead_letter_queue_after_max_crashes(
         assert worker.proc.returncode == 17
     survivor = WorkerProcess(nats_url, trace, *options, name="survivor")
     workers.append(survivor)
-    wait_until(lambda: status(nats_url, job_id) is JobStatus.DEAD, what="dead letter")
+    wait_until(lambda: status(nats_url, job_id) is JobStatus.FAILED, what="dead letter")
     assert survivor.proc.poll() is None
     assert events(trace).count("crash p") == max_crashes
 
@@ -154,7 +154,7 @@ def test_open_breaker_is_shared_with_another_worker_process(
     worker_jobs.flag_path().touch()
     wait_until(lambda: all(f"ok l{i}" in events(trace) for i in range(4)), what="jobs complete")
     assert not [e for e in events(trace) if e.startswith("fail l")]
-    assert all(status(nats_url, job_id) is JobStatus.FINISHED for job_id in later)
+    assert all(status(nats_url, job_id) is JobStatus.COMPLETED for job_id in later)
 
 
 def test_saga_interrupted_by_a_crash_is_rolled_back_on_redelivery(

@@ -25,14 +25,15 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import datetime as dt
 import hashlib
 import logging
 import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Coroutine, Iterable, Sequence
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Sequence
+from typing import Any, TypeVar, overload
 
 import msgspec
 import nats.errors
@@ -49,10 +50,23 @@ from naq_resilience.jetstream.connection import (
     ensure_jetstream,
     while_jetstream_starts,
 )
+from naq_resilience.jetstream.history import (
+    JobWindow,
+    dead_letter_record,
+    history_record,
+    read_job,
+)
 from naq_resilience.jetstream.publisher import Publisher, PublishTimeoutError, StreamFullError
 from naq_resilience.jetstream.registry import function_name
 from naq_resilience.jetstream.streams import Buckets, StorageSettings, ensure_layout
-from naq_resilience.models import DeadLetter, JobEnvelope, JobId, JobResult, JobStatus
+from naq_resilience.models import (
+    DeadLetter,
+    JobEnvelope,
+    JobId,
+    JobRecord,
+    JobResult,
+    JobStatus,
+)
 from naq_resilience.policies.classify import exception_types
 from naq_resilience.policies.delays import DelaySchedule
 from naq_resilience.policies.errors import ProcessingError
@@ -62,12 +76,16 @@ __all__ = [
     "Client",
     "Job",
     "JobFailedError",
+    "JobList",
     "SyncClient",
     "SyncJob",
     "enqueue",
     "enqueue_many",
     "enqueue_sync",
     "get_dead_letter_jobs",
+    "get_failed_jobs",
+    "get_job",
+    "get_jobs_in_timeframe",
 ]
 
 T = TypeVar("T")
@@ -405,7 +423,22 @@ class Client:
             raise _not_confirmed(exc, envelope) from None
         except StreamFullError as exc:
             raise _queue_full(exc, 1) from None
+        await self._record_queued(envelope)
         return Job(self, envelope, sequence)
+
+    async def _record_queued(self, envelope: JobEnvelope) -> None:
+        """The job's history begins once it is stored; sent without waiting for an ack."""
+        assert self._nc is not None
+        record = JobRecord(
+            job_id=envelope.id,
+            queue=envelope.queue,
+            function=envelope.function,
+            status=JobStatus.QUEUED,
+            updated_at=envelope.enqueued_at,
+            enqueued_at=envelope.enqueued_at,
+        )
+        with contextlib.suppress(Exception):  # history is for looking, never for deciding
+            await self._nc.publish(layout.history_subject(envelope.id), _history_encode(record))
 
     async def _store(self, subject: str, payload: bytes, headers: dict[str, str]) -> int:
         """A job carries its id as Nats-Msg-Id, so sending it again is safe: while no
@@ -499,11 +532,14 @@ class Client:
                 outcomes[i] = await self._publish_again(
                     subject, message, envelopes[i], outcome, outcomes
                 )
-        return [
+        jobs = [
             Job(self, envelope, sequence)
             for envelope, sequence in zip(envelopes, outcomes, strict=True)
             if isinstance(sequence, int)
         ]
+        for envelope in envelopes:
+            await self._record_queued(envelope)
+        return jobs
 
     async def _publish_again(
         self,
@@ -540,16 +576,20 @@ class Client:
 
     # ------------------------------------------------------------------ what became of a job
     async def job_status(self, job: Job | str, queue_name: str = "default") -> JobStatus:
-        """Where the job is now, from the broker's own state (no bookkeeping per job)."""
+        """Where the job is now: its history record, or else the broker's own state."""
         js, buckets = await self._ready()
         job_id = job.job_id if isinstance(job, Job) else job
+        record = await read_job(js, job_id)
+        if record is not None:
+            return record.status
         try:
             entry = await buckets.results.get(job_id)
         except KeyNotFoundError:
             pass
         else:
             if entry.value:
-                return decode(entry.value, JobResult).status
+                status = decode(entry.value, JobResult).status
+                return JobStatus.FAILED if status is JobStatus.DEAD else status
         if isinstance(job, Job):
             try:
                 await js.get_msg(layout.JOB_STREAM, job.sequence)
@@ -564,7 +604,37 @@ class Client:
             await js.get_last_msg(layout.DEAD_STREAM, layout.dead_subject(dead_queue, job_id))
         except NotFoundError:
             return JobStatus.FINISHED
-        return JobStatus.DEAD
+        return JobStatus.FAILED
+
+    async def get_job(self, job_id: str) -> JobRecord | None:
+        """The job's latest record (status, times, attempts, worker, error type), or
+        None when there is none: never enqueued, or older than the history window."""
+        js, _ = await self._ready()
+        return await read_job(js, job_id)
+
+    async def get_jobs_in_timeframe(
+        self, hours: float = 1.0, *, since: float | dt.datetime | None = None
+    ) -> JobWindow:
+        """The jobs whose latest change falls in the last `hours` (or since `since`):
+        `await window.count()` is one request, `async for record in window` pages."""
+        js, _ = await self._ready()
+        assert self._nc is not None
+        return JobWindow(
+            self._nc, js, layout.HISTORY_STREAM, layout.HISTORY_SUBJECTS,
+            _window_start(hours, since), history_record,
+        )  # fmt: skip
+
+    async def get_failed_jobs(
+        self, hours: float = 24.0, *, since: float | dt.datetime | None = None
+    ) -> JobWindow:
+        """The jobs that failed for good in the last `hours`: their dead letters, as
+        records (`.status` "failed", `.error_type` of the last attempt)."""
+        js, _ = await self._ready()
+        assert self._nc is not None
+        return JobWindow(
+            self._nc, js, layout.DEAD_STREAM, layout.DEAD_SUBJECTS,
+            _window_start(hours, since), dead_letter_record,
+        )  # fmt: skip
 
     async def job_result(self, job: Job, timeout: float | None = 30.0) -> Any:
         if job.result_ttl is None:
@@ -619,6 +689,17 @@ class Client:
         finally:
             await sub.unsubscribe()
         return letters
+
+
+_history_encode = msgspec.json.Encoder().encode
+
+
+def _window_start(hours: float, since: float | dt.datetime | None) -> float:
+    if since is not None:
+        return since.timestamp() if isinstance(since, dt.datetime) else float(since)
+    if isinstance(hours, bool) or not isinstance(hours, (int, float)) or not hours > 0:
+        raise ValueError(f"hours must be a number > 0, got {hours!r}; or pass since=")
+    return time.time() - hours * 3600
 
 
 def _no_leader(error: BaseException) -> bool:
@@ -712,6 +793,65 @@ class SyncJob:
         return self._runner.run(self._job.result(timeout))
 
 
+class JobList(Sequence[JobRecord]):
+    """A `JobWindow` for synchronous code, as the guide uses it: `len()` is one request
+    however many jobs the window holds; iterating reads a page at a time; indexing
+    reads (and keeps) the pages up to the index."""
+
+    def __init__(self, window: JobWindow, runner: _LoopThread) -> None:
+        self._window = window
+        self._runner = runner
+        self._kept: list[JobRecord] = []
+        self._pages: AsyncIterator[list[JobRecord]] | None = None
+
+    def __len__(self) -> int:
+        return self._runner.run(self._window.count())
+
+    def __iter__(self) -> Iterator[JobRecord]:
+        pages = self._window.pages()
+        try:
+            while (page := self._runner.run(_next_page(pages))) is not None:
+                yield from page
+        finally:
+            self._runner.run(_close(pages))
+
+    @overload
+    def __getitem__(self, index: int) -> JobRecord: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[JobRecord]: ...
+    def __getitem__(self, index: int | slice) -> JobRecord | list[JobRecord]:
+        if isinstance(index, slice) or index < 0:
+            self._keep(len(self))
+            return self._kept[index]
+        self._keep(index + 1)
+        return self._kept[index]
+
+    def _keep(self, count: int) -> None:
+        if self._pages is None:
+            self._pages = self._window.pages()
+        while len(self._kept) < count:
+            page = self._runner.run(_next_page(self._pages))
+            if page is None:
+                break
+            self._kept.extend(page)
+
+    def __repr__(self) -> str:
+        return f"<JobList since {self._window.since:.0f}>"
+
+
+async def _next_page(pages: AsyncIterator[list[JobRecord]]) -> list[JobRecord] | None:
+    try:
+        return await anext(pages)
+    except StopAsyncIteration:
+        return None
+
+
+async def _close(pages: AsyncIterator[list[JobRecord]]) -> None:
+    close = getattr(pages, "aclose", None)
+    if close is not None:
+        await close()
+
+
 class SyncClient:
     """`Client` for synchronous code: `with SyncClient() as client: client.enqueue(...)`."""
 
@@ -740,6 +880,21 @@ class SyncClient:
 
     def get_dead_letter_jobs(self, name: str, limit: int = 100) -> list[DeadLetter]:
         return self._runner.run(self._client.get_dead_letter_jobs(name, limit))
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        return self._runner.run(self._client.get_job(job_id))
+
+    def get_jobs_in_timeframe(
+        self, hours: float = 1.0, *, since: float | dt.datetime | None = None
+    ) -> JobList:
+        window = self._runner.run(self._client.get_jobs_in_timeframe(hours, since=since))
+        return JobList(window, self._runner)
+
+    def get_failed_jobs(
+        self, hours: float = 24.0, *, since: float | dt.datetime | None = None
+    ) -> JobList:
+        window = self._runner.run(self._client.get_failed_jobs(hours, since=since))
+        return JobList(window, self._runner)
 
 
 # --------------------------------------------------------------------------- module-level API
@@ -795,6 +950,25 @@ def _default_sync_client(nats_url: str | None) -> SyncClient:
     if client is None:
         client = _sync_clients[url] = SyncClient(url)
     return client
+
+
+def get_job(job_id: str, *, nats_url: str | None = None) -> JobRecord | None:
+    """A job's latest record by id (status, times, attempts, worker, error type)."""
+    return _default_sync_client(nats_url).get_job(job_id)
+
+
+def get_jobs_in_timeframe(
+    hours: float = 1.0, *, since: float | dt.datetime | None = None, nats_url: str | None = None
+) -> JobList:
+    """The jobs whose latest change falls in the last `hours`, as the guide asks for them."""
+    return _default_sync_client(nats_url).get_jobs_in_timeframe(hours, since=since)
+
+
+def get_failed_jobs(
+    hours: float = 24.0, *, since: float | dt.datetime | None = None, nats_url: str | None = None
+) -> JobList:
+    """The jobs that failed for good in the last `hours`, as records."""
+    return _default_sync_client(nats_url).get_failed_jobs(hours, since=since)
 
 
 def enqueue_sync(

@@ -16,6 +16,7 @@ __all__ = [
     "BREAKER_BUCKET",
     "DEAD_STREAM",
     "FAILURE_STREAM",
+    "HISTORY_STREAM",
     "JOB_STREAM",
     "RESULT_BUCKET",
     "SAGA_BUCKET",
@@ -24,6 +25,7 @@ __all__ = [
     "dead_letter_queue_for",
     "dead_subject",
     "failure_subject",
+    "history_subject",
     "job_subject",
     "original_subject",
     "queue_of_subject",
@@ -44,6 +46,10 @@ DEAD_STREAM: Final = "NAQ_DEAD"
 DEAD_SUBJECTS: Final = "naq.dead.>"
 ORIGINAL_SUBJECTS: Final = "naq.originals.>"
 """Also in `NAQ_DEAD`: a job message too big to carry inside its dead letter, verbatim."""
+
+HISTORY_STREAM: Final = "NAQ_HISTORY"
+"""Every job's latest state (`JobRecord`), one message per job, for the history window."""
+HISTORY_SUBJECTS: Final = "naq.history.*"
 
 BREAKER_BUCKET: Final = "naq-breakers"
 """Circuit-breaker state shared by every worker: one key per breaker name."""
@@ -94,6 +100,11 @@ def worker_consumer(queue: str) -> str:
 
 def failure_subject(queue: str, job_id: str) -> str:
     return f"naq.failures.{queue}.{job_id}"
+
+
+def history_subject(job_id: str) -> str:
+    """A job's record; by id alone, so a job is found without knowing its queue."""
+    return f"naq.history.{job_id}"
 
 
 def dead_letter_queue_for(queue: str) -> str:

@@ -88,6 +88,14 @@ class StorageSettings:
     """Attempt ledgers of redelivered jobs (`naq-attempts`)."""
     breakers_max_bytes: int = 16 * _MiB
     """Shared circuit-breaker states."""
+    history_max_age: float = 7 * _DAY
+    """How long a job's record (`get_job`, `Job.status()`, `get_jobs_in_timeframe`) is
+    kept after its last change."""
+    history_max_jobs: int = 1_000_000
+    """Jobs whose records are kept; the oldest go first. The server keeps an index
+    entry per job in memory (roughly 100-150 bytes), so this bounds that memory."""
+    history_max_bytes: int = 512 * _MiB
+    """Job records; the oldest go first."""
 
     def __post_init__(self) -> None:
         if isinstance(self.replicas, bool) or not 1 <= self.replicas <= 5:
@@ -97,8 +105,8 @@ class StorageSettings:
             )
         for spec in fields(self):
             value = getattr(self, spec.name)
-            if spec.name.endswith("_bytes") and (value == 0 or value < -1):
-                raise ValueError(f"{spec.name} must be a size in bytes or -1, got {value!r}")
+            if spec.name.endswith(("_bytes", "_jobs")) and (value == 0 or value < -1):
+                raise ValueError(f"{spec.name} must be a positive number or -1, got {value!r}")
             if spec.name.endswith(("_age", "_window")) and not value > 0:
                 raise ValueError(f"{spec.name} must be a number of seconds > 0, got {value!r}")
 
@@ -113,7 +121,7 @@ class StorageSettings:
             try:
                 if spec.name.endswith("_bytes"):
                     values[spec.name] = parse_size(text)
-                elif spec.name == "replicas":
+                elif spec.name in ("replicas", "history_max_jobs"):
                     values[spec.name] = int(text)
                 else:
                     values[spec.name] = float(text)
@@ -164,6 +172,18 @@ def _streams(settings: StorageSettings) -> list[StreamConfig]:
             # One subject per job: a letter written twice (the job's ack lost after the
             # letter was stored) replaces itself, even in a full stream.
             max_msgs_per_subject=1,
+        ),
+        StreamConfig(
+            name=layout.HISTORY_STREAM,
+            subjects=[layout.HISTORY_SUBJECTS],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            num_replicas=settings.replicas,
+            max_age=settings.history_max_age,
+            max_msgs=settings.history_max_jobs,
+            max_bytes=settings.history_max_bytes,
+            discard=DiscardPolicy.OLD,
+            max_msgs_per_subject=1,  # a job's latest state replaces the one before
         ),
     ]
 

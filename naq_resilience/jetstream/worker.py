@@ -92,6 +92,7 @@ from naq_resilience.models import (
     DeadLetter,
     FailureRecord,
     JobEnvelope,
+    JobRecord,
     JobResult,
     JobStatus,
     Ledger,
@@ -120,6 +121,9 @@ _current_job: contextvars.ContextVar[JobEnvelope | None] = contextvars.ContextVa
 MAX_FETCH = 256
 LEDGER_TTL: Final = 7 * 24 * 3600.0
 """A ledger outlives any sane retry delay or breaker outage, then expires with the job gone."""
+RUNNING_AFTER: Final = 1.0
+"""Seconds a job runs before its history records it as running (quicker jobs go
+straight from queued to their outcome, which saves a record per job)."""
 FULL_RETRY_DELAY: Final = 60.0
 """Seconds before a job whose dead letter found the dead-letter stream full comes back."""
 UNSETTLED_RETRY_DELAY: Final = 30.0
@@ -265,6 +269,8 @@ class Worker:
         self._slot_freed = asyncio.Event()
         self._running: dict[asyncio.Task[None], tuple[Msg, float]] = {}
         self._on_thread: set[asyncio.Task[None]] = set()
+        self._attempts: dict[asyncio.Task[None], tuple[JobEnvelope, int, float]] = {}
+        self._announced: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
         self._lost: str | None = None
         self._record_encoder = msgspec.json.Encoder(enc_hook=repr)
@@ -310,6 +316,7 @@ class Worker:
             watchers = [
                 asyncio.create_task(heartbeats.stamp_loop()),
                 asyncio.create_task(self._watch_connection(nc)),
+                asyncio.create_task(self._announce_running()),
                 *(asyncio.create_task(self._fetch_loop(puller)) for puller in pullers),
             ]
             log.info(
@@ -514,6 +521,8 @@ class Worker:
     def _done(self, task: asyncio.Task[None]) -> None:
         self._running.pop(task, None)
         self._on_thread.discard(task)
+        self._attempts.pop(task, None)
+        self._announced.discard(task)
         self._free += 1
         self._slot_freed.set()
         if not task.cancelled() and task.exception() is not None:
@@ -546,10 +555,13 @@ class Worker:
         ledger = _NO_LEDGER
         crashes = 0
         delivered = _delivered(msg)
-        if delivered > 1:
-            if env.result_ttl is not None and await self._already_settled(env):
+        if delivered > 1 and env.result_ttl is not None:
+            ended = await self._already_settled(env)
+            if ended is not None:
                 await msg.ack()  # it ended before; only its ack was lost
+                await self._record(env, ended, finished_at=time.time())
                 return
+        if delivered > 1:
             ledger = await self._ledger(env.id)
             crashes = max(0, delivered - 1 - ledger.failed - ledger.deferred - ledger.handed_back)
             if crashes >= self.max_crashes:
@@ -570,6 +582,9 @@ class Worker:
                 await self._roll_back_crashed(env)
             log_token = use_action_log(partial(self._saga_log, env, logs))
         started = time.time()
+        task = asyncio.current_task()
+        if task is not None:
+            self._attempts[task] = (env, ledger.failed + 1, started)
         try:
             args, kwargs = fn.convert(env.args, env.kwargs)
             if fn.is_async:
@@ -600,6 +615,10 @@ class Worker:
         else:
             await msg.ack()
             self.processed += 1
+            await self._record(
+                env, JobStatus.COMPLETED, started_at=started, finished_at=time.time(),
+                attempts=ledger.failed + 1,
+            )  # fmt: skip
         finally:
             _current_job.reset(token)
             if fn.has_saga:
@@ -675,23 +694,51 @@ class Worker:
         else:
             log.info("job %s: rolled back the steps of an interrupted delivery", env.id)
 
-    async def _already_settled(self, env: JobEnvelope) -> bool:
-        """Whether a redelivered job's result already says how it ended: its ack was lost
-        (a worker killed between storing the result and acking, a failover), and
-        running it again would only run it twice."""
+    async def _already_settled(self, env: JobEnvelope) -> JobStatus | None:
+        """How a redelivered job ended, if its result already says: its ack was lost (a
+        worker killed between storing the result and acking, a failover), and running
+        it again would only run it twice."""
         assert self._buckets is not None
         try:
             entry = await self._buckets.results.get(env.id)
         except KeyNotFoundError:
-            return False
+            return None
         if not entry.value:
-            return False
+            return None
         try:
             status = decode(entry.value, JobResult).status
         except msgspec.DecodeError:
-            return False
+            return None
         log.info("job %s was redelivered but had already ended (%s): acked", env.id, status)
-        return True
+        return JobStatus.FAILED if status is JobStatus.DEAD else status
+
+    # ------------------------------------------------------------------ history
+    async def _record(self, env: JobEnvelope, status: JobStatus, **fields: Any) -> None:
+        """The job's new state in its history: sent without waiting for an ack (history
+        is for looking, not for deciding), after the job was settled."""
+        assert self._nc is not None
+        record = JobRecord(
+            job_id=env.id, queue=env.queue, function=env.function, status=status,
+            updated_at=time.time(), enqueued_at=env.enqueued_at, worker_id=self.worker_id,
+            **fields,
+        )  # fmt: skip
+        with contextlib.suppress(Exception):
+            await self._nc.publish(
+                layout.history_subject(env.id), self._record_encoder.encode(record)
+            )
+
+    async def _announce_running(self) -> None:
+        """Jobs that have run for a second are recorded as running. From the loop, on
+        the job's own connection, so the record cannot overtake the final one."""
+        while True:
+            await asyncio.sleep(RUNNING_AFTER)
+            due = time.time() - RUNNING_AFTER
+            for task, (env, attempt, started) in list(self._attempts.items()):
+                if started <= due and task not in self._announced and not task.done():
+                    self._announced.add(task)
+                    await self._record(
+                        env, JobStatus.RUNNING, started_at=started, attempts=attempt
+                    )
 
     # ------------------------------------------------------------------ the ledger
     async def _ledger(self, job_id: str) -> Ledger:
@@ -806,6 +853,11 @@ class Worker:
                 ),
             )
             await msg.nak(delay=delay)
+            await self._record(
+                env, JobStatus.RETRYING, started_at=started, attempts=attempt,
+                error_type=record.error_type, error=record.message[:512],
+                next_retry_at=record.next_retry_at,
+            )  # fmt: skip
             return
         # The job is dead: the dead letter, stored before the ack, carries this record
         # too, so the copy for the failures stream does not wait for its own ack.
@@ -869,15 +921,23 @@ class Worker:
         if stored:
             await msg.ack()
             log.debug("job %s dead-lettered to %s: %s", env.id, dead_queue, reason)
+            last = failures[-1] if failures else None
+            await self._record(
+                env, JobStatus.FAILED, finished_at=letter.dead_at,
+                started_at=last.started_at if last else None,
+                attempts=last.attempt if last else 0,
+                error_type=last.error_type if last else None,
+                error=(last.message if last else reason)[:512], dead_letter_queue=dead_queue,
+            )  # fmt: skip
 
     async def _dead_raw(self, msg: Msg, queue: str, reason: str) -> None:
         dead_queue = layout.dead_letter_queue_for(queue)
+        seq = _stream_sequence(msg)
         letter = DeadLetter(
             reason=reason, queue=queue, dead_letter_queue=dead_queue, dead_at=time.time(),
-            raw=bytes(msg.data),
+            raw=bytes(msg.data), letter_id=f"seq-{seq}",
         )  # fmt: skip
-        seq = _stream_sequence(msg)
-        if await self._publish_dead(msg, letter, f"seq-{seq}", None):
+        if await self._publish_dead(msg, letter, letter.letter_id, None):
             await msg.ack()
             log.warning("message %d on %s dead-lettered: %s", seq, queue, reason)
 
@@ -968,6 +1028,7 @@ class Worker:
             minimal = DeadLetter(
                 reason=cut_text(reason, 1024), queue=queue, dead_letter_queue=dead_queue,
                 dead_at=time.time(), original_subject=original,
+                letter_id=job_id,  # the job itself is left out: the id must be said
                 cut=[f"a last-resort letter: the job's message is kept verbatim at {original}"],
             )  # fmt: skip
             await asyncio.gather(
@@ -979,6 +1040,12 @@ class Worker:
                 ),
             )
             await msg.ack()
+            if env is not None:
+                await self._record(
+                    msgspec.structs.replace(env, queue=queue), JobStatus.FAILED,
+                    finished_at=minimal.dead_at, error=reason[:512],
+                    dead_letter_queue=dead_queue,
+                )  # fmt: skip
         except Exception as third:
             log.error(
                 "message %d: not even a minimal dead letter could be stored (%r); it comes "

@@ -61,6 +61,7 @@ from naq_resilience.jetstream.client import (
 from naq_resilience.jetstream.cron import CronError, parse_cron, zone
 from naq_resilience.jetstream.publisher import StreamFullError
 from naq_resilience.jetstream.registry import function_name
+from naq_resilience.jetstream.streams import ensure_layout
 from naq_resilience.models import JobEnvelope, JobStatus, ScheduleRecord
 
 __all__ = [
@@ -364,7 +365,12 @@ async def _checked_stream(client: Client) -> None:
     """The stream fires schedules (a server before 2.12 keeps them as plain messages, and
     never fires them), and has room for one more."""
     js, _ = await client._ready()
-    info = await js.stream_info(layout.SCHEDULE_STREAM)
+    try:
+        info = await js.stream_info(layout.SCHEDULE_STREAM)
+    except NotFoundError:  # deleted under a live client (a server given a fresh store)
+        log.warning("the stream %s is gone; creating the streams again", layout.SCHEDULE_STREAM)
+        client._buckets = await ensure_layout(js, client._storage)
+        info = await js.stream_info(layout.SCHEDULE_STREAM)
     if not info.config.allow_msg_schedules:
         version = client._nc.connected_server_version if client._nc else "?"
         raise RuntimeError(
@@ -430,6 +436,8 @@ async def _purge(client: Client, stream: str, subject: str, before: int | None =
     answer = json.loads(reply.data)
     if "error" in answer:
         error = answer["error"]
+        if error.get("err_code") == 10059:  # no such stream: nothing in it to remove
+            return 0
         raise APIError(
             code=error.get("code"), err_code=error.get("err_code"),
             description=error.get("description"), stream=stream,
@@ -446,7 +454,10 @@ class _Stored(msgspec.Struct):
 async def _read(client: Client, subject: str) -> list[_Stored]:
     """Every schedule message on `subject` (a filter), oldest first."""
     js, _ = await client._ready()
-    info = await js.stream_info(layout.SCHEDULE_STREAM, subjects_filter=subject)
+    try:
+        info = await js.stream_info(layout.SCHEDULE_STREAM, subjects_filter=subject)
+    except NotFoundError:
+        return []
     count = sum((info.state.subjects or {}).values())
     if not count:
         return []
@@ -495,7 +506,10 @@ async def _find(client: Client, job_id: str) -> tuple[ScheduleRecord, JobEnvelop
 async def _exists(client: Client, job_id: str) -> bool:
     js, _ = await client._ready()
     subject = layout.schedule_filter(job_id)
-    info = await js.stream_info(layout.SCHEDULE_STREAM, subjects_filter=subject)
+    try:
+        info = await js.stream_info(layout.SCHEDULE_STREAM, subjects_filter=subject)
+    except NotFoundError:
+        return False
     return bool(info.state.subjects)
 
 

@@ -125,7 +125,7 @@ def original_subject(dead_letter_queue: str, job_id: str) -> str:
     return f"naq.originals.{dead_letter_queue}.{job_id}"
 
 
-def schedule_subject(queue: str, schedule_id: str, run: int) -> str:
+def schedule_subject(queue: str, schedule_id: str, run: int | str) -> str:
     """One message of a schedule: run 0 repeats until cancelled (or holds a paused
     schedule); runs 1, 2, ... of a counted schedule each fire once."""
     return f"naq.schedules.{queue}.{schedule_id}.{run}"

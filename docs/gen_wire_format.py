@@ -50,6 +50,7 @@ from naq_resilience.models import (  # noqa: E402
     JobStatus,
     Ledger,
     SagaLogRecord,
+    ScheduleRecord,
 )
 
 Doc = dict[str, str]
@@ -177,6 +178,8 @@ def settings(config: Any, skip: tuple[str, ...], all_set: bool = False) -> str:
             shown = "-1 (unlimited)"
         elif isinstance(value, str):
             shown = f"`{value}`"
+        elif isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
+            shown = f"`{json.dumps([item.as_dict() for item in value])}`"  # sources
         else:
             shown = f"`{json.dumps(value)}`"
         out.append(f"{field.name}: {shown}")
@@ -396,6 +399,37 @@ EXAMPLES: dict[type[msgspec.Struct], list[tuple[str, Any]]] = {
         )
     ],
 }
+
+
+EXAMPLES[ScheduleRecord] = [
+    (
+        "Run 2 of 3 of `schedule(report, interval=3600, repeat=3)`: the message on "
+        f"`{layout.schedule_subject('default', 'a1b2c3', 2)}` with `Nats-Schedule: @at "
+        "2026-11-30T10:00:00.000000Z`, whose body is the envelope of job `a1b2c3-r2`.",
+        ScheduleRecord(
+            id="a1b2c3",
+            queue="default",
+            function="billing.jobs:report",
+            interval=3600.0,
+            run=2,
+            last_run=3,
+            at=1796032800.0,
+            created_at=1796025600.0,
+        ),
+    ),
+    (
+        "A cron schedule that runs until cancelled (`Nats-Schedule: 0 0 6 * * *`, "
+        "`Nats-Schedule-Time-Zone: Europe/Amsterdam`).",
+        ScheduleRecord(
+            id="daily-mail",
+            queue="mail",
+            function="shop.mail:digest",
+            cron="0 0 6 * * *",
+            time_zone="Europe/Amsterdam",
+            created_at=1796025600.0,
+        ),
+    ),
+]
 
 
 def checked_example(record: Any) -> bytes:
@@ -629,6 +663,20 @@ def section_subjects(c: Code) -> list[str]:
             "the client (queued) and the worker (running, retrying, completed, failed), "
             "without waiting for an ack",
             "`Job.status()`, `get_job`, `get_jobs_in_timeframe`",
+        ),
+        (
+            layout.schedule_subject(QUEUE, "<schedule_id>", "<run>"),
+            "JobEnvelope",
+            "`enqueue_at`, `enqueue_in`, `schedule` (the `ScheduleRecord` is in its "
+            "`Naq-Schedule` header; ADR-51 `Nats-Schedule*` headers say when it fires)",
+            f"nats-server, which fires it into `{layout.run_subject(QUEUE)}`",
+        ),
+        (
+            layout.run_subject(QUEUE),
+            "JobEnvelope",
+            "nats-server, when a schedule fires (with `Nats-Scheduler` and "
+            "`Nats-Schedule-Next` headers)",
+            f"`{layout.JOB_STREAM}`, which sources it as `{job_subject}`",
         ),
         (
             f"$KV.{layout.ATTEMPT_BUCKET}.{JOB}",

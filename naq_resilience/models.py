@@ -30,6 +30,7 @@ __all__ = [
     "JobStatus",
     "Ledger",
     "SagaLogRecord",
+    "ScheduleRecord",
 ]
 
 ENVELOPE_VERSION: Final = 1
@@ -383,3 +384,44 @@ class SagaLogRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     `module:qualname` or `name=`), `args`, `kwargs`, `result` (values that are not
     JSON become their `repr`), `status` ("pending", "undone" or "failed") and
     `error` (why its undo failed, or null)."""
+
+
+class ScheduleRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A scheduled job's definition, in the `Naq-Schedule` header of every schedule message.
+
+    A schedule is one or more messages on `naq.schedules.<queue>.<id>.<run>` in
+    `NAQ_SCHEDULES`, each a `JobEnvelope` with ADR-51 headers: run 0 carries a repeating
+    schedule (`Nats-Schedule: @every ...` or a cron) or, without `Nats-Schedule`, a paused
+    one; runs 1, 2, ... of a counted schedule each carry `@at <time>` and fire once. The
+    server copies this header into every job it fires, so a worker or a monitor can tell
+    which schedule a job came from.
+    """
+
+    version: int = _written(1)
+    """Record format version."""
+    id: JobId
+    """The schedule's id (the `job_id` that `enqueue_at` and `schedule` return)."""
+    queue: str
+    """The queue its jobs are published to."""
+    function: str
+    """The job's function, `module:qualname`."""
+    cron: str | None = None
+    """A 6-field cron expression with seconds (`*/5 * * * * *`), or a name like
+    `@hourly`; absent for an interval or a single run."""
+    interval: PositiveSeconds | None = None
+    """Seconds between runs; absent for a cron or a single run."""
+    time_zone: str | None = None
+    """The IANA zone the cron expression is read in (e.g. `Europe/Amsterdam`); absent: UTC."""
+    run: Count = 0
+    """The run this message fires: 1, 2, ... for a counted schedule (its job id is
+    `<id>-r<run>`, or `<id>` for a single run), 0 for a schedule that repeats until
+    cancelled (each job's id is `<id>-t<unix time of the run after it>`) or, paused,
+    the next run it will fire."""
+    last_run: Count | None = None
+    """The number of a counted schedule's last run; absent: it repeats until cancelled."""
+    at: float | None = None
+    """When this message fires, unix time in seconds (counted schedules only)."""
+    paused: bool = False
+    """True for a paused schedule's message, which has no `Nats-Schedule` and fires nothing."""
+    created_at: float = 0.0
+    """When the schedule was created, unix time in seconds."""

@@ -19,6 +19,7 @@ from naq_resilience import (
     chaos,
     circuit_breaker,
     compensate,
+    current_job,
     retry,
     saga,
 )
@@ -219,6 +220,13 @@ def fault(tag: str, mode: str, seconds: float = 0.0) -> str:
     elif mode != "ok":
         raise _FAULT_ERRORS[mode](f"{tag} failed ({mode})")
     trace(f"done {tag} {time.time():.3f}")
+    return tag
+
+
+def tick(tag: str) -> str:
+    """A scheduled job's run: traces its tag, its job id and when it started."""
+    env = current_job()
+    trace(f"tick {tag} {env.id if env else '-'} {time.time():.3f}")
     return tag
 
 

@@ -33,7 +33,8 @@ import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Sequence
-from typing import Any, TypeVar, overload
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import msgspec
 import nats.errors
@@ -71,6 +72,9 @@ from naq_resilience.policies.classify import exception_types
 from naq_resilience.policies.delays import DelaySchedule
 from naq_resilience.policies.errors import ProcessingError
 from naq_resilience.policies.pipeline import qualified_name
+
+if TYPE_CHECKING:
+    from naq_resilience.jetstream.schedules import ScheduledJob, ScheduleInfo
 
 __all__ = [
     "Client",
@@ -426,16 +430,20 @@ class Client:
         await self._record_queued(envelope)
         return Job(self, envelope, sequence)
 
-    async def _record_queued(self, envelope: JobEnvelope) -> None:
-        """The job's history begins once it is stored; sent without waiting for an ack."""
+    async def _record_queued(
+        self, envelope: JobEnvelope, status: JobStatus = JobStatus.QUEUED, **fields: Any
+    ) -> None:
+        """The job's history begins once it is stored (queued, or scheduled); sent
+        without waiting for an ack."""
         assert self._nc is not None
         record = JobRecord(
             job_id=envelope.id,
             queue=envelope.queue,
             function=envelope.function,
-            status=JobStatus.QUEUED,
+            status=status,
             updated_at=envelope.enqueued_at,
             enqueued_at=envelope.enqueued_at,
+            **fields,
         )
         with contextlib.suppress(Exception):  # history is for looking, never for deciding
             await self._nc.publish(layout.history_subject(envelope.id), _history_encode(record))
@@ -689,6 +697,61 @@ class Client:
         finally:
             await sub.unsubscribe()
         return letters
+
+    # ------------------------------------------------------------------ scheduled jobs
+    # Kept and fired by nats-server (ADR-51); the code is in jetstream/schedules.py.
+    async def enqueue_at(
+        self, dt: datetime, func: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> ScheduledJob:
+        """Run `func` once at `dt`; `queue_name=`, `job_id=` and the enqueue options apply."""
+        from naq_resilience.jetstream import schedules
+
+        return await schedules.client_enqueue_at(self, dt, func, *args, **kwargs)
+
+    async def enqueue_in(
+        self, delta: timedelta | float, func: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> ScheduledJob:
+        """Run `func` once, `delta` (a timedelta or seconds) from now."""
+        from naq_resilience.jetstream import schedules
+
+        return await schedules.client_enqueue_in(self, delta, func, *args, **kwargs)
+
+    async def schedule(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> ScheduledJob:
+        """Run `func` on `cron=` or every `interval=`, `repeat=` times (None: until cancelled)."""
+        from naq_resilience.jetstream import schedules
+
+        return await schedules.client_schedule(self, func, *args, **kwargs)
+
+    async def cancel_scheduled_job(self, job_id: str) -> bool:
+        from naq_resilience.jetstream import schedules
+
+        return await schedules.client_cancel(self, job_id)
+
+    async def pause_scheduled_job(self, job_id: str) -> bool:
+        from naq_resilience.jetstream import schedules
+
+        return await schedules.client_pause(self, job_id)
+
+    async def resume_scheduled_job(self, job_id: str) -> bool:
+        from naq_resilience.jetstream import schedules
+
+        return await schedules.client_resume(self, job_id)
+
+    async def modify_scheduled_job(self, job_id: str, **updates: Any) -> bool:
+        from naq_resilience.jetstream import schedules
+
+        return await schedules.client_modify(self, job_id, **updates)
+
+    async def list_schedules(self, queue_name: str | None = None) -> list[ScheduleInfo]:
+        from naq_resilience.jetstream import schedules
+
+        return await schedules.client_list(self, queue_name)
+
+    async def purge_queue(self, queue_name: str = "default") -> int:
+        """Remove the jobs waiting in `queue_name`; how many. Its schedules stay."""
+        from naq_resilience.jetstream import schedules
+
+        return await schedules.client_purge_queue(self, queue_name)
 
 
 _history_encode = msgspec.json.Encoder().encode

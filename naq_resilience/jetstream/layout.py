@@ -20,6 +20,7 @@ __all__ = [
     "JOB_STREAM",
     "RESULT_BUCKET",
     "SAGA_BUCKET",
+    "SCHEDULE_STREAM",
     "check_dead_letter_queue",
     "check_queue_name",
     "dead_letter_queue_for",
@@ -29,6 +30,9 @@ __all__ = [
     "job_subject",
     "original_subject",
     "queue_of_subject",
+    "run_subject",
+    "schedule_filter",
+    "schedule_subject",
     "worker_consumer",
 ]
 
@@ -50,6 +54,15 @@ ORIGINAL_SUBJECTS: Final = "naq.originals.>"
 HISTORY_STREAM: Final = "NAQ_HISTORY"
 """Every job's latest state (`JobRecord`), one message per job, for the history window."""
 HISTORY_SUBJECTS: Final = "naq.history.*"
+SCHEDULE_STREAM: Final = "NAQ_SCHEDULES"
+"""Scheduled jobs (ADR-51 message schedules, `allow_msg_schedules`): the server fires each
+schedule message into `naq.runs.<queue>` of this same stream (a schedule's target must
+be in its own stream), and `NAQ_JOBS` sources those copies as `naq.jobs.<queue>`."""
+SCHEDULE_SUBJECTS: Final = "naq.schedules.>"
+RUN_SUBJECTS: Final = "naq.runs.*"
+RUN_COPY_TTL: Final = 24 * 3600
+"""Seconds a fired copy stays in `NAQ_SCHEDULES` (`Nats-Schedule-TTL`): long enough for
+`NAQ_JOBS` to take it after an outage of its own, short enough not to pile up."""
 
 BREAKER_BUCKET: Final = "naq-breakers"
 """Circuit-breaker state shared by every worker: one key per breaker name."""
@@ -120,3 +133,19 @@ def dead_subject(dead_letter_queue: str, job_id: str) -> str:
 def original_subject(dead_letter_queue: str, job_id: str) -> str:
     """Where a dead letter's job message is kept verbatim when it did not fit inside it."""
     return f"naq.originals.{dead_letter_queue}.{job_id}"
+
+
+def schedule_subject(queue: str, schedule_id: str, run: int | str) -> str:
+    """One message of a schedule: run 0 repeats until cancelled (or holds a paused
+    schedule); runs 1, 2, ... of a counted schedule each fire once."""
+    return f"naq.schedules.{queue}.{schedule_id}.{run}"
+
+
+def schedule_filter(schedule_id: str, queue: str = "*") -> str:
+    """Every message of a schedule, on any queue unless `queue` is given."""
+    return f"naq.schedules.{queue}.{schedule_id}.*"
+
+
+def run_subject(queue: str) -> str:
+    """Where the server puts a schedule's fired copies; `NAQ_JOBS` sources them."""
+    return f"naq.runs.{queue}"

@@ -28,6 +28,8 @@ from nats.js.api import (
     RetentionPolicy,
     StorageType,
     StreamConfig,
+    StreamSource,
+    SubjectTransform,
 )
 from nats.js.client import JetStreamContext
 from nats.js.errors import BucketNotFoundError, NotFoundError
@@ -96,6 +98,10 @@ class StorageSettings:
     entry per job in memory (roughly 100-150 bytes), so this bounds that memory."""
     history_max_bytes: int = 512 * _MiB
     """Job records; the oldest go first."""
+    schedules_max_bytes: int = 256 * _MiB
+    """Scheduled jobs and their fired copies (`NAQ_SCHEDULES`). The server refuses
+    discard-new for a stream of schedules, so a new schedule is refused by the client
+    once the stream is 90% full instead (`StreamFullError`)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.replicas, bool) or not 1 <= self.replicas <= 5:
@@ -137,8 +143,38 @@ class StorageSettings:
         return self if replicas is None else replace(self, replicas=replicas)
 
 
+def _schedule_stream(settings: StorageSettings) -> StreamConfig:
+    """Schedules and their fired copies, which expire once `NAQ_JOBS` has had a day to
+    take them. Limits retention and discard old are what the server allows here; a
+    schedule message replaces its subject's last (the server adds `Nats-Rollup: sub`)."""
+    return StreamConfig(
+        name=layout.SCHEDULE_STREAM,
+        subjects=[layout.SCHEDULE_SUBJECTS, layout.RUN_SUBJECTS],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        num_replicas=settings.replicas,
+        allow_msg_schedules=True,
+        allow_msg_ttl=True,
+        allow_rollup_hdrs=True,
+        duplicate_window=settings.duplicate_window,
+        max_bytes=settings.schedules_max_bytes,
+        discard=DiscardPolicy.OLD,
+    )
+
+
+def _run_source() -> StreamSource:
+    """`NAQ_JOBS` takes every fired copy in as a job: `naq.runs.<q>` -> `naq.jobs.<q>`."""
+    return StreamSource(
+        name=layout.SCHEDULE_STREAM,
+        subject_transforms=[
+            SubjectTransform(src=layout.RUN_SUBJECTS, dest="naq.jobs.{{wildcard(1)}}")
+        ],
+    )
+
+
 def _streams(settings: StorageSettings) -> list[StreamConfig]:
     return [
+        _schedule_stream(settings),
         StreamConfig(
             name=layout.JOB_STREAM,
             subjects=[layout.JOB_SUBJECTS],
@@ -148,6 +184,7 @@ def _streams(settings: StorageSettings) -> list[StreamConfig]:
             duplicate_window=settings.duplicate_window,
             max_bytes=settings.jobs_max_bytes,
             discard=DiscardPolicy.NEW,
+            sources=[_run_source()],
         ),
         StreamConfig(
             name=layout.FAILURE_STREAM,
@@ -208,15 +245,23 @@ async def _stream(js: JetStreamContext, config: StreamConfig) -> None:
     existing = info.config
     _report_replicas(f"stream {name}", existing.num_replicas or 1, config.num_replicas or 1)
     # What the layout needs to mean what it says (not a tunable limit): the subjects a
-    # newer version of the library writes to, one dead letter per job.
+    # newer version of the library writes to, one dead letter per job, the scheduled runs
+    # the job stream takes in.
     missing = [s for s in config.subjects or [] if s not in (existing.subjects or [])]
     per_subject = config.max_msgs_per_subject
-    if missing or (per_subject is not None and existing.max_msgs_per_subject != per_subject):
+    have = {source.name for source in existing.sources or []}
+    sources = [source for source in config.sources or [] if source.name not in have]
+    if (
+        missing
+        or sources
+        or (per_subject is not None and existing.max_msgs_per_subject != per_subject)
+    ):
         await js.update_stream(
             replace(
                 existing,
                 subjects=[*(existing.subjects or []), *missing],
                 max_msgs_per_subject=per_subject or existing.max_msgs_per_subject,
+                sources=[*(existing.sources or []), *sources] or None,
             )
         )
 

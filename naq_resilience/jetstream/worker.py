@@ -86,6 +86,7 @@ from naq_resilience.jetstream.registry import (
     UnknownFunction,
     strict_from_env,
 )
+from naq_resilience.jetstream.schedules import run_envelope
 from naq_resilience.jetstream.stores import BreakerSync, KVActionLog, load_action_log
 from naq_resilience.jetstream.streams import Buckets, StorageSettings, ensure_layout
 from naq_resilience.models import (
@@ -310,11 +311,17 @@ class Worker:
             )
             await asyncio.to_thread(heartbeats.start)
             stack.push_async_callback(asyncio.to_thread, heartbeats.stop)
+            stamper = asyncio.create_task(heartbeats.stamp_loop())  # before the thread looks
+            stack.callback(stamper.cancel)
             self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="naq-job")
             stack.callback(self._pool.shutdown, wait=False, cancel_futures=True)
-            pullers = [await self._puller(queue) for queue in self.queues]
+            pullers = [
+                await while_jetstream_starts(
+                    partial(self._puller, queue), timeout=wait, what=f"the consumer of {queue}"
+                )
+                for queue in self.queues
+            ]
             watchers = [
-                asyncio.create_task(heartbeats.stamp_loop()),
                 asyncio.create_task(self._watch_connection(nc)),
                 asyncio.create_task(self._announce_running()),
                 *(asyncio.create_task(self._fetch_loop(puller)) for puller in pullers),
@@ -543,6 +550,7 @@ class Worker:
         except InvalidMessage as exc:
             await self._dead_raw(msg, queue, exc.reason)
             return
+        env = run_envelope(env, msg.headers)  # a repeating schedule's run gets its own id
         if env.queue != queue:
             # The subject is where the job is: failures and history are filed under it.
             # (Only a hand-written envelope differs, typically by leaving `queue` out.)

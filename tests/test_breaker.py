@@ -517,7 +517,7 @@ def test_callables_without_a_qualname_need_a_name(store: MemoryBreakerStore) -> 
         ({"failure_threshold": True}, TypeError, "failure_threshold must be a whole number"),
         ({"success_threshold": -1}, ValueError, "success_threshold must be >= 1"),
         ({"half_open_max_calls": 0}, ValueError, "half_open_max_calls must be >= 1"),
-        ({"recovery_timeout": -1}, ValueError, "recovery_timeout must be a finite number"),
+        ({"recovery_timeout": -1}, ValueError, "recovery_timeout must be >= 0 seconds"),
         ({"recovery_timeout": float("inf")}, ValueError, "for a long pause give a large"),
         ({"recovery_timeout": float("nan")}, ValueError, "recovery_timeout must be a finite"),
         ({"recovery_timeout": "60"}, TypeError, "recovery_timeout must be a number of seconds"),

@@ -753,7 +753,7 @@ def test_monkey_argument_errors() -> None:
         ({"exceptions": CircuitBreakerOpenError}, TypeError, "one message argument"),
         ({"exceptions": ()}, ValueError, "needs an exception class to inject"),
         ({"latency": -1}, ValueError, "latency must be >= 0"),
-        ({"latency": "1s"}, TypeError, "latency must be a number of seconds"),
+        ({"latency": "1s"}, TypeError, "latency must be a number of seconds or a timedelta"),
         ({"latency": (2, 1)}, ValueError, r"min > max; write latency=\(1, 2\)"),
         ({"latency": (1, 2, 3)}, TypeError, r"\(min, max\) pair"),
         ({"latency": (-1, 2)}, ValueError, "latency min must be >= 0"),

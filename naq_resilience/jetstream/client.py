@@ -32,6 +32,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Coroutine, Iterable, Sequence
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import msgspec
@@ -55,6 +56,7 @@ from naq_resilience.jetstream.streams import Buckets, StorageSettings, ensure_la
 from naq_resilience.models import DeadLetter, JobEnvelope, JobId, JobResult, JobStatus
 from naq_resilience.policies.classify import exception_types
 from naq_resilience.policies.delays import DelaySchedule
+from naq_resilience.policies.durations import Duration, seconds
 from naq_resilience.policies.errors import ProcessingError
 from naq_resilience.policies.pipeline import qualified_name
 
@@ -95,24 +97,27 @@ class _Options(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 def _positive(value: object, argument: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{argument} must be a number of seconds > 0 or None, got {value!r}")
-    return float(value)
+    return None if value is None else seconds(value, argument, positive=True)
+
+
+def _delays(value: Duration | Sequence[Duration]) -> float | list[float]:
+    """Checked by `DelaySchedule.build` already; here only made plain floats."""
+    if isinstance(value, (int, float, timedelta)):
+        return seconds(value, "retry_delay")
+    return [seconds(d, "each delay in the list") for d in value]
 
 
 def _options(
     queue_name: str,
     max_retries: int | None,
-    retry_delay: float | Sequence[float] | None,
-    retry_strategy: str | Sequence[float] | None,
+    retry_delay: Duration | Sequence[Duration] | None,
+    retry_strategy: str | Sequence[Duration] | None,
     retry_on: Any,
     ignore_on: Any,
     dead_letter_queue: str | None,
-    dead_letter_ttl: float | None,
-    timeout: float | None,
-    result_ttl: float | None,
+    dead_letter_ttl: Duration | None,
+    timeout: Duration | None,
+    result_ttl: Duration | None,
 ) -> _Options:
     layout.check_queue_name(queue_name)
     if max_retries is not None and (
@@ -132,17 +137,11 @@ def _options(
     return _Options(
         queue=queue_name,
         max_retries=max_retries,
-        retry_delay=(
-            None
-            if retry_delay is None
-            else (
-                float(retry_delay) if isinstance(retry_delay, (int, float)) else list(retry_delay)
-            )
-        ),
+        retry_delay=None if retry_delay is None else _delays(retry_delay),
         retry_strategy=(
             retry_strategy
             if retry_strategy is None or isinstance(retry_strategy, str)
-            else [float(d) for d in retry_strategy]
+            else [seconds(d, "each delay in the list") for d in retry_strategy]
         ),
         retry_on=_exception_names(retry_on, "retry_on"),
         ignore_on=_exception_names(ignore_on, "ignore_on"),
@@ -230,8 +229,11 @@ class Job:
     async def status(self) -> JobStatus:
         return await self._client.job_status(self)
 
-    async def result(self, timeout: float | None = 30.0) -> Any:
-        """The job's return value; raises `JobFailedError` if it ended as a dead letter."""
+    async def result(self, timeout: Duration | None = 30.0) -> Any:
+        """The job's return value; raises `JobFailedError` if it ended as a dead letter.
+
+        Waits at most `timeout` (seconds or a `timedelta`; None: for ever).
+        """
         return await self._client.job_result(self, timeout)
 
 
@@ -240,7 +242,8 @@ class Client:
 
     `async with Client() as client:`; the URL and credentials come from the arguments
     or the environment (`NAQ_NATS_URL`, see `ConnectionSettings`). An enqueue waits at
-    most `publish_timeout` seconds for JetStream to confirm the job is stored.
+    most `publish_timeout` (seconds or a `timedelta`) for JetStream to confirm the job
+    is stored.
     """
 
     def __init__(
@@ -251,11 +254,9 @@ class Client:
         storage: StorageSettings | None = None,
         format: Format = "json",
         connection: NatsClient | None = None,
-        publish_timeout: float = 10.0,
+        publish_timeout: Duration = 10.0,
     ) -> None:
-        if not publish_timeout > 0:
-            raise ValueError(f"publish_timeout must be seconds > 0, got {publish_timeout!r}")
-        self.publish_timeout = publish_timeout
+        self.publish_timeout = seconds(publish_timeout, "publish_timeout", positive=True)
         if settings is None:
             settings = ConnectionSettings.from_env(**({"url": nats_url} if nats_url else {}))
         self._settings = settings
@@ -366,16 +367,16 @@ class Client:
         *args: Any,
         queue_name: str = "default",
         max_retries: int | None = None,
-        retry_delay: float | Sequence[float] | None = None,
-        retry_strategy: str | Sequence[float] | None = None,
+        retry_delay: Duration | Sequence[Duration] | None = None,
+        retry_strategy: str | Sequence[Duration] | None = None,
         retry_on: Any = None,
         ignore_on: Any = None,
         dead_letter_queue: str | None = None,
-        dead_letter_ttl: float | None = None,
+        dead_letter_ttl: Duration | None = None,
         idempotency_key: str | None = None,
         job_id: str | None = None,
-        timeout: float | None = None,
-        result_ttl: float | None = None,
+        timeout: Duration | None = None,
+        result_ttl: Duration | None = None,
         **kwargs: Any,
     ) -> Job:
         """Put one job on `queue_name` and wait until JetStream has stored it.
@@ -385,6 +386,7 @@ class Client:
         repeated with the same `job_id=` after a `PublishTimeoutError` cannot run the
         job twice. `idempotency_key=` does the same for an id of your own making: the
         job id is derived from it, so a second enqueue returns the first job.
+        Durations are seconds or `timedelta`s.
         """
         options = _options(
             queue_name, max_retries, retry_delay, retry_strategy, retry_on, ignore_on,
@@ -447,14 +449,14 @@ class Client:
         *,
         queue_name: str = "default",
         max_retries: int | None = None,
-        retry_delay: float | Sequence[float] | None = None,
-        retry_strategy: str | Sequence[float] | None = None,
+        retry_delay: Duration | Sequence[Duration] | None = None,
+        retry_strategy: str | Sequence[Duration] | None = None,
         retry_on: Any = None,
         ignore_on: Any = None,
         dead_letter_queue: str | None = None,
-        dead_letter_ttl: float | None = None,
-        timeout: float | None = None,
-        result_ttl: float | None = None,
+        dead_letter_ttl: Duration | None = None,
+        timeout: Duration | None = None,
+        result_ttl: Duration | None = None,
         kwargs: dict[str, Any] | None = None,
     ) -> list[Job]:
         """Enqueue one job per item of `calls` (a tuple of positional arguments each).
@@ -566,14 +568,15 @@ class Client:
             return JobStatus.FINISHED
         return JobStatus.DEAD
 
-    async def job_result(self, job: Job, timeout: float | None = 30.0) -> Any:
+    async def job_result(self, job: Job, timeout: Duration | None = 30.0) -> Any:
         if job.result_ttl is None:
             raise ValueError(
                 f"job {job.job_id} was enqueued without result_ttl, so its result was not "
                 "kept; enqueue with result_ttl=<seconds> to fetch it"
             )
+        wait = None if timeout is None else seconds(timeout, "timeout")
         _, buckets = await self._ready()
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if wait is None else time.monotonic() + wait
         pause = 0.005
         while True:
             try:
@@ -586,7 +589,7 @@ class Client:
                     return record.result
                 raise JobFailedError(f"job {job.job_id} ({job.function}) failed: {record.error}")
             if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"job {job.job_id} has no result after {timeout}s")
+                raise TimeoutError(f"job {job.job_id} has no result after {wait:g}s")
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.25)
 
@@ -708,7 +711,7 @@ class SyncJob:
     def status(self) -> JobStatus:
         return self._runner.run(self._job.status())
 
-    def result(self, timeout: float | None = 30.0) -> Any:
+    def result(self, timeout: Duration | None = 30.0) -> Any:
         return self._runner.run(self._job.result(timeout))
 
 

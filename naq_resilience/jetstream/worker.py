@@ -106,6 +106,7 @@ from naq_resilience.policies.classify import (
 )
 from naq_resilience.policies.compensate import Saga, reset_action_log, use_action_log
 from naq_resilience.policies.delays import DelaySchedule
+from naq_resilience.policies.durations import Duration, seconds
 from naq_resilience.policies.errors import CircuitBreakerOpenError, NonRetryable
 from naq_resilience.policies.pipeline import qualified_name
 
@@ -207,7 +208,7 @@ class Worker:
     crash may interrupt before the job is dead-lettered as a poison job. `storage` sets
     the replicas and limits of the streams this worker creates when they are missing.
     `strict` (or `NAQ_STRICT=1`) runs only functions marked `@job` or given in
-    `functions`.
+    `functions`. Durations are seconds or `timedelta`s.
     """
 
     def __init__(
@@ -220,9 +221,9 @@ class Worker:
         concurrency: int = 10,
         imports: Iterable[str] = (),
         functions: Iterable[Callable[..., Any]] = (),
-        ack_wait: float = 30.0,
-        shutdown_grace: float = 30.0,
-        fetch_timeout: float = 1.0,
+        ack_wait: Duration = 30.0,
+        shutdown_grace: Duration = 30.0,
+        fetch_timeout: Duration = 1.0,
         max_crashes: int = 3,
         strict: bool = False,
         format: Format = "json",
@@ -248,9 +249,9 @@ class Worker:
             settings = ConnectionSettings.from_env(**({"url": nats_url} if nats_url else {}))
         self._settings = settings
         self._storage = storage if storage is not None else StorageSettings.from_env()
-        self.ack_wait = ack_wait
-        self.shutdown_grace = shutdown_grace
-        self.fetch_timeout = fetch_timeout
+        self.ack_wait = seconds(ack_wait, "ack_wait", positive=True)
+        self.shutdown_grace = seconds(shutdown_grace, "shutdown_grace")
+        self.fetch_timeout = seconds(fetch_timeout, "fetch_timeout", positive=True)
         self._format: Format = format
         self.host = socket.gethostname()
         self.pid = os.getpid()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from naq_resilience.policies.durations import Duration, seconds
+
 __all__ = [
     "AuthenticationError",
     "CircuitBreakerOpenError",
@@ -45,13 +47,12 @@ class TemporaryResourceError(Retryable):
 
 
 class RateLimitError(Retryable):
-    """The callee asked us to slow down; `retry_after` seconds is honoured by `@retry`."""
+    """The callee asked us to slow down; `retry_after` (seconds or a `timedelta`, held as
+    seconds) is honoured by `@retry` and by the worker's retry delay."""
 
-    def __init__(self, message: str = "rate limited", retry_after: float | None = None) -> None:
+    def __init__(self, message: str = "rate limited", retry_after: Duration | None = None) -> None:
         super().__init__(message)
-        if retry_after is not None and retry_after < 0:
-            raise ValueError(f"retry_after must be >= 0 seconds, got {retry_after!r}")
-        self.retry_after = retry_after
+        self.retry_after = None if retry_after is None else seconds(retry_after, "retry_after")
 
 
 class AuthenticationError(NonRetryable):

@@ -12,6 +12,7 @@ import pytest
 
 from naq_resilience import (
     ChaosMonkey,
+    CircuitBreakerOpenError,
     ConnectionSettings,
     RateLimitError,
     Worker,
@@ -108,6 +109,7 @@ def test_chaos_latency_takes_timedeltas() -> None:
 
 def test_errors_take_a_timedelta_retry_after() -> None:
     assert RateLimitError("slow", retry_after=MINUTE).retry_after == 60.0
+    assert CircuitBreakerOpenError("open", timedelta(seconds=3)).retry_after == 3.0
 
 
 # --------------------------------------------------------------------------- the job layer

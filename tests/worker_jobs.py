@@ -222,4 +222,16 @@ def fault(tag: str, mode: str, seconds: float = 0.0) -> str:
     return tag
 
 
+_deferred_once: set[str] = set()
+
+
+def guarded_by_my_own_breaker(tag: str) -> str:
+    """A breaker of the user's own, as in NAQ's guide: it does not say when to retry."""
+    if tag not in _deferred_once:
+        _deferred_once.add(tag)
+        raise CircuitBreakerOpenError("Circuit breaker is open")
+    calls.append(("guarded_by_my_own_breaker", tag))
+    return tag
+
+
 __all__ = ["CircuitBreakerOpenError"]

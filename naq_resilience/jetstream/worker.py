@@ -126,6 +126,12 @@ FULL_RETRY_DELAY: Final = 60.0
 UNSETTLED_RETRY_DELAY: Final = 30.0
 """Seconds before a message nothing could be written for (the server refusing, or gone)
 is delivered again; that delivery counts as a crash, so the rounds are bounded."""
+UNKNOWN_DEFERRAL: Final = (1.0, 60.0)
+"""How long a job is deferred by a `CircuitBreakerOpenError` whose `retry_after` is None
+(a breaker of the user's own that does not say): 1 s, doubling with each deferral of
+the job, at most 60 s. A deferral uses no attempt, so a fixed short wait would redeliver
+a job every second for as long as the breaker stays open; a fixed long one would keep
+it waiting long after the breaker closed."""
 _NO_LEDGER: Final = Ledger()
 _NO_SCHEDULE = DelaySchedule("fixed", 0.0, None, None)
 
@@ -737,11 +743,15 @@ class Worker:
         self, msg: Msg, env: JobEnvelope, exc: CircuitBreakerOpenError, ledger: Ledger
     ) -> None:
         """The breaker is open: come back when it may close, without using an attempt."""
+        delay = exc.retry_after
+        if delay is None:  # the breaker does not know: back off, per deferral of this job
+            first, longest = UNKNOWN_DEFERRAL
+            delay = min(first * 2.0 ** min(ledger.deferred, 16), longest)
         await self._write_ledger(
             env.id, msgspec.structs.replace(ledger, deferred=ledger.deferred + 1)
         )
-        await msg.nak(delay=max(exc.retry_after, 0.001))
-        log.debug("job %s deferred %.3fs: breaker %s open", env.id, exc.retry_after, exc.name)
+        await msg.nak(delay=max(delay, 0.001))
+        log.debug("job %s deferred %.3fs: breaker %s open", env.id, delay, exc.name or "-")
 
     # ------------------------------------------------------------------ failures
     async def _failed(

@@ -395,7 +395,11 @@ class CircuitBreaker:
         if change is not None:
             self._announce(change)
         if ticket < 0:
-            raise CircuitBreakerOpenError(self.name, refused)
+            raise CircuitBreakerOpenError(
+                f"circuit breaker {self.name!r} is open; retry in {refused:.3f}s",
+                refused,
+                name=self.name,
+            )
         return ticket
 
     def _probe_done(self, ticket: int, error: Exception | None) -> None:

@@ -8,7 +8,7 @@ once: msgspec's per-call cost is then a few hundred nanoseconds.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
 import msgspec
@@ -18,6 +18,7 @@ from naq_resilience.models import ENVELOPE_VERSION, JobEnvelope
 __all__ = [
     "Format",
     "InvalidMessage",
+    "UnsendableValue",
     "decode",
     "decode_envelope",
     "encode",
@@ -41,6 +42,10 @@ _TOO_DEEP = (
     "message is not a job envelope: its values are nested too deep to decode (arrays or "
     "objects inside each other hundreds of levels deep)"
 )
+
+
+class UnsendableValue(TypeError):
+    """A value an `enc_hook` refuses to send, with the reason and the fix for a person."""
 
 
 class InvalidMessage(ValueError):
@@ -117,22 +122,36 @@ def _why_undecodable(data: bytes, msgpack: bool, exc: msgspec.DecodeError) -> st
 
 
 def encode_job_arguments(
-    function: str, args: Sequence[Any], kwargs: Mapping[str, Any], fmt: Format = "json"
+    function: str,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    fmt: Format = "json",
+    enc_hook: Callable[[Any], Any] | None = None,
 ) -> None:
     """Find the argument that cannot be encoded, to raise a `TypeError` that names it.
 
     Called only after encoding the whole envelope failed, so the success path pays
-    nothing for it.
+    nothing for it. `enc_hook` is the one the envelope was encoded with, if any; an
+    `UnsendableValue` it raises already says why and what to do.
     """
-    encoder = _json if fmt == "json" else _msgpack
+    if enc_hook is None:
+        encoder: msgspec.json.Encoder | msgspec.msgpack.Encoder = (
+            _json if fmt == "json" else _msgpack
+        )
+    elif fmt == "json":
+        encoder = msgspec.json.Encoder(enc_hook=enc_hook)
+    else:
+        encoder = msgspec.msgpack.Encoder(enc_hook=enc_hook)
     named = [(f"positional argument {i}", v) for i, v in enumerate(args)]
     named += [(f"keyword argument {k!r}", v) for k, v in kwargs.items()]
     for label, value in named:
         try:
             encoder.encode(value)
-        except (TypeError, msgspec.EncodeError, OverflowError) as exc:
+        except UnsendableValue as exc:
+            raise TypeError(f"{label} of {function} cannot be sent: {exc}") from None
+        except (TypeError, msgspec.EncodeError, OverflowError, RecursionError) as exc:
             raise TypeError(
                 f"{label} of {function} cannot be sent as {fmt}: {type(value).__name__} "
                 f"({exc}). Pass plain data: str, int, float, bool, None, list, dict, "
-                "datetime, UUID, Decimal, a dataclass or a msgspec.Struct"
+                "datetime, UUID, Decimal, a dataclass, a msgspec.Struct or an exception"
             ) from None

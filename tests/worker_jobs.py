@@ -222,6 +222,25 @@ def fault(tag: str, mode: str, seconds: float = 0.0) -> str:
     return tag
 
 
+class JobError(Exception):
+    """An exception defined in a module the worker imports: it may travel as an argument."""
+
+
+def receives(error: BaseException, note: str = "") -> str:
+    """Takes an exception as an argument (enqueued as an `ExceptionRecord`)."""
+    calls.append(("receives", error))
+    return f"{type(error).__module__}:{type(error).__qualname__}{error.args!r}{note}"
+
+
+def echo(value: object) -> object:
+    return value
+
+
+def receives_typed(error: TimeoutError, errors: list[Exception]) -> str:
+    calls.append(("receives_typed", (error, errors)))
+    return ",".join(type(e).__qualname__ for e in [error, *errors])
+
+
 _deferred_once: set[str] = set()
 
 

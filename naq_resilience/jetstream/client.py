@@ -41,9 +41,13 @@ from nats.aio.client import Client as NatsClient
 from nats.js.client import JetStreamContext
 from nats.js.errors import APIError, KeyNotFoundError, NoStreamResponseError, NotFoundError
 
-from naq_resilience.codec import Format, decode, encode, encode_job_arguments
+from naq_resilience.codec import Format, decode, encode
 from naq_resilience.fitting import headers_size
 from naq_resilience.jetstream import layout
+from naq_resilience.jetstream.arguments import (
+    encode_job_arguments_with_exceptions,
+    encode_with_exceptions,
+)
 from naq_resilience.jetstream.connection import (
     ConnectionSettings,
     connect,
@@ -358,7 +362,13 @@ class Client:
         try:
             return envelope, encode(envelope, self._format)
         except (TypeError, msgspec.EncodeError, OverflowError):
-            encode_job_arguments(name, args, kwargs, self._format)
+            pass
+        # Only what the plain encoder refused gets here: exceptions, or a mistake.
+        envelope = msgspec.structs.replace(envelope, exceptions=True)
+        try:
+            return envelope, encode_with_exceptions(envelope, self._format)
+        except (TypeError, msgspec.EncodeError, OverflowError, RecursionError):
+            encode_job_arguments_with_exceptions(name, args, kwargs, self._format)
             raise
 
     async def enqueue(
@@ -386,7 +396,8 @@ class Client:
         repeated with the same `job_id=` after a `PublishTimeoutError` cannot run the
         job twice. `idempotency_key=` does the same for an id of your own making: the
         job id is derived from it, so a second enqueue returns the first job.
-        Durations are seconds or `timedelta`s.
+        Durations are seconds or `timedelta`s. An exception
+        argument travels as an `ExceptionRecord` and is rebuilt by the worker.
         """
         options = _options(
             queue_name, max_retries, retry_delay, retry_strategy, retry_on, ignore_on,

@@ -578,7 +578,7 @@ class Worker:
             log_token = use_action_log(partial(self._saga_log, env, logs))
         started = time.time()
         try:
-            args, kwargs = fn.convert(env.args, env.kwargs)
+            args, kwargs = fn.convert(env.args, env.kwargs, env.exceptions)
             if fn.is_async:
                 result = fn.runner(*args, **kwargs)
                 if env.timeout is not None:

@@ -4,10 +4,15 @@ A reader tells the two apart by the first byte (a JSON record is an object, so `
 a MessagePack map starts with 0x80-0x8f, 0xde or 0xdf), so no header is needed and a
 worker reads jobs from producers using either. Encoders and typed decoders are built
 once: msgspec's per-call cost is then a few hundred nanoseconds.
+
+`NAQ_JOB_SERIALIZER` (NAQ's setting) chooses what a client writes: `json` or
+`msgpack`. NAQ's own default is pickle, so a deployment that sets it to `pickle` is
+told, not ignored: a pickled message runs code in whoever decodes it.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
@@ -16,6 +21,7 @@ import msgspec
 from naq_resilience.models import ENVELOPE_VERSION, JobEnvelope
 
 __all__ = [
+    "SERIALIZER_ENV",
     "Format",
     "InvalidMessage",
     "UnsendableValue",
@@ -23,10 +29,12 @@ __all__ = [
     "decode_envelope",
     "encode",
     "encode_job_arguments",
+    "serializer_from_env",
 ]
 
 Format = Literal["json", "msgpack"]
 T = TypeVar("T")
+SERIALIZER_ENV = "NAQ_JOB_SERIALIZER"
 
 _json = msgspec.json.Encoder()
 _msgpack = msgspec.msgpack.Encoder()
@@ -42,6 +50,35 @@ _TOO_DEEP = (
     "message is not a job envelope: its values are nested too deep to decode (arrays or "
     "objects inside each other hundreds of levels deep)"
 )
+
+
+def serializer_from_env() -> Format:
+    """The format `NAQ_JOB_SERIALIZER` asks for: `json` (also when unset) or `msgpack`.
+
+    Anything else is an error rather than a fallback: `pickle` most of all, since a
+    producer that believes it sends pickles and a worker that reads JSON disagree
+    silently, and a pickle is code that runs wherever it is decoded.
+    """
+    raw = os.environ.get(SERIALIZER_ENV, "")
+    value = raw.strip().lower()
+    if value in ("", "json"):
+        return "json"
+    if value == "msgpack":
+        return "msgpack"
+    if value == "pickle":
+        raise ValueError(
+            f"{SERIALIZER_ENV}=pickle is refused: naq-resilience never pickles, because "
+            "unpickling a message runs whatever code the message says, in the worker, for "
+            "anyone who can publish to the queue. Jobs are sent as JSON or MessagePack: "
+            f"set {SERIALIZER_ENV}=json (the default) or msgpack, and pass plain data "
+            "(str, int, float, bool, None, list, dict, datetime, UUID, Decimal, a "
+            "dataclass, a msgspec.Struct, an exception) or a reference to the data (a key, "
+            "a path) instead of a Python object"
+        )
+    raise ValueError(
+        f"{SERIALIZER_ENV}={raw!r} is not a serializer this library writes: set it to json "
+        "(the default) or msgpack, or unset it"
+    )
 
 
 class UnsendableValue(TypeError):

@@ -41,7 +41,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js.client import JetStreamContext
 from nats.js.errors import APIError, KeyNotFoundError, NoStreamResponseError, NotFoundError
 
-from naq_resilience.codec import Format, decode, encode
+from naq_resilience.codec import Format, decode, encode, serializer_from_env
 from naq_resilience.fitting import headers_size
 from naq_resilience.jetstream import layout
 from naq_resilience.jetstream.arguments import (
@@ -247,7 +247,8 @@ class Client:
     `async with Client() as client:`; the URL and credentials come from the arguments
     or the environment (`NAQ_NATS_URL`, see `ConnectionSettings`). An enqueue waits at
     most `publish_timeout` (seconds or a `timedelta`) for JetStream to confirm the job
-    is stored.
+    is stored. Jobs are written as `format`: "json" or "msgpack"; by default what
+    `NAQ_JOB_SERIALIZER` says (json when unset), read when the first job is enqueued.
     """
 
     def __init__(
@@ -256,16 +257,18 @@ class Client:
         *,
         settings: ConnectionSettings | None = None,
         storage: StorageSettings | None = None,
-        format: Format = "json",
+        format: Format | None = None,
         connection: NatsClient | None = None,
         publish_timeout: Duration = 10.0,
     ) -> None:
+        if format is not None and format not in ("json", "msgpack"):
+            raise ValueError(f'format must be "json" or "msgpack", got {format!r}')
         self.publish_timeout = seconds(publish_timeout, "publish_timeout", positive=True)
         if settings is None:
             settings = ConnectionSettings.from_env(**({"url": nats_url} if nats_url else {}))
         self._settings = settings
         self._storage = storage
-        self._format: Format = format
+        self._format: Format | None = format
         self._nc = connection
         self._owns_connection = connection is None
         self._js: JetStreamContext | None = None
@@ -334,6 +337,12 @@ class Client:
                 await publisher.close()
 
     # ------------------------------------------------------------------ enqueue
+    def _job_format(self) -> Format:
+        """The format jobs are written in, `NAQ_JOB_SERIALIZER` read at the first job."""
+        if self._format is None:
+            self._format = serializer_from_env()
+        return self._format
+
     def _envelope(
         self,
         name: str,
@@ -359,16 +368,17 @@ class Client:
             timeout=options.timeout,
             result_ttl=options.result_ttl,
         )
+        fmt = self._format or self._job_format()
         try:
-            return envelope, encode(envelope, self._format)
+            return envelope, encode(envelope, fmt)
         except (TypeError, msgspec.EncodeError, OverflowError):
             pass
         # Only what the plain encoder refused gets here: exceptions, or a mistake.
         envelope = msgspec.structs.replace(envelope, exceptions=True)
         try:
-            return envelope, encode_with_exceptions(envelope, self._format)
+            return envelope, encode_with_exceptions(envelope, fmt)
         except (TypeError, msgspec.EncodeError, OverflowError, RecursionError):
-            encode_job_arguments_with_exceptions(name, args, kwargs, self._format)
+            encode_job_arguments_with_exceptions(name, args, kwargs, fmt)
             raise
 
     async def enqueue(

@@ -62,7 +62,14 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 from nats.js.errors import KeyNotFoundError
 
-from naq_resilience.codec import Format, InvalidMessage, decode, decode_envelope, encode
+from naq_resilience.codec import (
+    Format,
+    InvalidMessage,
+    decode,
+    decode_envelope,
+    encode,
+    serializer_from_env,
+)
 from naq_resilience.fitting import (
     MESSAGE_LIMIT,
     RECORD_LIMIT,
@@ -214,7 +221,9 @@ class Worker:
     crash may interrupt before the job is dead-lettered as a poison job. `storage` sets
     the replicas and limits of the streams this worker creates when they are missing.
     `strict` (or `NAQ_STRICT=1`) runs only functions marked `@job` or given in
-    `functions`. Durations are seconds or `timedelta`s.
+    `functions`. Durations are seconds or `timedelta`s. `format` is what results are
+    stored as: by default what `NAQ_JOB_SERIALIZER` says (json when unset; `pickle` is
+    refused here, at start).
     """
 
     def __init__(
@@ -232,7 +241,7 @@ class Worker:
         fetch_timeout: Duration = 1.0,
         max_crashes: int = 3,
         strict: bool = False,
-        format: Format = "json",
+        format: Format | None = None,
         worker_id: str | None = None,
     ) -> None:
         names = [queues] if isinstance(queues, str) else list(queues)
@@ -258,7 +267,7 @@ class Worker:
         self.ack_wait = seconds(ack_wait, "ack_wait", positive=True)
         self.shutdown_grace = seconds(shutdown_grace, "shutdown_grace")
         self.fetch_timeout = seconds(fetch_timeout, "fetch_timeout", positive=True)
-        self._format: Format = format
+        self._format: Format = serializer_from_env() if format is None else format
         self.host = socket.gethostname()
         self.pid = os.getpid()
         self.worker_id = worker_id or f"{self.host}:{self.pid}:{uuid.uuid4().hex[:6]}"

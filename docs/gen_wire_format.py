@@ -523,7 +523,8 @@ def section_producers(c: Code) -> list[str]:
                 "subject token and a key. A UUID or ULID will do.",
                 "- **`function`.** The registered name `module:qualname` of a function "
                 "defined in a module the workers of that queue import "
-                "(`Worker(imports=[...])`, or the `NAQ_IMPORTS` environment variable). A "
+                "(`Worker(imports=[...])`, the `NAQ_IMPORTS` environment variable, or "
+                "`[tool.naq] imports` in the project's pyproject.toml). A "
                 "name with a part starting with `_` is private and runs only if the worker "
                 "registered that function explicitly; a strict worker (`--strict`, "
                 "`NAQ_STRICT=1`) runs only functions marked `@job`. A worker never imports "

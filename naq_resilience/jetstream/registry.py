@@ -306,6 +306,7 @@ class FunctionRegistry:
     def __init__(self, modules: Iterable[str] = (), *, strict: bool = False) -> None:
         self._modules: dict[str, ModuleType] = {}
         self._resolved: dict[str, JobFunction] = {}
+        self._registered = 0
         self._strict = strict
         for module in modules:
             self.allow_module(module)
@@ -313,6 +314,11 @@ class FunctionRegistry:
     @property
     def modules(self) -> tuple[str, ...]:
         return tuple(self._modules)
+
+    @property
+    def registered(self) -> int:
+        """How many functions were registered explicitly (`register`)."""
+        return self._registered
 
     @property
     def strict(self) -> bool:
@@ -331,6 +337,7 @@ class FunctionRegistry:
         """
         key = name or _name_of(func)
         self._resolved[key] = _describe(key, func, self._modules)
+        self._registered += 1
         return key
 
     def resolve(self, name: str) -> JobFunction:

@@ -85,6 +85,7 @@ from naq_resilience.jetstream.connection import (
     while_jetstream_starts,
 )
 from naq_resilience.jetstream.heartbeat import Heartbeats
+from naq_resilience.jetstream.project import NO_MODULES_WARNING, import_sources
 from naq_resilience.jetstream.publisher import Publisher, StreamFullError
 from naq_resilience.jetstream.puller import Puller
 from naq_resilience.jetstream.registry import (
@@ -212,8 +213,11 @@ class _Policy:
 class Worker:
     """Runs the jobs of one or more queues; `await worker.run()` until `stop()` or a signal.
 
-    `imports` are the modules whose functions jobs may name (the CLI's `--import`, or
-    `NAQ_IMPORTS`, comma separated); `functions` allows single functions directly.
+    `imports` are the modules whose functions jobs may name (the CLI's `--import`), to
+    which `NAQ_IMPORTS` (comma separated) and `[tool.naq] imports` of the nearest
+    pyproject.toml add theirs (`import_sources` says where each came from); `functions`
+    allows single functions directly. With none of these, every job is dead-lettered,
+    which the worker warns about at start.
     Async jobs run on the event loop, sync jobs on a thread pool of `concurrency`
     threads; at most `concurrency` jobs run at once. `ack_wait` is how long the broker
     waits for a sign of life before redelivering; long jobs send one every third of it,
@@ -254,9 +258,9 @@ class Worker:
             raise ValueError(f"max_crashes must be a whole number >= 1, got {max_crashes!r}")
         self.concurrency = concurrency
         self.max_crashes = max_crashes
-        env_imports = [m.strip() for m in os.environ.get("NAQ_IMPORTS", "").split(",") if m.strip()]
+        self.import_sources = import_sources(imports)
         self.registry = FunctionRegistry(
-            [*imports, *env_imports], strict=strict or strict_from_env()
+            self.import_sources.modules, strict=strict or strict_from_env()
         )
         for func in functions:
             self.registry.register(func)
@@ -287,6 +291,11 @@ class Worker:
         self._policies: dict[str, _Policy] = {}
         self.processed = 0
         self.failed = 0
+
+    @property
+    def has_jobs(self) -> bool:
+        """False when no module and no function was given: every job would be refused."""
+        return bool(self.registry.modules or self.registry.registered)
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self) -> None:
@@ -331,9 +340,11 @@ class Worker:
             log.info(
                 "worker %s started: queues=%s concurrency=%d modules=%s%s",
                 self.worker_id, ",".join(self.queues), self.concurrency,
-                ",".join(self.registry.modules) or "-",
+                self.import_sources.describe(),
                 " strict (only @job functions)" if self.registry.strict else "",
             )  # fmt: skip
+            if not self.has_jobs:
+                log.warning("worker %s: %s", self.worker_id, NO_MODULES_WARNING)
             try:
                 await self._stopping.wait()
             finally:

@@ -232,6 +232,11 @@ def receives(error: BaseException, note: str = "") -> str:
     return f"{type(error).__module__}:{type(error).__qualname__}{error.args!r}{note}"
 
 
+def wait_for(timeout: float) -> float:
+    """A parameter named like an enqueue option: it can only be passed positionally."""
+    return timeout
+
+
 def echo(value: object) -> object:
     return value
 

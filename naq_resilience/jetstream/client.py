@@ -26,6 +26,7 @@ import asyncio
 import atexit
 import contextlib
 import hashlib
+import inspect
 import logging
 import os
 import threading
@@ -56,6 +57,7 @@ from naq_resilience.jetstream.connection import (
 )
 from naq_resilience.jetstream.publisher import Publisher, PublishTimeoutError, StreamFullError
 from naq_resilience.jetstream.registry import function_name
+from naq_resilience.jetstream.signatures import call_shape, check_call
 from naq_resilience.jetstream.streams import Buckets, StorageSettings, ensure_layout
 from naq_resilience.models import DeadLetter, JobEnvelope, JobId, JobResult, JobStatus
 from naq_resilience.policies.classify import exception_types
@@ -406,7 +408,10 @@ class Client:
         repeated with the same `job_id=` after a `PublishTimeoutError` cannot run the
         job twice. `idempotency_key=` does the same for an id of your own making: the
         job id is derived from it, so a second enqueue returns the first job.
-        Durations are seconds or `timedelta`s. An exception
+
+        The call is bound to the function's signature here: a keyword it does not take
+        (a misspelled option, say) is refused, naming what it probably meant, instead
+        of failing in a worker. Durations are seconds or `timedelta`s. An exception
         argument travels as an `ExceptionRecord` and is rebuilt by the worker.
         """
         options = _options(
@@ -414,6 +419,7 @@ class Client:
             dead_letter_queue, dead_letter_ttl, timeout, result_ttl,
         )  # fmt: skip
         name = function_name(func)
+        check_call(func, name, args, kwargs, ENQUEUE_OPTIONS)
         job_id = _job_id(job_id, idempotency_key)
         envelope, payload = self._envelope(name, options, args, kwargs, job_id)
         await self._ready()
@@ -493,6 +499,7 @@ class Client:
             dead_letter_queue, dead_letter_ttl, timeout, result_ttl,
         )  # fmt: skip
         name = function_name(func)
+        shape = call_shape(func)
         shared_kwargs = dict(kwargs or {})
         subject = layout.job_subject(options.queue)
         await self._ready()
@@ -505,6 +512,8 @@ class Client:
                     f"enqueue_many takes an iterable of argument tuples, got {call!r}; "
                     "write e.g. [(1,), (2,)] or [(order_id, email), ...]"
                 )
+            if shape is not None and not shape.fits(call, shared_kwargs):
+                shape.check(name, call, shared_kwargs, ENQUEUE_OPTIONS)
             envelope, payload = self._envelope(name, options, call, shared_kwargs)
             # An id is ASCII: its length is its size in the Nats-Msg-Id header.
             self._check_size(name, len(payload) + _MSG_ID_HEADER + len(envelope.id))
@@ -771,6 +780,17 @@ class SyncClient:
 _default_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Client]] = (
     weakref.WeakKeyDictionary()
 )
+
+
+ENQUEUE_OPTIONS: tuple[str, ...] = (
+    *(
+        p.name
+        for p in inspect.signature(Client.enqueue).parameters.values()
+        if p.kind is p.KEYWORD_ONLY
+    ),
+    "nats_url",
+)
+"""The keywords `enqueue` takes for itself; every other keyword goes to the function."""
 
 
 def _default_client(nats_url: str | None) -> Client:

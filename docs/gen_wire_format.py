@@ -43,6 +43,7 @@ from naq_resilience.models import (  # noqa: E402
     ENVELOPE_VERSION,
     BreakerRecord,
     DeadLetter,
+    ExceptionRecord,
     FailureRecord,
     JobEnvelope,
     JobRecord,
@@ -289,6 +290,14 @@ LAST_FAILURE = msgspec.structs.replace(
     failed_at=T0 + 61.25,
     next_retry_at=None,
 )
+TIMEOUT = ExceptionRecord(type="builtins:TimeoutError", args=["Network timeout"])
+JOB_WITH_EXCEPTION = JobEnvelope(
+    id="sim-network-timeout",
+    function="ops.jobs:error_prone_job",
+    kwargs={"scenario": "network_timeout", "error": msgspec.to_builtins(TIMEOUT)},
+    exceptions=True,
+    max_retries=3,
+)
 UNREADABLE = b"send invoice 42 please"
 
 
@@ -305,7 +314,12 @@ EXAMPLES: dict[type[msgspec.Struct], list[tuple[str, Any]]] = {
     JobEnvelope: [
         ("What another service typically sends: defaults left out.", MINIMAL_JOB),
         ("Every field set.", FULL_JOB),
+        (
+            'A job with an exception argument (`error=TimeoutError("Network timeout")`).',
+            JOB_WITH_EXCEPTION,
+        ),
     ],
+    ExceptionRecord: [('`TimeoutError("Network timeout")`, as an argument.', TIMEOUT)],
     FailureRecord: [("The first of six attempts failed; it will be retried.", FAILURE)],
     DeadLetter: [
         (
@@ -500,6 +514,11 @@ def read_code() -> Code:
         for field, prop in component.get("properties", {}).items():
             if field in model_docs.get(name, {}):
                 prop["description"] = one_line(model_docs[name][field])
+        config = getattr(owner, "__struct_config__", None)
+        if config is not None and config.tag_field is not None:
+            component["properties"][config.tag_field]["description"] = (
+                f'Always `"{config.tag}"`: what tells this record from a plain object.'
+            )
     return Code(created_layout(), model_docs, attribute_docs(layout)[""], records, components)
 
 
@@ -558,7 +577,8 @@ def section_producers(c: Code) -> list[str]:
                 "subject token and a key. A UUID or ULID will do.",
                 "- **`function`.** The registered name `module:qualname` of a function "
                 "defined in a module the workers of that queue import "
-                "(`Worker(imports=[...])`, or the `NAQ_IMPORTS` environment variable). A "
+                "(`Worker(imports=[...])`, the `NAQ_IMPORTS` environment variable, or "
+                "`[tool.naq] imports` in the project's pyproject.toml). A "
                 "name with a part starting with `_` is private and runs only if the worker "
                 "registered that function explicitly; a strict worker (`--strict`, "
                 "`NAQ_STRICT=1`) runs only functions marked `@job`. A worker never imports "
@@ -567,7 +587,11 @@ def section_producers(c: Code) -> list[str]:
                 "each to the type of the parameter it is passed to: an RFC 3339 string "
                 "to a `datetime`, an array to a `tuple`, an object to a dataclass or "
                 'Struct, a numeric string like `"5"` to an `int`. A value that does not '
-                "convert fails the job at once (non-retryable `DataValidationError`).",
+                "convert fails the job at once (non-retryable `DataValidationError`). "
+                f"An exception is an {anchor('ExceptionRecord')} in place of the value, "
+                "with `exceptions: true` on the envelope; the worker rebuilds builtin "
+                "exceptions, naq-resilience's and those defined in the modules it imports, "
+                "and fails the job (`DataValidationError`) for any other.",
                 "- **Idempotency.** Send the header `Nats-Msg-Id: <job id>`. Within the job "
                 "stream's duplicate window "
                 f"({streams.StorageSettings().duplicate_window:g} s by default, "
@@ -819,8 +843,8 @@ def section_records(c: Code) -> list[str]:
         add(inspect.cleandoc(record.__doc__ or ""))
         table = ["| Field | Type | Required | Meaning |", "|---|---|---|---|"]
         for field, prop in component["properties"].items():
-            info = field_defaults[field]
-            if field in required:
+            info = field_defaults.get(field)
+            if field in required or info is None:
                 needed = "yes"
             elif info.default is None:
                 needed = "no"
@@ -882,7 +906,8 @@ def section_protocol(c: Code) -> list[str]:
                 "`failed` + 1: crashes are not attempts.",
                 "5. **Roll back** the steps a crashed delivery of a `@saga` job logged in "
                 f"`{layout.SAGA_BUCKET}` before running it again.",
-                "6. **Run** it, converting the arguments to the parameters' types, within "
+                "6. **Run** it, converting the arguments to the parameters' types (each "
+                "ExceptionRecord rebuilt first, when `exceptions` is set), within "
                 "`timeout` if set. While it runs, every `ack_wait / 3` the worker sends "
                 "`in_progress` (`+WPI`), from a thread of its own, so JetStream does not hand "
                 "it to another worker. A sync job past its `timeout` fails with "

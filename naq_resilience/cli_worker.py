@@ -16,15 +16,18 @@ def add_worker_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
         help="run jobs from one or more queues",
         description=(
             "Run the jobs of QUEUE(s). A worker runs only functions defined in the modules "
-            "it is told to import (--import, or NAQ_IMPORTS as a comma list), never private "
-            "ones (a name part starting with '_'); with --strict only those marked @job. The "
-            "current directory is importable, as with `python script.py`."
+            "it is told to import (--import, NAQ_IMPORTS as a comma list, and `imports = "
+            "[...]` under [tool.naq] in the nearest pyproject.toml), never private ones (a "
+            "name part starting with '_'); with --strict only those marked @job. The "
+            "current directory and the pyproject.toml's are importable, as with `python "
+            "script.py`."
         ),
     )
     parser.add_argument("queues", nargs="*", default=["default"], metavar="QUEUE")
     parser.add_argument(
         "-i", "--import", dest="imports", action="append", default=[], metavar="MODULE",
-        help="a module whose functions jobs may name (repeatable)",
+        help="a module whose functions jobs may name (repeatable; added to NAQ_IMPORTS and "
+        "[tool.naq] imports)",
     )  # fmt: skip
     parser.add_argument(
         "--strict", action="store_true",
@@ -34,7 +37,8 @@ def add_worker_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
     parser.add_argument("--nats-url", default=None, help="default: $NAQ_NATS_URL")
     parser.add_argument(
         "--ack-wait", type=float, default=30.0,
-        help="seconds the broker waits for a sign of life before redelivering a job",
+        help="seconds the broker waits for a sign of life before redelivering a job "
+        "(default: %(default)s)",
     )  # fmt: skip
     parser.add_argument(
         "--shutdown-grace", type=float, default=30.0,
@@ -62,6 +66,7 @@ def _run(args: argparse.Namespace) -> int:
         JetStreamUnavailableError,
         NatsUnavailableError,
     )
+    from naq_resilience.jetstream.project import NO_MODULES_WARNING, find_pyproject
     from naq_resilience.jetstream.streams import StorageSettings
     from naq_resilience.jetstream.worker import Worker, WorkerConnectionLost
     from naq_resilience.ops.logging import setup_logging
@@ -69,6 +74,9 @@ def _run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level, json=args.log_json)
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
+    project = find_pyproject()
+    if project is not None and str(project.parent) not in sys.path:
+        sys.path.insert(1, str(project.parent))  # its [tool.naq] modules are named from there
     try:
         worker = Worker(
             args.queues,
@@ -84,6 +92,8 @@ def _run(args: argparse.Namespace) -> int:
     except (ImportError, ValueError) as exc:
         print(f"naq worker: {exc}", file=sys.stderr)
         return 2
+    if not worker.has_jobs:
+        print(f"naq worker: warning: {NO_MODULES_WARNING}", file=sys.stderr)
     try:
         worker.run_forever()
     except (NatsUnavailableError, JetStreamUnavailableError) as exc:

@@ -4,11 +4,16 @@ A reader tells the two apart by the first byte (a JSON record is an object, so `
 a MessagePack map starts with 0x80-0x8f, 0xde or 0xdf), so no header is needed and a
 worker reads jobs from producers using either. Encoders and typed decoders are built
 once: msgspec's per-call cost is then a few hundred nanoseconds.
+
+`NAQ_JOB_SERIALIZER` (NAQ's setting) chooses what a client writes: `json` or
+`msgpack`. NAQ's own default is pickle, so a deployment that sets it to `pickle` is
+told, not ignored: a pickled message runs code in whoever decodes it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
 import msgspec
@@ -16,16 +21,20 @@ import msgspec
 from naq_resilience.models import ENVELOPE_VERSION, JobEnvelope
 
 __all__ = [
+    "SERIALIZER_ENV",
     "Format",
     "InvalidMessage",
+    "UnsendableValue",
     "decode",
     "decode_envelope",
     "encode",
     "encode_job_arguments",
+    "serializer_from_env",
 ]
 
 Format = Literal["json", "msgpack"]
 T = TypeVar("T")
+SERIALIZER_ENV = "NAQ_JOB_SERIALIZER"
 
 _json = msgspec.json.Encoder()
 _msgpack = msgspec.msgpack.Encoder()
@@ -41,6 +50,39 @@ _TOO_DEEP = (
     "message is not a job envelope: its values are nested too deep to decode (arrays or "
     "objects inside each other hundreds of levels deep)"
 )
+
+
+def serializer_from_env() -> Format:
+    """The format `NAQ_JOB_SERIALIZER` asks for: `json` (also when unset) or `msgpack`.
+
+    Anything else is an error rather than a fallback: `pickle` most of all, since a
+    producer that believes it sends pickles and a worker that reads JSON disagree
+    silently, and a pickle is code that runs wherever it is decoded.
+    """
+    raw = os.environ.get(SERIALIZER_ENV, "")
+    value = raw.strip().lower()
+    if value in ("", "json"):
+        return "json"
+    if value == "msgpack":
+        return "msgpack"
+    if value == "pickle":
+        raise ValueError(
+            f"{SERIALIZER_ENV}=pickle is refused: naq-resilience never pickles, because "
+            "unpickling a message runs whatever code the message says, in the worker, for "
+            "anyone who can publish to the queue. Jobs are sent as JSON or MessagePack: "
+            f"set {SERIALIZER_ENV}=json (the default) or msgpack, and pass plain data "
+            "(str, int, float, bool, None, list, dict, datetime, UUID, Decimal, a "
+            "dataclass, a msgspec.Struct, an exception) or a reference to the data (a key, "
+            "a path) instead of a Python object"
+        )
+    raise ValueError(
+        f"{SERIALIZER_ENV}={raw!r} is not a serializer this library writes: set it to json "
+        "(the default) or msgpack, or unset it"
+    )
+
+
+class UnsendableValue(TypeError):
+    """A value an `enc_hook` refuses to send, with the reason and the fix for a person."""
 
 
 class InvalidMessage(ValueError):
@@ -117,22 +159,36 @@ def _why_undecodable(data: bytes, msgpack: bool, exc: msgspec.DecodeError) -> st
 
 
 def encode_job_arguments(
-    function: str, args: Sequence[Any], kwargs: Mapping[str, Any], fmt: Format = "json"
+    function: str,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    fmt: Format = "json",
+    enc_hook: Callable[[Any], Any] | None = None,
 ) -> None:
     """Find the argument that cannot be encoded, to raise a `TypeError` that names it.
 
     Called only after encoding the whole envelope failed, so the success path pays
-    nothing for it.
+    nothing for it. `enc_hook` is the one the envelope was encoded with, if any; an
+    `UnsendableValue` it raises already says why and what to do.
     """
-    encoder = _json if fmt == "json" else _msgpack
+    if enc_hook is None:
+        encoder: msgspec.json.Encoder | msgspec.msgpack.Encoder = (
+            _json if fmt == "json" else _msgpack
+        )
+    elif fmt == "json":
+        encoder = msgspec.json.Encoder(enc_hook=enc_hook)
+    else:
+        encoder = msgspec.msgpack.Encoder(enc_hook=enc_hook)
     named = [(f"positional argument {i}", v) for i, v in enumerate(args)]
     named += [(f"keyword argument {k!r}", v) for k, v in kwargs.items()]
     for label, value in named:
         try:
             encoder.encode(value)
-        except (TypeError, msgspec.EncodeError, OverflowError) as exc:
+        except UnsendableValue as exc:
+            raise TypeError(f"{label} of {function} cannot be sent: {exc}") from None
+        except (TypeError, msgspec.EncodeError, OverflowError, RecursionError) as exc:
             raise TypeError(
                 f"{label} of {function} cannot be sent as {fmt}: {type(value).__name__} "
                 f"({exc}). Pass plain data: str, int, float, bool, None, list, dict, "
-                "datetime, UUID, Decimal, a dataclass or a msgspec.Struct"
+                "datetime, UUID, Decimal, a dataclass, a msgspec.Struct or an exception"
             ) from None

@@ -23,6 +23,9 @@ __all__ = [
     "ENVELOPE_VERSION",
     "BreakerRecord",
     "DeadLetter",
+    "EXCEPTION_TAG",
+    "EXCEPTION_TAG_FIELD",
+    "ExceptionRecord",
     "FailureRecord",
     "JobEnvelope",
     "JobRecord",
@@ -34,6 +37,8 @@ __all__ = [
 ]
 
 ENVELOPE_VERSION: Final = 1
+EXCEPTION_TAG_FIELD: Final = "$naq"
+EXCEPTION_TAG: Final = "exception"
 
 # What a worker would choke on is refused when the envelope is decoded (it becomes a
 # dead letter with the reason), not half-way through handling the job: an id or a
@@ -83,9 +88,14 @@ class JobEnvelope(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Positional arguments as JSON values. The worker converts each to the type the
     function's parameter is annotated with (an RFC 3339 string to a `datetime`, an
     array to a `tuple`, an object to a dataclass or Struct); a value that does not
-    convert fails the job as a non-retryable `DataValidationError`."""
+    convert fails the job as a non-retryable `DataValidationError`. An exception is
+    sent as an `ExceptionRecord` (see `exceptions`)."""
     kwargs: dict[str, Any] = {}
     """Keyword arguments, converted like `args`."""
+    exceptions: bool = False
+    """True when `args` or `kwargs` hold exceptions, each an `ExceptionRecord` (an
+    object whose `$naq` is `"exception"`, at any depth). Only then does a worker look
+    for them and rebuild each as its exception; otherwise every object is plain data."""
     enqueued_at: float = 0.0
     """When the job was enqueued, unix time in seconds; 0 when unknown."""
     max_retries: Count | None = None
@@ -116,6 +126,35 @@ class JobEnvelope(msgspec.Struct, kw_only=True, omit_defaults=True):
     result_ttl: PositiveSeconds | None = None
     """Keep a `JobResult` in the `naq-results` bucket for this many seconds (rounded up
     to whole seconds); absent: no result is kept."""
+
+
+class ExceptionRecord(
+    msgspec.Struct,
+    kw_only=True,
+    omit_defaults=True,
+    tag_field=EXCEPTION_TAG_FIELD,
+    tag=EXCEPTION_TAG,
+):
+    """An exception passed as a job argument (`error=TimeoutError("Network timeout")`).
+
+    Written by the client in place of the exception, wherever it is in `args` or
+    `kwargs`, and the envelope's `exceptions` set. The worker rebuilds it as
+    `type(*args)`, never by importing what a record names: the type must be a builtin
+    exception (`builtins:TimeoutError`), one of naq-resilience's
+    (`naq_resilience:RateLimitError`), or defined in a module the worker imports (its
+    `--import` modules); any other record fails the job as a non-retryable
+    `DataValidationError` saying why. Only `args` travel, so an exception whose other
+    attributes `type(*args)` would not restore is refused at enqueue. Nothing is
+    pickled.
+    """
+
+    version: int = _written(1)
+    """Record format version."""
+    type: str
+    """The exception's class as `module:qualname`, e.g. `builtins:TimeoutError`."""
+    args: list[Any] = []
+    """What the class is called with (the exception's `args`): JSON values, or
+    exception records themselves."""
 
 
 class FailureRecord(msgspec.Struct, kw_only=True, omit_defaults=True):

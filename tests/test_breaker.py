@@ -517,7 +517,7 @@ def test_callables_without_a_qualname_need_a_name(store: MemoryBreakerStore) -> 
         ({"failure_threshold": True}, TypeError, "failure_threshold must be a whole number"),
         ({"success_threshold": -1}, ValueError, "success_threshold must be >= 1"),
         ({"half_open_max_calls": 0}, ValueError, "half_open_max_calls must be >= 1"),
-        ({"recovery_timeout": -1}, ValueError, "recovery_timeout must be a finite number"),
+        ({"recovery_timeout": -1}, ValueError, "recovery_timeout must be >= 0 seconds"),
         ({"recovery_timeout": float("inf")}, ValueError, "for a long pause give a large"),
         ({"recovery_timeout": float("nan")}, ValueError, "recovery_timeout must be a finite"),
         ({"recovery_timeout": "60"}, TypeError, "recovery_timeout must be a number of seconds"),
@@ -840,6 +840,45 @@ def test_async_retry_above_a_breaker_waits_retry_after(
     assert asyncio.run(flaky()) == "ok"
     assert clock.sleeps == [12.0]
     assert calls == [1000.5, 1012.5]
+
+
+def test_an_open_error_of_your_own_needs_no_retry_after() -> None:
+    """NAQ's guide raises it from a breaker class of its own, with a message only."""
+    error = CircuitBreakerOpenError("Circuit breaker is open")
+    assert str(error) == "Circuit breaker is open"
+    assert (error.retry_after, error.name) == (None, None)
+    assert isinstance(error, Retryable)
+    assert str(CircuitBreakerOpenError()) == "circuit breaker is open"
+
+
+def test_the_breakers_own_error_says_who_and_when(
+    clock: FakeClock, store: MemoryBreakerStore
+) -> None:
+    @circuit_breaker(name="says", failure_threshold=1, recovery_timeout=9, clock=clock, store=store)
+    def down() -> None:
+        raise ConnectionError("down")
+
+    with pytest.raises(ConnectionError):
+        down()
+    error = refused(down)
+    assert (error.name, error.retry_after) == ("says", 9.0)
+    assert str(error) == "circuit breaker 'says' is open; retry in 9.000s"
+
+
+def test_retry_above_an_open_error_without_retry_after_waits_as_its_schedule_says(
+    clock: FakeClock,
+) -> None:
+    calls: list[float] = []
+
+    @retry(max_retries=3, retry_delay=2, retry_strategy="fixed", jitter=None, sleep=clock.sleep)
+    def guarded() -> str:
+        calls.append(clock.now)
+        if len(calls) == 1:
+            raise CircuitBreakerOpenError("Circuit breaker is open")
+        return "ok"
+
+    assert guarded() == "ok"
+    assert clock.sleeps == [2.0]
 
 
 # ---------------------------------------------------------------------- concurrency

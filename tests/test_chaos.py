@@ -20,7 +20,7 @@ from naq_resilience.policies.chaos import (
     is_injected,
     switch_from_env,
 )
-from naq_resilience.policies.errors import CircuitBreakerOpenError, RateLimitError
+from naq_resilience.policies.errors import CompensationError, RateLimitError
 from naq_resilience.policies.pipeline import policies_of
 from naq_resilience.policies.retry import RetryPolicy, attempts_of, retry
 
@@ -730,7 +730,7 @@ def test_monkey_argument_errors() -> None:
     monkey = ChaosMonkey(failure_rate=1.0)
     with chaos.enabled():
         with pytest.raises(TypeError, match="cannot be built from one message"):
-            monkey.maybe_fail(CircuitBreakerOpenError)
+            monkey.maybe_fail(CompensationError)
         with pytest.raises(ValueError, match="max_delay must be >= 0"):
             monkey.maybe_delay(-1)
 
@@ -750,10 +750,10 @@ def test_monkey_argument_errors() -> None:
         ({"exceptions": (int,)}, TypeError, "must contain exception classes"),
         ({"exceptions": "ConnectionError"}, TypeError, "not names"),
         ({"exceptions": (KeyboardInterrupt,)}, TypeError, "Exception subclasses"),
-        ({"exceptions": CircuitBreakerOpenError}, TypeError, "one message argument"),
+        ({"exceptions": CompensationError}, TypeError, "one message argument"),
         ({"exceptions": ()}, ValueError, "needs an exception class to inject"),
         ({"latency": -1}, ValueError, "latency must be >= 0"),
-        ({"latency": "1s"}, TypeError, "latency must be a number of seconds"),
+        ({"latency": "1s"}, TypeError, "latency must be a number of seconds or a timedelta"),
         ({"latency": (2, 1)}, ValueError, r"min > max; write latency=\(1, 2\)"),
         ({"latency": (1, 2, 3)}, TypeError, r"\(min, max\) pair"),
         ({"latency": (-1, 2)}, ValueError, "latency min must be >= 0"),

@@ -144,6 +144,8 @@ def test_naq_worker_hands_strict_to_the_worker(
     built: list[dict[str, object]] = []
 
     class FakeWorker:
+        has_jobs = True
+
         def __init__(self, queues: list[str], **options: object) -> None:
             built.append(options)
 

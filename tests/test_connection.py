@@ -175,7 +175,7 @@ def test_secrets_never_appear_in_repr() -> None:
         ({"tls_context": ssl.create_default_context(), "tls_ca_file": "ca.pem"}, "not both"),
         ({"tls_key_file": "key.pem"}, "tls_cert_file"),
         ({"jetstream_timeout": 0}, "jetstream_timeout must be a positive number of seconds"),
-        ({"jetstream_timeout": float("nan")}, "jetstream_timeout must be a positive"),
+        ({"jetstream_timeout": float("nan")}, "jetstream_timeout must be a finite number"),
     ],
 )
 def test_inconsistent_settings_are_refused(options: dict[str, object], message: str) -> None:

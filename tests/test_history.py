@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import msgspec
+import nats
 import pytest
 
 from naq_resilience import (
@@ -47,12 +49,34 @@ async def until_status(client: Client, job_id: str, status: JobStatus) -> JobRec
     raise AssertionError(f"job {job_id} never reached {status}: {record}")
 
 
+def test_a_late_queued_record_never_hides_what_the_worker_wrote(nats_url: str) -> None:
+    """The client's "queued" is sent without an ack; a fast worker can record the job
+    first. The late "queued" must not replace it, or a finished job reads as queued."""
+
+    async def main() -> None:
+        nc = await nats.connect(nats_url)
+        async with Client(nats_url) as client:
+            first = JobRecord(
+                job_id="early-1", queue="default", function="worker_jobs:add",
+                status=JobStatus.RUNNING, updated_at=time.time(), enqueued_at=time.time(),
+            )  # fmt: skip
+            await nc.jetstream().publish("naq.history.early-1", msgspec.json.encode(first))
+            await client.enqueue(worker_jobs.add, 1, 1, job_id="early-1")
+            await asyncio.sleep(0.3)  # the "queued" record, had it been let through
+            record = await client.get_job("early-1")
+            assert record is not None
+            assert record.status is JobStatus.RUNNING
+        await nc.close()
+
+    asyncio.run(main())
+
+
 def test_a_job_is_recorded_from_queued_to_completed(nats_url: str) -> None:
     async def main() -> None:
         async with Client(nats_url) as client:
             job = await client.enqueue(worker_jobs.add, 2, 3)
-            queued = await client.get_job(job.job_id)
-            assert queued is not None
+            # Sent without waiting for an ack, the record may trail the enqueue a moment.
+            queued = await until_status(client, job.job_id, JobStatus.QUEUED)
             assert (queued.status, queued.queue, queued.function) == (
                 JobStatus.QUEUED, "default", "worker_jobs:add",
             )  # fmt: skip

@@ -318,6 +318,32 @@ def test_open_breaker_defers_without_using_attempts(nats_url: str, tmp_path: Any
         os.environ.pop("NAQ_TEST_TRACE_DIR", None)
 
 
+def test_an_open_error_that_does_not_say_when_defers_the_job(nats_url: str) -> None:
+    """A breaker of the user's own raises CircuitBreakerOpenError("...") without a
+    retry_after: the job is deferred (the first time for 1 s), not failed."""
+    worker_jobs._deferred_once.clear()
+
+    async def main() -> Ledger:
+        async with Client(nats_url) as client, working(nats_url):
+            job = await client.enqueue(
+                worker_jobs.guarded_by_my_own_breaker, "g1", max_retries=0, result_ttl=60
+            )
+            assert await job.result(timeout=30) == "g1"
+            assert await failure_records(nats_url, job.job_id) == []
+            nc = await nats.connect(nats_url)
+            try:
+                ledgers = await nc.jetstream().key_value(layout.ATTEMPT_BUCKET)
+                entry = await ledgers.get(job.job_id)
+            finally:
+                await nc.close()
+        assert entry.value is not None
+        return decode(entry.value, Ledger)
+
+    ledger = run(main())
+    assert (ledger.deferred, ledger.failed) == (1, 0)
+    assert worker_jobs.calls == [("guarded_by_my_own_breaker", "g1")]
+
+
 def test_enqueue_sync_from_plain_code_and_from_a_running_loop(nats_url: str) -> None:
     from naq_resilience import SyncClient, enqueue_sync
 

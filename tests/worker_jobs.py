@@ -230,4 +230,40 @@ def tick(tag: str) -> str:
     return tag
 
 
+class JobError(Exception):
+    """An exception defined in a module the worker imports: it may travel as an argument."""
+
+
+def receives(error: BaseException, note: str = "") -> str:
+    """Takes an exception as an argument (enqueued as an `ExceptionRecord`)."""
+    calls.append(("receives", error))
+    return f"{type(error).__module__}:{type(error).__qualname__}{error.args!r}{note}"
+
+
+def wait_for(timeout: float) -> float:
+    """A parameter named like an enqueue option: it can only be passed positionally."""
+    return timeout
+
+
+def echo(value: object) -> object:
+    return value
+
+
+def receives_typed(error: TimeoutError, errors: list[Exception]) -> str:
+    calls.append(("receives_typed", (error, errors)))
+    return ",".join(type(e).__qualname__ for e in [error, *errors])
+
+
+_deferred_once: set[str] = set()
+
+
+def guarded_by_my_own_breaker(tag: str) -> str:
+    """A breaker of the user's own, as in NAQ's guide: it does not say when to retry."""
+    if tag not in _deferred_once:
+        _deferred_once.add(tag)
+        raise CircuitBreakerOpenError("Circuit breaker is open")
+    calls.append(("guarded_by_my_own_breaker", tag))
+    return tag
+
+
 __all__ = ["CircuitBreakerOpenError"]

@@ -27,6 +27,7 @@ import atexit
 import contextlib
 import datetime as dt
 import hashlib
+import inspect
 import logging
 import os
 import threading
@@ -42,9 +43,13 @@ from nats.aio.client import Client as NatsClient
 from nats.js.client import JetStreamContext
 from nats.js.errors import APIError, KeyNotFoundError, NoStreamResponseError, NotFoundError
 
-from naq_resilience.codec import Format, decode, encode, encode_job_arguments
+from naq_resilience.codec import Format, decode, encode, serializer_from_env
 from naq_resilience.fitting import headers_size
 from naq_resilience.jetstream import layout
+from naq_resilience.jetstream.arguments import (
+    encode_job_arguments_with_exceptions,
+    encode_with_exceptions,
+)
 from naq_resilience.jetstream.connection import (
     ConnectionSettings,
     connect,
@@ -59,6 +64,7 @@ from naq_resilience.jetstream.history import (
 )
 from naq_resilience.jetstream.publisher import Publisher, PublishTimeoutError, StreamFullError
 from naq_resilience.jetstream.registry import function_name
+from naq_resilience.jetstream.signatures import call_shape, check_call
 from naq_resilience.jetstream.streams import Buckets, StorageSettings, ensure_layout
 from naq_resilience.models import (
     DeadLetter,
@@ -70,6 +76,7 @@ from naq_resilience.models import (
 )
 from naq_resilience.policies.classify import exception_types
 from naq_resilience.policies.delays import DelaySchedule
+from naq_resilience.policies.durations import Duration, seconds
 from naq_resilience.policies.errors import ProcessingError
 from naq_resilience.policies.pipeline import qualified_name
 
@@ -117,24 +124,27 @@ class _Options(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 def _positive(value: object, argument: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{argument} must be a number of seconds > 0 or None, got {value!r}")
-    return float(value)
+    return None if value is None else seconds(value, argument, positive=True)
+
+
+def _delays(value: Duration | Sequence[Duration]) -> float | list[float]:
+    """Checked by `DelaySchedule.build` already; here only made plain floats."""
+    if isinstance(value, (int, float, timedelta)):
+        return seconds(value, "retry_delay")
+    return [seconds(d, "each delay in the list") for d in value]
 
 
 def _options(
     queue_name: str,
     max_retries: int | None,
-    retry_delay: float | Sequence[float] | None,
-    retry_strategy: str | Sequence[float] | None,
+    retry_delay: Duration | Sequence[Duration] | None,
+    retry_strategy: str | Sequence[Duration] | None,
     retry_on: Any,
     ignore_on: Any,
     dead_letter_queue: str | None,
-    dead_letter_ttl: float | None,
-    timeout: float | None,
-    result_ttl: float | None,
+    dead_letter_ttl: Duration | None,
+    timeout: Duration | None,
+    result_ttl: Duration | None,
 ) -> _Options:
     layout.check_queue_name(queue_name)
     if max_retries is not None and (
@@ -154,17 +164,11 @@ def _options(
     return _Options(
         queue=queue_name,
         max_retries=max_retries,
-        retry_delay=(
-            None
-            if retry_delay is None
-            else (
-                float(retry_delay) if isinstance(retry_delay, (int, float)) else list(retry_delay)
-            )
-        ),
+        retry_delay=None if retry_delay is None else _delays(retry_delay),
         retry_strategy=(
             retry_strategy
             if retry_strategy is None or isinstance(retry_strategy, str)
-            else [float(d) for d in retry_strategy]
+            else [seconds(d, "each delay in the list") for d in retry_strategy]
         ),
         retry_on=_exception_names(retry_on, "retry_on"),
         ignore_on=_exception_names(ignore_on, "ignore_on"),
@@ -252,8 +256,11 @@ class Job:
     async def status(self) -> JobStatus:
         return await self._client.job_status(self)
 
-    async def result(self, timeout: float | None = 30.0) -> Any:
-        """The job's return value; raises `JobFailedError` if it ended as a dead letter."""
+    async def result(self, timeout: Duration | None = 30.0) -> Any:
+        """The job's return value; raises `JobFailedError` if it ended as a dead letter.
+
+        Waits at most `timeout` (seconds or a `timedelta`; None: for ever).
+        """
         return await self._client.job_result(self, timeout)
 
 
@@ -262,7 +269,9 @@ class Client:
 
     `async with Client() as client:`; the URL and credentials come from the arguments
     or the environment (`NAQ_NATS_URL`, see `ConnectionSettings`). An enqueue waits at
-    most `publish_timeout` seconds for JetStream to confirm the job is stored.
+    most `publish_timeout` (seconds or a `timedelta`) for JetStream to confirm the job
+    is stored. Jobs are written as `format`: "json" or "msgpack"; by default what
+    `NAQ_JOB_SERIALIZER` says (json when unset), read when the first job is enqueued.
     """
 
     def __init__(
@@ -271,18 +280,18 @@ class Client:
         *,
         settings: ConnectionSettings | None = None,
         storage: StorageSettings | None = None,
-        format: Format = "json",
+        format: Format | None = None,
         connection: NatsClient | None = None,
-        publish_timeout: float = 10.0,
+        publish_timeout: Duration = 10.0,
     ) -> None:
-        if not publish_timeout > 0:
-            raise ValueError(f"publish_timeout must be seconds > 0, got {publish_timeout!r}")
-        self.publish_timeout = publish_timeout
+        if format is not None and format not in ("json", "msgpack"):
+            raise ValueError(f'format must be "json" or "msgpack", got {format!r}')
+        self.publish_timeout = seconds(publish_timeout, "publish_timeout", positive=True)
         if settings is None:
             settings = ConnectionSettings.from_env(**({"url": nats_url} if nats_url else {}))
         self._settings = settings
         self._storage = storage
-        self._format: Format = format
+        self._format: Format | None = format
         self._nc = connection
         self._owns_connection = connection is None
         self._js: JetStreamContext | None = None
@@ -351,6 +360,12 @@ class Client:
                 await publisher.close()
 
     # ------------------------------------------------------------------ enqueue
+    def _job_format(self) -> Format:
+        """The format jobs are written in, `NAQ_JOB_SERIALIZER` read at the first job."""
+        if self._format is None:
+            self._format = serializer_from_env()
+        return self._format
+
     def _envelope(
         self,
         name: str,
@@ -376,10 +391,17 @@ class Client:
             timeout=options.timeout,
             result_ttl=options.result_ttl,
         )
+        fmt = self._format or self._job_format()
         try:
-            return envelope, encode(envelope, self._format)
+            return envelope, encode(envelope, fmt)
         except (TypeError, msgspec.EncodeError, OverflowError):
-            encode_job_arguments(name, args, kwargs, self._format)
+            pass
+        # Only what the plain encoder refused gets here: exceptions, or a mistake.
+        envelope = msgspec.structs.replace(envelope, exceptions=True)
+        try:
+            return envelope, encode_with_exceptions(envelope, fmt)
+        except (TypeError, msgspec.EncodeError, OverflowError, RecursionError):
+            encode_job_arguments_with_exceptions(name, args, kwargs, fmt)
             raise
 
     async def enqueue(
@@ -388,16 +410,16 @@ class Client:
         *args: Any,
         queue_name: str = "default",
         max_retries: int | None = None,
-        retry_delay: float | Sequence[float] | None = None,
-        retry_strategy: str | Sequence[float] | None = None,
+        retry_delay: Duration | Sequence[Duration] | None = None,
+        retry_strategy: str | Sequence[Duration] | None = None,
         retry_on: Any = None,
         ignore_on: Any = None,
         dead_letter_queue: str | None = None,
-        dead_letter_ttl: float | None = None,
+        dead_letter_ttl: Duration | None = None,
         idempotency_key: str | None = None,
         job_id: str | None = None,
-        timeout: float | None = None,
-        result_ttl: float | None = None,
+        timeout: Duration | None = None,
+        result_ttl: Duration | None = None,
         **kwargs: Any,
     ) -> Job:
         """Put one job on `queue_name` and wait until JetStream has stored it.
@@ -407,12 +429,18 @@ class Client:
         repeated with the same `job_id=` after a `PublishTimeoutError` cannot run the
         job twice. `idempotency_key=` does the same for an id of your own making: the
         job id is derived from it, so a second enqueue returns the first job.
+
+        The call is bound to the function's signature here: a keyword it does not take
+        (a misspelled option, say) is refused, naming what it probably meant, instead
+        of failing in a worker. Durations are seconds or `timedelta`s. An exception
+        argument travels as an `ExceptionRecord` and is rebuilt by the worker.
         """
         options = _options(
             queue_name, max_retries, retry_delay, retry_strategy, retry_on, ignore_on,
             dead_letter_queue, dead_letter_ttl, timeout, result_ttl,
         )  # fmt: skip
         name = function_name(func)
+        check_call(func, name, args, kwargs, ENQUEUE_OPTIONS)
         job_id = _job_id(job_id, idempotency_key)
         envelope, payload = self._envelope(name, options, args, kwargs, job_id)
         await self._ready()
@@ -434,8 +462,11 @@ class Client:
         self, envelope: JobEnvelope, status: JobStatus = JobStatus.QUEUED, **fields: Any
     ) -> None:
         """The job's history begins once it is stored (queued, or scheduled); sent
-        without waiting for an ack."""
+        without waiting for an ack. A worker can take the job and write its own record
+        before this one arrives, so "queued" is written only where no record is yet:
+        it never overwrites what the worker wrote."""
         assert self._nc is not None
+        headers = _FIRST_RECORD if status is JobStatus.QUEUED else None
         record = JobRecord(
             job_id=envelope.id,
             queue=envelope.queue,
@@ -446,7 +477,9 @@ class Client:
             **fields,
         )
         with contextlib.suppress(Exception):  # history is for looking, never for deciding
-            await self._nc.publish(layout.history_subject(envelope.id), _history_encode(record))
+            await self._nc.publish(
+                layout.history_subject(envelope.id), _history_encode(record), headers=headers
+            )
 
     async def _store(self, subject: str, payload: bytes, headers: dict[str, str]) -> int:
         """A job carries its id as Nats-Msg-Id, so sending it again is safe: while no
@@ -488,14 +521,14 @@ class Client:
         *,
         queue_name: str = "default",
         max_retries: int | None = None,
-        retry_delay: float | Sequence[float] | None = None,
-        retry_strategy: str | Sequence[float] | None = None,
+        retry_delay: Duration | Sequence[Duration] | None = None,
+        retry_strategy: str | Sequence[Duration] | None = None,
         retry_on: Any = None,
         ignore_on: Any = None,
         dead_letter_queue: str | None = None,
-        dead_letter_ttl: float | None = None,
-        timeout: float | None = None,
-        result_ttl: float | None = None,
+        dead_letter_ttl: Duration | None = None,
+        timeout: Duration | None = None,
+        result_ttl: Duration | None = None,
         kwargs: dict[str, Any] | None = None,
     ) -> list[Job]:
         """Enqueue one job per item of `calls` (a tuple of positional arguments each).
@@ -511,6 +544,7 @@ class Client:
             dead_letter_queue, dead_letter_ttl, timeout, result_ttl,
         )  # fmt: skip
         name = function_name(func)
+        shape = call_shape(func)
         shared_kwargs = dict(kwargs or {})
         subject = layout.job_subject(options.queue)
         await self._ready()
@@ -523,6 +557,8 @@ class Client:
                     f"enqueue_many takes an iterable of argument tuples, got {call!r}; "
                     "write e.g. [(1,), (2,)] or [(order_id, email), ...]"
                 )
+            if shape is not None and not shape.fits(call, shared_kwargs):
+                shape.check(name, call, shared_kwargs, ENQUEUE_OPTIONS)
             envelope, payload = self._envelope(name, options, call, shared_kwargs)
             # An id is ASCII: its length is its size in the Nats-Msg-Id header.
             self._check_size(name, len(payload) + _MSG_ID_HEADER + len(envelope.id))
@@ -644,14 +680,15 @@ class Client:
             _window_start(hours, since), dead_letter_record,
         )  # fmt: skip
 
-    async def job_result(self, job: Job, timeout: float | None = 30.0) -> Any:
+    async def job_result(self, job: Job, timeout: Duration | None = 30.0) -> Any:
         if job.result_ttl is None:
             raise ValueError(
                 f"job {job.job_id} was enqueued without result_ttl, so its result was not "
                 "kept; enqueue with result_ttl=<seconds> to fetch it"
             )
+        wait = None if timeout is None else seconds(timeout, "timeout")
         _, buckets = await self._ready()
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if wait is None else time.monotonic() + wait
         pause = 0.005
         while True:
             try:
@@ -664,7 +701,7 @@ class Client:
                     return record.result
                 raise JobFailedError(f"job {job.job_id} ({job.function}) failed: {record.error}")
             if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"job {job.job_id} has no result after {timeout}s")
+                raise TimeoutError(f"job {job.job_id} has no result after {wait:g}s")
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.25)
 
@@ -755,6 +792,7 @@ class Client:
 
 
 _history_encode = msgspec.json.Encoder().encode
+_FIRST_RECORD = {"Nats-Expected-Last-Subject-Sequence": "0"}
 
 
 def _window_start(hours: float, since: float | dt.datetime | None) -> float:
@@ -852,7 +890,7 @@ class SyncJob:
     def status(self) -> JobStatus:
         return self._runner.run(self._job.status())
 
-    def result(self, timeout: float | None = 30.0) -> Any:
+    def result(self, timeout: Duration | None = 30.0) -> Any:
         return self._runner.run(self._job.result(timeout))
 
 
@@ -965,6 +1003,17 @@ class SyncClient:
 _default_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Client]] = (
     weakref.WeakKeyDictionary()
 )
+
+
+ENQUEUE_OPTIONS: tuple[str, ...] = (
+    *(
+        p.name
+        for p in inspect.signature(Client.enqueue).parameters.values()
+        if p.kind is p.KEYWORD_ONLY
+    ),
+    "nats_url",
+)
+"""The keywords `enqueue` takes for itself; every other keyword goes to the function."""
 
 
 def _default_client(nats_url: str | None) -> Client:

@@ -41,6 +41,8 @@ from nats.errors import Error as NatsError
 from nats.js.api import AccountInfo
 from nats.js.errors import APIError, ServiceUnavailableError
 
+from naq_resilience.policies.durations import SecondsField
+
 __all__ = [
     "DEFAULT_JETSTREAM_TIMEOUT",
     "DEFAULT_URL",
@@ -122,7 +124,9 @@ class ConnectionSettings:
     `max_reconnect_attempts=-1` (the default) reconnects forever, after an outage of
     any length; it applies once connected, never to the first connect. A finite number
     lets the connection close for good, after which a `Client` connects afresh on its
-    next use and a worker exits for its supervisor to restart it.
+    next use and a worker exits for its supervisor to restart it. The durations
+    (`connect_timeout`, `jetstream_timeout`, `reconnect_time_wait`) take seconds or a
+    `timedelta` and read back as seconds.
     """
 
     url: str = field(default_factory=_url_from_env)
@@ -137,28 +141,17 @@ class ConnectionSettings:
     tls_key_file: str | None = None
     tls_context: ssl.SSLContext | None = None
     name: str | None = None
-    connect_timeout: float = 2.0
-    jetstream_timeout: float = DEFAULT_JETSTREAM_TIMEOUT
+    connect_timeout: SecondsField = SecondsField(2.0, positive=True)
+    jetstream_timeout: SecondsField = SecondsField(DEFAULT_JETSTREAM_TIMEOUT, positive=True)
     """How long start-up waits for JetStream to become ready (a cluster electing its
     leader), the default of `ensure_jetstream` and `while_jetstream_starts`."""
     allow_reconnect: bool = True
     max_reconnect_attempts: int = -1
-    reconnect_time_wait: float = 2.0
+    reconnect_time_wait: SecondsField = SecondsField(2.0)
 
     def __post_init__(self) -> None:
         if not self.servers:
             raise ValueError("url names no server")
-        if self.connect_timeout <= 0:
-            raise ValueError(f"connect_timeout must be positive, got {self.connect_timeout!r}")
-        if not self.jetstream_timeout > 0:  # also refuses NaN
-            raise ValueError(
-                f"jetstream_timeout must be a positive number of seconds, got "
-                f"{self.jetstream_timeout!r}"
-            )
-        if self.reconnect_time_wait < 0:
-            raise ValueError(
-                f"reconnect_time_wait must not be negative, got {self.reconnect_time_wait!r}"
-            )
         if self.max_reconnect_attempts == 0 or self.max_reconnect_attempts < -1:
             # nats-py reads 0 as "forever"; nobody writing 0 means that.
             raise ValueError(

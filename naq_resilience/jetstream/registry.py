@@ -31,12 +31,14 @@ import reprlib
 import sys
 import types
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 import msgspec
 
+from naq_resilience.jetstream.arguments import main_module_name, rebuild_exceptions
 from naq_resilience.policies.breaker import BreakerStage
 from naq_resilience.policies.compensate import SagaStage
 from naq_resilience.policies.errors import DataValidationError
@@ -67,13 +69,9 @@ class UnknownFunction(LookupError):
 
 
 def _main_module_name() -> str:
-    main = sys.modules.get("__main__")
-    spec = getattr(main, "__spec__", None)
-    if spec is not None and spec.name and spec.name != "__main__":
-        return str(spec.name)  # run with `python -m package.module`
-    path = getattr(main, "__file__", None)
-    if path:
-        return str(os.path.splitext(os.path.basename(path))[0])
+    name = main_module_name()
+    if name is not None:
+        return name
     raise ValueError(
         "a function defined in an interactive session cannot be enqueued: a worker could "
         "never import it; define it in a module and pass that module to the worker"
@@ -189,9 +187,19 @@ class JobFunction:
     keywords: dict[str, Any]
     var_keyword: Any
     converts: bool
+    modules: Mapping[str, ModuleType]
+    """The worker's imported modules: where exception arguments' classes may come from."""
 
-    def convert(self, args: list[Any], kwargs: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
-        """Arguments converted to the annotated types (JSON has no tuple, datetime, ...)."""
+    def convert(
+        self, args: list[Any], kwargs: dict[str, Any], exceptions: bool = False
+    ) -> tuple[list[Any], dict[str, Any]]:
+        """Arguments converted to the annotated types (JSON has no tuple, datetime, ...).
+
+        With `exceptions` (the envelope says it holds some), each `ExceptionRecord` is
+        rebuilt first, from builtins, naq-resilience or the worker's modules only.
+        """
+        if exceptions:
+            args, kwargs = rebuild_exceptions(args, kwargs, self.modules, self.name)
         if not self.converts:
             return args, kwargs
         positional = self.positional
@@ -231,7 +239,9 @@ def _shown(value: Any) -> str:
     return text
 
 
-def _describe(name: str, func: Callable[..., Any]) -> JobFunction:
+def _describe(
+    name: str, func: Callable[..., Any], modules: Mapping[str, ModuleType]
+) -> JobFunction:
     # A classmethod reached through its class is a bound method: its pipeline (and
     # retry policy) is on the function underneath, and `cls` is not a job argument.
     bound_to: object = None
@@ -281,6 +291,7 @@ def _describe(name: str, func: Callable[..., Any]) -> JobFunction:
         keywords=keywords,
         var_keyword=var_keyword,
         converts=any(h not in _NO_CONVERSION for h in hinted),
+        modules=modules,
     )
 
 
@@ -293,8 +304,9 @@ class FunctionRegistry:
     """
 
     def __init__(self, modules: Iterable[str] = (), *, strict: bool = False) -> None:
-        self._modules: dict[str, Any] = {}
+        self._modules: dict[str, ModuleType] = {}
         self._resolved: dict[str, JobFunction] = {}
+        self._registered = 0
         self._strict = strict
         for module in modules:
             self.allow_module(module)
@@ -302,6 +314,11 @@ class FunctionRegistry:
     @property
     def modules(self) -> tuple[str, ...]:
         return tuple(self._modules)
+
+    @property
+    def registered(self) -> int:
+        """How many functions were registered explicitly (`register`)."""
+        return self._registered
 
     @property
     def strict(self) -> bool:
@@ -319,7 +336,8 @@ class FunctionRegistry:
         here is the explicit choice those rules otherwise ask for.
         """
         key = name or _name_of(func)
-        self._resolved[key] = _describe(key, func)
+        self._resolved[key] = _describe(key, func, self._modules)
+        self._registered += 1
         return key
 
     def resolve(self, name: str) -> JobFunction:
@@ -371,6 +389,6 @@ class FunctionRegistry:
                 f"{STRICT_ENV}): it runs only functions decorated with @job (from "
                 "naq_resilience import job) or registered explicitly; add @job to it"
             )
-        described = _describe(name, target)
+        described = _describe(name, target, self._modules)
         self._resolved[name] = described
         return described

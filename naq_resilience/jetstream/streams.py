@@ -36,6 +36,7 @@ from nats.js.errors import BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from naq_resilience.jetstream import layout
+from naq_resilience.policies.durations import SecondsField
 
 __all__ = ["Buckets", "StorageSettings", "ensure_layout", "parse_size"]
 
@@ -62,23 +63,24 @@ class StorageSettings:
 
     Applied when a stream or bucket is created; an existing one keeps its own
     configuration. Sizes are bytes (-1: no limit of our own, the server's account
-    limits still apply), ages seconds. Each field has an environment variable: the
-    field's name upper-cased after `NAQ_` (`NAQ_REPLICAS`, `NAQ_JOBS_MAX_BYTES`,
-    `NAQ_DEAD_MAX_AGE`, ...); sizes there may say `512MiB` or `1GiB`.
+    limits still apply), ages seconds (or a `timedelta`). Each field has an environment
+    variable: the field's name upper-cased after `NAQ_` (`NAQ_REPLICAS`,
+    `NAQ_JOBS_MAX_BYTES`, `NAQ_DEAD_MAX_AGE`, ...); sizes there may say `512MiB` or
+    `1GiB`.
     """
 
     replicas: int = 1
     """Copies of every stream and bucket; 3 in a 3-node cluster survives losing a node."""
-    duplicate_window: float = 120.0
+    duplicate_window: SecondsField = SecondsField(120.0, positive=True)
     """Seconds in which a second message with the same `Nats-Msg-Id` (a job id, an
     idempotency key, a dead letter's origin) is dropped as a duplicate."""
     jobs_max_bytes: int = _GiB
     """Queued jobs, all queues together; when reached, enqueue raises `StreamFullError`."""
-    failures_max_age: float = 7 * _DAY
+    failures_max_age: SecondsField = SecondsField(7 * _DAY, positive=True)
     """How long failure records are kept."""
     failures_max_bytes: int = 256 * _MiB
     """Failure records; when reached the oldest go first (dead letters keep their own)."""
-    dead_max_age: float = 30 * _DAY
+    dead_max_age: SecondsField = SecondsField(30 * _DAY, positive=True)
     """How long a dead letter is kept at most (`dead_letter_ttl` may say less)."""
     dead_max_bytes: int = _GiB
     """Dead letters; when reached, jobs that die stay in their queue until there is room."""
@@ -90,7 +92,7 @@ class StorageSettings:
     """Attempt ledgers of redelivered jobs (`naq-attempts`)."""
     breakers_max_bytes: int = 16 * _MiB
     """Shared circuit-breaker states."""
-    history_max_age: float = 7 * _DAY
+    history_max_age: SecondsField = SecondsField(7 * _DAY, positive=True)
     """How long a job's record (`get_job`, `Job.status()`, `get_jobs_in_timeframe`) is
     kept after its last change."""
     history_max_jobs: int = 1_000_000
@@ -113,8 +115,6 @@ class StorageSettings:
             value = getattr(self, spec.name)
             if spec.name.endswith(("_bytes", "_jobs")) and (value == 0 or value < -1):
                 raise ValueError(f"{spec.name} must be a positive number or -1, got {value!r}")
-            if spec.name.endswith(("_age", "_window")) and not value > 0:
-                raise ValueError(f"{spec.name} must be a number of seconds > 0, got {value!r}")
 
     @classmethod
     def from_env(cls, **overrides: Any) -> StorageSettings:

@@ -62,7 +62,14 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 from nats.js.errors import KeyNotFoundError
 
-from naq_resilience.codec import Format, InvalidMessage, decode, decode_envelope, encode
+from naq_resilience.codec import (
+    Format,
+    InvalidMessage,
+    decode,
+    decode_envelope,
+    encode,
+    serializer_from_env,
+)
 from naq_resilience.fitting import (
     MESSAGE_LIMIT,
     RECORD_LIMIT,
@@ -78,6 +85,7 @@ from naq_resilience.jetstream.connection import (
     while_jetstream_starts,
 )
 from naq_resilience.jetstream.heartbeat import Heartbeats
+from naq_resilience.jetstream.project import NO_MODULES_WARNING, import_sources
 from naq_resilience.jetstream.publisher import Publisher, StreamFullError
 from naq_resilience.jetstream.puller import Puller
 from naq_resilience.jetstream.registry import (
@@ -108,6 +116,7 @@ from naq_resilience.policies.classify import (
 )
 from naq_resilience.policies.compensate import Saga, reset_action_log, use_action_log
 from naq_resilience.policies.delays import DelaySchedule
+from naq_resilience.policies.durations import Duration, seconds
 from naq_resilience.policies.errors import CircuitBreakerOpenError, NonRetryable
 from naq_resilience.policies.pipeline import qualified_name
 
@@ -130,6 +139,12 @@ FULL_RETRY_DELAY: Final = 60.0
 UNSETTLED_RETRY_DELAY: Final = 30.0
 """Seconds before a message nothing could be written for (the server refusing, or gone)
 is delivered again; that delivery counts as a crash, so the rounds are bounded."""
+UNKNOWN_DEFERRAL: Final = (1.0, 60.0)
+"""How long a job is deferred by a `CircuitBreakerOpenError` whose `retry_after` is None
+(a breaker of the user's own that does not say): 1 s, doubling with each deferral of
+the job, at most 60 s. A deferral uses no attempt, so a fixed short wait would redeliver
+a job every second for as long as the breaker stays open; a fixed long one would keep
+it waiting long after the breaker closed."""
 _NO_LEDGER: Final = Ledger()
 _NO_SCHEDULE = DelaySchedule("fixed", 0.0, None, None)
 
@@ -203,8 +218,11 @@ class _Policy:
 class Worker:
     """Runs the jobs of one or more queues; `await worker.run()` until `stop()` or a signal.
 
-    `imports` are the modules whose functions jobs may name (the CLI's `--import`, or
-    `NAQ_IMPORTS`, comma separated); `functions` allows single functions directly.
+    `imports` are the modules whose functions jobs may name (the CLI's `--import`), to
+    which `NAQ_IMPORTS` (comma separated) and `[tool.naq] imports` of the nearest
+    pyproject.toml add theirs (`import_sources` says where each came from); `functions`
+    allows single functions directly. With none of these, every job is dead-lettered,
+    which the worker warns about at start.
     Async jobs run on the event loop, sync jobs on a thread pool of `concurrency`
     threads; at most `concurrency` jobs run at once. `ack_wait` is how long the broker
     waits for a sign of life before redelivering; long jobs send one every third of it,
@@ -212,7 +230,9 @@ class Worker:
     crash may interrupt before the job is dead-lettered as a poison job. `storage` sets
     the replicas and limits of the streams this worker creates when they are missing.
     `strict` (or `NAQ_STRICT=1`) runs only functions marked `@job` or given in
-    `functions`.
+    `functions`. Durations are seconds or `timedelta`s. `format` is what results are
+    stored as: by default what `NAQ_JOB_SERIALIZER` says (json when unset; `pickle` is
+    refused here, at start).
     """
 
     def __init__(
@@ -225,12 +245,12 @@ class Worker:
         concurrency: int = 10,
         imports: Iterable[str] = (),
         functions: Iterable[Callable[..., Any]] = (),
-        ack_wait: float = 30.0,
-        shutdown_grace: float = 30.0,
-        fetch_timeout: float = 1.0,
+        ack_wait: Duration = 30.0,
+        shutdown_grace: Duration = 30.0,
+        fetch_timeout: Duration = 1.0,
         max_crashes: int = 3,
         strict: bool = False,
-        format: Format = "json",
+        format: Format | None = None,
         worker_id: str | None = None,
     ) -> None:
         names = [queues] if isinstance(queues, str) else list(queues)
@@ -243,9 +263,9 @@ class Worker:
             raise ValueError(f"max_crashes must be a whole number >= 1, got {max_crashes!r}")
         self.concurrency = concurrency
         self.max_crashes = max_crashes
-        env_imports = [m.strip() for m in os.environ.get("NAQ_IMPORTS", "").split(",") if m.strip()]
+        self.import_sources = import_sources(imports)
         self.registry = FunctionRegistry(
-            [*imports, *env_imports], strict=strict or strict_from_env()
+            self.import_sources.modules, strict=strict or strict_from_env()
         )
         for func in functions:
             self.registry.register(func)
@@ -253,10 +273,10 @@ class Worker:
             settings = ConnectionSettings.from_env(**({"url": nats_url} if nats_url else {}))
         self._settings = settings
         self._storage = storage if storage is not None else StorageSettings.from_env()
-        self.ack_wait = ack_wait
-        self.shutdown_grace = shutdown_grace
-        self.fetch_timeout = fetch_timeout
-        self._format: Format = format
+        self.ack_wait = seconds(ack_wait, "ack_wait", positive=True)
+        self.shutdown_grace = seconds(shutdown_grace, "shutdown_grace")
+        self.fetch_timeout = seconds(fetch_timeout, "fetch_timeout", positive=True)
+        self._format: Format = serializer_from_env() if format is None else format
         self.host = socket.gethostname()
         self.pid = os.getpid()
         self.worker_id = worker_id or f"{self.host}:{self.pid}:{uuid.uuid4().hex[:6]}"
@@ -278,6 +298,11 @@ class Worker:
         self._policies: dict[str, _Policy] = {}
         self.processed = 0
         self.failed = 0
+
+    @property
+    def has_jobs(self) -> bool:
+        """False when no module and no function was given: every job would be refused."""
+        return bool(self.registry.modules or self.registry.registered)
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self) -> None:
@@ -329,9 +354,11 @@ class Worker:
             log.info(
                 "worker %s started: queues=%s concurrency=%d modules=%s%s",
                 self.worker_id, ",".join(self.queues), self.concurrency,
-                ",".join(self.registry.modules) or "-",
+                self.import_sources.describe(),
                 " strict (only @job functions)" if self.registry.strict else "",
             )  # fmt: skip
+            if not self.has_jobs:
+                log.warning("worker %s: %s", self.worker_id, NO_MODULES_WARNING)
             try:
                 await self._stopping.wait()
             finally:
@@ -594,7 +621,7 @@ class Worker:
         if task is not None:
             self._attempts[task] = (env, ledger.failed + 1, started)
         try:
-            args, kwargs = fn.convert(env.args, env.kwargs)
+            args, kwargs = fn.convert(env.args, env.kwargs, env.exceptions)
             if fn.is_async:
                 result = fn.runner(*args, **kwargs)
                 if env.timeout is not None:
@@ -791,11 +818,15 @@ class Worker:
         self, msg: Msg, env: JobEnvelope, exc: CircuitBreakerOpenError, ledger: Ledger
     ) -> None:
         """The breaker is open: come back when it may close, without using an attempt."""
+        delay = exc.retry_after
+        if delay is None:  # the breaker does not know: back off, per deferral of this job
+            first, longest = UNKNOWN_DEFERRAL
+            delay = min(first * 2.0 ** min(ledger.deferred, 16), longest)
         await self._write_ledger(
             env.id, msgspec.structs.replace(ledger, deferred=ledger.deferred + 1)
         )
-        await msg.nak(delay=max(exc.retry_after, 0.001))
-        log.debug("job %s deferred %.3fs: breaker %s open", env.id, exc.retry_after, exc.name)
+        await msg.nak(delay=max(delay, 0.001))
+        log.debug("job %s deferred %.3fs: breaker %s open", env.id, delay, exc.name or "-")
 
     # ------------------------------------------------------------------ failures
     async def _failed(

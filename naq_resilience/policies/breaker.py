@@ -37,7 +37,6 @@ from __future__ import annotations
 import enum
 import inspect
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -45,6 +44,7 @@ from dataclasses import dataclass
 from typing import Any, Final, ParamSpec, Protocol, TypeVar, overload, runtime_checkable
 
 from naq_resilience.policies.classify import ExcTypes, exception_types
+from naq_resilience.policies.durations import Duration, seconds
 from naq_resilience.policies.errors import CircuitBreakerOpenError
 from naq_resilience.policies.pipeline import (
     Args,
@@ -395,7 +395,11 @@ class CircuitBreaker:
         if change is not None:
             self._announce(change)
         if ticket < 0:
-            raise CircuitBreakerOpenError(self.name, refused)
+            raise CircuitBreakerOpenError(
+                f"circuit breaker {self.name!r} is open; retry in {refused:.3f}s",
+                refused,
+                name=self.name,
+            )
         return ticket
 
     def _probe_done(self, ticket: int, error: Exception | None) -> None:
@@ -601,17 +605,6 @@ def _at_least_one(value: object, argument: str) -> int:
     return value
 
 
-def _seconds(value: object, argument: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{argument} must be a number of seconds, got {value!r}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(
-            f"{argument} must be a finite number of seconds >= 0, got {value!r}; "
-            "for a long pause give a large number, e.g. 3600"
-        )
-    return float(value)
-
-
 def _breaker_name(value: object) -> str | None:
     if value is None:
         return None
@@ -664,7 +657,7 @@ def circuit_breaker(
     *,
     name: str | None = None,
     failure_threshold: int = 5,
-    recovery_timeout: float = 60,
+    recovery_timeout: Duration = 60,
     success_threshold: int = 1,
     half_open_max_calls: int = 1,
     exclude: type[BaseException] | Sequence[type[BaseException]] | None = (),
@@ -680,7 +673,7 @@ def circuit_breaker(
     *,
     name: str | None = None,
     failure_threshold: int = 5,
-    recovery_timeout: float = 60,
+    recovery_timeout: Duration = 60,
     success_threshold: int = 1,
     half_open_max_calls: int = 1,
     exclude: type[BaseException] | Sequence[type[BaseException]] | None = (),
@@ -691,7 +684,8 @@ def circuit_breaker(
     """Refuse calls while a dependency keeps failing; probe it again after a while.
 
     `failure_threshold` consecutive failures open the breaker; calls then raise
-    `CircuitBreakerOpenError` without running. After `recovery_timeout` seconds up to
+    `CircuitBreakerOpenError` without running. After `recovery_timeout` (seconds or a
+    `timedelta`) up to
     `half_open_max_calls` probes run at once; `success_threshold` successes close it,
     one failure reopens it. An exception in `exclude` means the dependency answered
     (a 404, a validation error): it counts as a success and is re-raised unchanged.
@@ -707,7 +701,7 @@ def circuit_breaker(
     breaker_name = _breaker_name(name)
     thresholds = (
         _at_least_one(failure_threshold, "failure_threshold"),
-        _seconds(recovery_timeout, "recovery_timeout"),
+        seconds(recovery_timeout, "recovery_timeout"),
         _at_least_one(success_threshold, "success_threshold"),
         _at_least_one(half_open_max_calls, "half_open_max_calls"),
         tuple(dict.fromkeys(exception_types(exclude, "exclude"))),

@@ -36,6 +36,7 @@ from types import TracebackType
 from typing import Any, Final, ParamSpec, TypeVar, overload
 
 from naq_resilience.policies.classify import exception_types
+from naq_resilience.policies.durations import Duration, seconds
 from naq_resilience.policies.pipeline import Args, AsyncRunner, Kwargs, Runner, Stage, apply_stage
 
 __all__ = [
@@ -205,11 +206,7 @@ def _names(value: str | Iterable[str] | None) -> frozenset[str] | None:
 
 
 def _delay(value: object, argument: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{argument} must be a number of seconds, got {value!r}")
-    if not value >= 0:  # also refuses NaN
-        raise ValueError(f"{argument} must be >= 0 seconds, got {value!r}")
-    return float(value)
+    return seconds(value, argument)
 
 
 def _latency(value: object) -> float | tuple[float, float] | None:
@@ -425,7 +422,7 @@ def make_chaos_policy(
     name: str,
     failure_rate: float = 0.1,
     exceptions: type[Exception] | Sequence[type[Exception]] = (ConnectionError,),
-    latency: float | tuple[float, float] | None = None,
+    latency: Duration | tuple[Duration, Duration] | None = None,
     latency_rate: float | None = None,
     seed: int | None = None,
 ) -> ChaosPolicy:
@@ -512,7 +509,7 @@ class Chaos:
         *,
         failure_rate: float = 0.1,
         exceptions: type[Exception] | Sequence[type[Exception]] = (ConnectionError,),
-        latency: float | tuple[float, float] | None = None,
+        latency: Duration | tuple[Duration, Duration] | None = None,
         latency_rate: float | None = None,
         seed: int | None = None,
         name: str | None = None,
@@ -526,7 +523,7 @@ class Chaos:
         *,
         failure_rate: float = 0.1,
         exceptions: type[Exception] | Sequence[type[Exception]] = (ConnectionError,),
-        latency: float | tuple[float, float] | None = None,
+        latency: Duration | tuple[Duration, Duration] | None = None,
         latency_rate: float | None = None,
         seed: int | None = None,
         name: str | None = None,
@@ -695,14 +692,14 @@ class ChaosMonkey:
             (cls,) = _injectable(error_type, "error_type")
             raise _mark(cls(message))
 
-    def _next_delay(self, max_delay: float) -> float:
+    def _next_delay(self, max_delay: Duration) -> float:
         limit = _delay(max_delay, "max_delay")
         roll = self._dice.current()
         if roll.rng is None or not roll.latency_rate or roll.rng.random() >= roll.latency_rate:
             return 0.0
         return roll.rng.uniform(0.0, limit)
 
-    def maybe_delay(self, max_delay: float = 1.0) -> float:
+    def maybe_delay(self, max_delay: Duration = 1.0) -> float:
         """Sleep up to `max_delay` seconds, sometimes; returns how long it slept."""
         if not _active:
             return 0.0
@@ -711,7 +708,7 @@ class ChaosMonkey:
             self._sleep(delay)
         return delay
 
-    async def maybe_delay_async(self, max_delay: float = 1.0) -> float:
+    async def maybe_delay_async(self, max_delay: Duration = 1.0) -> float:
         """`maybe_delay` for async code: awaits the sleep instead of blocking the loop."""
         if not _active:
             return 0.0

@@ -15,7 +15,10 @@ import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Literal, get_args
+
+from naq_resilience.policies.durations import Duration, seconds
 
 __all__ = ["DelaySchedule", "Jitter", "Strategy", "fibonacci"]
 
@@ -36,15 +39,6 @@ def fibonacci(n: int) -> int:
     return a
 
 
-def _seconds(value: object, argument: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{argument} must be a number of seconds, got {value!r}")
-    seconds = float(value)
-    if math.isnan(seconds) or seconds < 0 or math.isinf(seconds):
-        raise ValueError(f"{argument} must be a finite number of seconds >= 0, got {value!r}")
-    return seconds
-
-
 @dataclass(frozen=True, slots=True)
 class DelaySchedule:
     """How long to wait before retry number n: base delay, strategy, cap, jitter.
@@ -63,22 +57,27 @@ class DelaySchedule:
     @classmethod
     def build(
         cls,
-        retry_delay: float | Sequence[float],
-        retry_strategy: str | Sequence[float],
-        max_delay: float | None,
+        retry_delay: Duration | Sequence[Duration],
+        retry_strategy: str | Sequence[Duration],
+        max_delay: Duration | None,
         jitter: str | None,
     ) -> DelaySchedule:
-        """Validate user arguments into a schedule, with errors that name the fix."""
-        cap = None if max_delay is None else _seconds(max_delay, "max_delay")
+        """Validate user arguments into a schedule, with errors that name the fix.
+
+        Every duration may be seconds or a `timedelta`; the schedule holds floats.
+        """
+        cap = None if max_delay is None else seconds(max_delay, "max_delay")
         if jitter is not None and jitter not in JITTERS:
             raise ValueError(f"unknown jitter {jitter!r}; use one of {', '.join(JITTERS)} or None")
-        explicit: Sequence[float] | None = None
-        if not isinstance(retry_delay, (int, float)) and isinstance(retry_delay, Sequence):
+        explicit: Sequence[Duration] | None = None
+        if not isinstance(retry_delay, (int, float, timedelta)) and isinstance(
+            retry_delay, Sequence
+        ):
             explicit = retry_delay
         elif not isinstance(retry_strategy, str) and isinstance(retry_strategy, Sequence):
             explicit = retry_strategy  # type: ignore[assignment]
         if explicit is not None:
-            delays = tuple(_seconds(d, "each delay in the list") for d in explicit)
+            delays = tuple(seconds(d, "each delay in the list") for d in explicit)
             if not delays:
                 raise ValueError("an explicit delay list needs at least one delay, e.g. [1, 5, 30]")
             return cls("explicit", delays[0], cap, None, delays)
@@ -87,7 +86,7 @@ class DelaySchedule:
                 f"unknown retry_strategy {retry_strategy!r}; use one of "
                 f"{', '.join(STRATEGIES)} or a list of delays in seconds"
             )
-        base = _seconds(retry_delay, "retry_delay")
+        base = seconds(retry_delay, "retry_delay")
         return cls(retry_strategy, base, cap, jitter)  # type: ignore[arg-type]
 
     def base_delay(self, retry_number: int) -> float:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from naq_resilience.policies.durations import Duration, seconds
+
 __all__ = [
     "AuthenticationError",
     "CircuitBreakerOpenError",
@@ -45,13 +47,12 @@ class TemporaryResourceError(Retryable):
 
 
 class RateLimitError(Retryable):
-    """The callee asked us to slow down; `retry_after` seconds is honoured by `@retry`."""
+    """The callee asked us to slow down; `retry_after` (seconds or a `timedelta`, held as
+    seconds) is honoured by `@retry` and by the worker's retry delay."""
 
-    def __init__(self, message: str = "rate limited", retry_after: float | None = None) -> None:
+    def __init__(self, message: str = "rate limited", retry_after: Duration | None = None) -> None:
         super().__init__(message)
-        if retry_after is not None and retry_after < 0:
-            raise ValueError(f"retry_after must be >= 0 seconds, got {retry_after!r}")
-        self.retry_after = retry_after
+        self.retry_after = None if retry_after is None else seconds(retry_after, "retry_after")
 
 
 class AuthenticationError(NonRetryable):
@@ -109,12 +110,23 @@ class CircuitBreakerOpenError(Retryable):
 
     `retry_after` is how many seconds remain until the breaker lets a probe through,
     so `@retry` above a breaker waits exactly that long instead of burning attempts.
+    `@circuit_breaker` always says; a breaker of your own may not know
+    (`CircuitBreakerOpenError("Circuit breaker is open")`, as in NAQ's guide), and then
+    `retry_after` is None: `@retry` waits as its schedule says, and a worker defers
+    the job 1 s, doubling with each deferral of that job up to 60 s. `name` is the
+    breaker's name, when one raised it.
     """
 
-    def __init__(self, name: str, retry_after: float) -> None:
-        super().__init__(f"circuit breaker {name!r} is open; retry in {retry_after:.3f}s")
+    def __init__(
+        self,
+        message: str = "circuit breaker is open",
+        retry_after: Duration | None = None,
+        *,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(message)
         self.name = name
-        self.retry_after = retry_after
+        self.retry_after = None if retry_after is None else seconds(retry_after, "retry_after")
 
 
 class EnrichedError(Exception):

@@ -28,6 +28,7 @@ from naq_resilience.policies.classify import (
     report_critical,
 )
 from naq_resilience.policies.delays import DelaySchedule
+from naq_resilience.policies.durations import Duration, seconds
 from naq_resilience.policies.pipeline import (
     Args,
     AsyncRunner,
@@ -356,28 +357,24 @@ def _optional_callable(value: object, argument: str) -> Any:
 
 def make_retry_policy(
     max_retries: int = 3,
-    retry_delay: float | Sequence[float] = 1.0,
-    retry_strategy: str | Sequence[float] = "exponential",
-    max_delay: float | None = 60.0,
+    retry_delay: Duration | Sequence[Duration] = 1.0,
+    retry_strategy: str | Sequence[Duration] = "exponential",
+    max_delay: Duration | None = 60.0,
     jitter: str | None = "full",
     retry_on: type[BaseException] | Sequence[type[BaseException]] | None = None,
     ignore_on: type[BaseException] | Sequence[type[BaseException]] | None = None,
-    deadline: float | None = None,
+    deadline: Duration | None = None,
     retry_if_result: Callable[[Any], bool] | None = None,
     on_retry: Callable[[RetryState], object] | None = None,
     on_giveup: Callable[[RetryState], object] | None = None,
 ) -> RetryPolicy:
     """Validate `@retry`'s arguments; also used for enqueue-time overrides."""
-    if deadline is not None and (
-        isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or deadline <= 0
-    ):
-        raise ValueError(f"deadline must be a number of seconds > 0 or None, got {deadline!r}")
     return RetryPolicy(
         max_retries=_non_negative_int(max_retries, "max_retries"),
         schedule=DelaySchedule.build(retry_delay, retry_strategy, max_delay, jitter),
         retry_on=None if retry_on is None else exception_types(retry_on, "retry_on"),
         ignore_on=exception_types(ignore_on, "ignore_on"),
-        deadline=None if deadline is None else float(deadline),
+        deadline=None if deadline is None else seconds(deadline, "deadline", positive=True),
         retry_if_result=_optional_callable(retry_if_result, "retry_if_result"),
         on_retry=_optional_callable(on_retry, "on_retry"),
         on_giveup=_optional_callable(on_giveup, "on_giveup"),
@@ -392,13 +389,13 @@ def retry(func: Callable[P, R], /) -> Callable[P, R]: ...
 def retry(
     *,
     max_retries: int = 3,
-    retry_delay: float | Sequence[float] = 1.0,
-    retry_strategy: str | Sequence[float] = "exponential",
-    max_delay: float | None = 60.0,
+    retry_delay: Duration | Sequence[Duration] = 1.0,
+    retry_strategy: str | Sequence[Duration] = "exponential",
+    max_delay: Duration | None = 60.0,
     jitter: str | None = "full",
     retry_on: type[BaseException] | Sequence[type[BaseException]] | None = None,
     ignore_on: type[BaseException] | Sequence[type[BaseException]] | None = None,
-    deadline: float | None = None,
+    deadline: Duration | None = None,
     retry_if_result: Callable[[Any], bool] | None = None,
     on_retry: Callable[[RetryState], object] | None = None,
     on_giveup: Callable[[RetryState], object] | None = None,
@@ -412,13 +409,13 @@ def retry(
     /,
     *,
     max_retries: int = 3,
-    retry_delay: float | Sequence[float] = 1.0,
-    retry_strategy: str | Sequence[float] = "exponential",
-    max_delay: float | None = 60.0,
+    retry_delay: Duration | Sequence[Duration] = 1.0,
+    retry_strategy: str | Sequence[Duration] = "exponential",
+    max_delay: Duration | None = 60.0,
     jitter: str | None = "full",
     retry_on: type[BaseException] | Sequence[type[BaseException]] | None = None,
     ignore_on: type[BaseException] | Sequence[type[BaseException]] | None = None,
-    deadline: float | None = None,
+    deadline: Duration | None = None,
     retry_if_result: Callable[[Any], bool] | None = None,
     on_retry: Callable[[RetryState], object] | None = None,
     on_giveup: Callable[[RetryState], object] | None = None,
@@ -432,9 +429,10 @@ def retry(
     "fibonacci") gives the base delay, capped by `max_delay`, then `jitter` ("full",
     "equal", "decorrelated" or None) spreads it; a list of delays in either argument is
     used as given. An error with a `retry_after` attribute (`RateLimitError`,
-    `CircuitBreakerOpenError`) waits exactly that long. `deadline` bounds the total
-    time in seconds. `retry_if_result(result)` returning True retries a returned
-    value; when retries run out that last value is returned.
+    `CircuitBreakerOpenError`) waits exactly that long (one whose `retry_after` is None,
+    unknown, waits as the schedule says). `deadline` bounds the total time. Every
+    duration is seconds or a `timedelta`. `retry_if_result(result)` returning True
+    retries a returned value; when retries run out that last value is returned.
 
     `sleep` and `clock` are injectable (an async `sleep` for `async def` functions);
     `set_testing(True)` skips every delay.

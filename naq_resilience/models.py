@@ -32,6 +32,7 @@ __all__ = [
     "JobResult",
     "JobStatus",
     "Ledger",
+    "ReplayRecord",
     "SagaLogRecord",
     "ScheduleRecord",
 ]
@@ -126,6 +127,9 @@ class JobEnvelope(msgspec.Struct, kw_only=True, omit_defaults=True):
     result_ttl: PositiveSeconds | None = None
     """Keep a `JobResult` in the `naq-results` bucket for this many seconds (rounded up
     to whole seconds); absent: no result is kept."""
+    replay_of: str | None = None
+    """The id of the dead letter this job was replayed from (`naq dlq replay`); absent
+    for a job enqueued afresh. The letter's `replays` names this job in return."""
 
 
 class ExceptionRecord(
@@ -218,6 +222,21 @@ class FailureRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     "context"."""
 
 
+class ReplayRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One replay of a dead letter: the job it became."""
+
+    job_id: str
+    """The new job's id (its `replay_of` is the letter's id)."""
+    queue: str
+    """The queue the new job was put on."""
+    replayed_at: float
+    """When the new job was stored, unix time in seconds."""
+    scheduled_for: float | None = None
+    """When a rescheduled replay runs, unix time in seconds; absent: at once."""
+    changed: list[str] = []
+    """What the replay changed: "args", "kwargs", or the names of changed options."""
+
+
 class DeadLetter(msgspec.Struct, kw_only=True, omit_defaults=True):
     """A job that will not be tried again, with everything needed to understand or replay it.
 
@@ -263,6 +282,10 @@ class DeadLetter(msgspec.Struct, kw_only=True, omit_defaults=True):
     """The letter's id when `job` is absent: `seq-<n>` for a message that was not a
     readable job (after its sequence in the job stream, as in its subject), or the
     job's id in a last-resort letter. Absent otherwise: the job's id is the letter's."""
+    replays: list[ReplayRecord] = []
+    """Each time the letter was replayed (or rescheduled), oldest first. Written by
+    rewriting the letter on its own subject once the new job is stored, so a letter
+    with a replay was certainly replayed. Its TTL runs on from the first write."""
 
     @property
     def id(self) -> str:
@@ -337,6 +360,8 @@ class JobRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     """When a retrying job will be delivered again, unix time in seconds."""
     dead_letter_queue: str | None = None
     """Where a failed job's dead letter is."""
+    replay_of: str | None = None
+    """The dead letter this job was replayed from, when it was."""
 
 
 class JobResult(msgspec.Struct, kw_only=True, omit_defaults=True):

@@ -267,3 +267,11 @@ def guarded_by_my_own_breaker(tag: str) -> str:
 
 
 __all__ = ["CircuitBreakerOpenError"]
+
+
+def checks(value: str) -> str:
+    """Refuses "bad": a job whose dead letter a replay with other arguments mends."""
+    calls.append(("checks", value))
+    if value == "bad":
+        raise ValueError(f"bad value {value!r}")
+    return f"checked {value}"

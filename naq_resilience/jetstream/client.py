@@ -35,7 +35,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import IO, TYPE_CHECKING, Any, TypeVar, overload
 
 import msgspec
 import nats.errors
@@ -45,7 +45,7 @@ from nats.js.errors import APIError, KeyNotFoundError, NoStreamResponseError, No
 
 from naq_resilience.codec import Format, decode, encode, serializer_from_env
 from naq_resilience.fitting import headers_size
-from naq_resilience.jetstream import layout
+from naq_resilience.jetstream import deadletters, layout
 from naq_resilience.jetstream.arguments import (
     encode_job_arguments_with_exceptions,
     encode_with_exceptions,
@@ -56,6 +56,7 @@ from naq_resilience.jetstream.connection import (
     ensure_jetstream,
     while_jetstream_starts,
 )
+from naq_resilience.jetstream.deadletters import DeadLetterFilter, DeadLetterPage, ReplayReport
 from naq_resilience.jetstream.history import (
     JobWindow,
     dead_letter_record,
@@ -68,6 +69,7 @@ from naq_resilience.jetstream.signatures import call_shape, check_call
 from naq_resilience.jetstream.streams import Buckets, StorageSettings, ensure_layout
 from naq_resilience.models import (
     DeadLetter,
+    FailureRecord,
     JobEnvelope,
     JobId,
     JobRecord,
@@ -93,7 +95,16 @@ __all__ = [
     "enqueue",
     "enqueue_many",
     "enqueue_sync",
+    "archive_dead_letters",
+    "count_dead_letters",
+    "discard_dead_letters",
+    "get_dead_letter",
     "get_dead_letter_jobs",
+    "list_dead_letters",
+    "purge_dead_letters",
+    "replay_dead_letter",
+    "replay_dead_letters",
+    "reschedule_dead_letter",
     "get_failed_jobs",
     "get_job",
     "get_jobs_in_timeframe",
@@ -443,19 +454,25 @@ class Client:
         check_call(func, name, args, kwargs, ENQUEUE_OPTIONS)
         job_id = _job_id(job_id, idempotency_key)
         envelope, payload = self._envelope(name, options, args, kwargs, job_id)
+        return await self._store_envelope(envelope, payload)
+
+    async def _store_envelope(self, envelope: JobEnvelope, payload: bytes) -> Job:
         await self._ready()
         assert self._publisher is not None
         # Always the job id (derived from an idempotency key when one is given): a retry
         # with job_id= then carries the same Nats-Msg-Id as the first publish.
-        headers = {"Nats-Msg-Id": job_id}
-        self._check_size(name, len(payload) + _MSG_ID_HEADER + len(job_id))
+        headers = {"Nats-Msg-Id": envelope.id}
+        self._check_size(envelope.function, len(payload) + _MSG_ID_HEADER + len(envelope.id))
         try:
-            sequence = await self._store(layout.job_subject(options.queue), payload, headers)
+            sequence = await self._store(layout.job_subject(envelope.queue), payload, headers)
         except PublishTimeoutError as exc:
             raise _not_confirmed(exc, envelope) from None
         except StreamFullError as exc:
             raise _queue_full(exc, 1) from None
         await self._record_queued(envelope)
+        return Job(self, envelope, sequence)
+
+    def _job(self, envelope: JobEnvelope, sequence: int) -> Job:
         return Job(self, envelope, sequence)
 
     async def _record_queued(
@@ -474,6 +491,7 @@ class Client:
             status=status,
             updated_at=envelope.enqueued_at,
             enqueued_at=envelope.enqueued_at,
+            replay_of=envelope.replay_of,
             **fields,
         )
         with contextlib.suppress(Exception):  # history is for looking, never for deciding
@@ -705,35 +723,213 @@ class Client:
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.25)
 
-    async def get_dead_letter_jobs(self, name: str, limit: int = 100) -> list[DeadLetter]:
-        """The oldest `limit` dead letters of dead-letter queue `name` (e.g. "emails.dead")."""
-        layout.check_dead_letter_queue(name, "name")
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ValueError(f"limit must be a whole number >= 1, got {limit!r}")
-        js, _ = await self._ready()
-        subject = f"naq.dead.{name}.*"
-        sub = await js.subscribe(subject, ordered_consumer=True, stream=layout.DEAD_STREAM)
-        letters: list[DeadLetter] = []
-        try:
-            while len(letters) < limit:
-                try:
-                    msg = await sub.next_msg(timeout=0.5)
-                except nats.errors.TimeoutError:
-                    break
-                try:
-                    letters.append(decode(msg.data, DeadLetter))
-                except (msgspec.DecodeError, RecursionError) as exc:
-                    # Anyone may publish on a dead-letter subject; one bad record must not
-                    # hide the others.
-                    log.warning(
-                        "skipping an unreadable record on %s (stream sequence %d): %s",
-                        msg.subject, msg.metadata.sequence.stream, exc,
-                    )  # fmt: skip
-                if msg.metadata.num_pending == 0:
-                    break
-        finally:
-            await sub.unsubscribe()
-        return letters
+    # ------------------------------------------------------------------ dead letters
+    # Listing, replaying and removing them; the code is in jetstream/deadletters.py.
+    def _dead_letters(self) -> tuple[deadletters.Reader, deadletters.Replayer]:
+        reader = deadletters.Reader(self)
+        return reader, deadletters.Replayer(self, reader)
+
+    async def get_dead_letter_jobs(
+        self, name: str | None = None, limit: int = 1000, **filters: Any
+    ) -> list[DeadLetter]:
+        """The oldest `limit` dead letters of `name`: a dead-letter queue ("emails.dead",
+        "failed_jobs") or a queue ("emails", meaning "emails.dead"); None: every one.
+        Takes the filters of `DeadLetterFilter`; `list_dead_letters` pages past `limit`."""
+        page = await self.list_dead_letters(limit=limit, dead_letter_queue=name, **filters)
+        return page.letters
+
+    async def list_dead_letters(
+        self,
+        filter: DeadLetterFilter | None = None,
+        *,
+        limit: int = 50,
+        after: int = 0,
+        **filters: Any,
+    ) -> DeadLetterPage:
+        """A page of the dead letters `filter` (or the keywords of `DeadLetterFilter`)
+        names, oldest first; pass the page's `next_after` as `after=` for the next."""
+        reader, _ = self._dead_letters()
+        return await reader.page(DeadLetterFilter.of(filter, **filters), limit, after)
+
+    async def iter_dead_letters(
+        self, filter: DeadLetterFilter | None = None, **filters: Any
+    ) -> AsyncIterator[DeadLetter]:
+        """Every dead letter the filter names, oldest first, read a page at a time."""
+        reader, _ = self._dead_letters()
+        async for _, batch in reader.scan(DeadLetterFilter.of(filter, **filters)):
+            for stored in batch:
+                yield stored.letter
+
+    async def count_dead_letters(
+        self, filter: DeadLetterFilter | None = None, **filters: Any
+    ) -> int:
+        """How many dead letters the filter names: one request when it names only the
+        dead-letter queue and `since`; otherwise the letters are read to count them."""
+        reader, _ = self._dead_letters()
+        return await reader.count(DeadLetterFilter.of(filter, **filters))
+
+    async def get_dead_letter(
+        self, letter_id: str, dead_letter_queue: str | None = None
+    ) -> DeadLetter:
+        """The dead letter with this id (a job id, or `seq-<n>`), as stored now."""
+        reader, _ = self._dead_letters()
+        return (await reader.find(letter_id, dead_letter_queue)).letter
+
+    async def get_failure_history(self, letter: DeadLetter | str) -> list[FailureRecord]:
+        """Every failed attempt of a dead letter's job, oldest first: those the letter
+        carries, and those left out of it to fit (read from `NAQ_FAILURES` while kept)."""
+        reader, _ = self._dead_letters()
+        if isinstance(letter, str):
+            letter = (await reader.find(letter)).letter
+        return await reader.failure_history(letter)
+
+    async def replay_dead_letter(
+        self,
+        letter: DeadLetter | str,
+        *,
+        queue_name: str | None = None,
+        args: Sequence[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        force: bool = False,
+        **options: Any,
+    ) -> Job:
+        """Run a dead letter's job again, on its queue (or `queue_name`), with its
+        arguments (or `args`/`kwargs`) and options (or those given: `max_retries=`...).
+
+        The new job's `replay_of` is the letter's id; the letter is marked replayed
+        (`replays`) once the job is stored. A letter replayed before raises
+        `AlreadyReplayedError` unless `force=True`; one holding no readable job raises
+        `NotReplayableError`.
+        """
+        deadletters.check_options(options)
+        reader, replayer = self._dead_letters()
+        stored = await reader.find(letter if isinstance(letter, str) else letter.id, None)
+        return await replayer.replay(
+            stored, queue_name=queue_name, args=args, kwargs=kwargs, force=force, **options
+        )
+
+    async def reschedule_dead_letter(
+        self,
+        letter: DeadLetter | str,
+        *,
+        delay: Duration | None = None,
+        at: dt.datetime | float | None = None,
+        queue_name: str | None = None,
+        args: Sequence[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        force: bool = False,
+        **options: Any,
+    ) -> Job:
+        """`replay_dead_letter`, run `delay` from now or `at` a time: a one-shot schedule
+        kept by the server (it survives restarts), marked on the letter with its time."""
+        if (delay is None) == (at is None):
+            raise ValueError(
+                "reschedule takes delay= (a timedelta or seconds) or at= (a datetime or unix "
+                "seconds), one of them"
+            )
+        if delay is not None:
+            when = time.time() + seconds(delay, "delay", positive=True)
+        elif isinstance(at, dt.datetime):
+            if at.tzinfo is None:
+                raise ValueError(f"at must be timezone-aware, got the naive {at!r}")
+            when = at.timestamp()
+        else:
+            when = seconds(at, "at", positive=True)
+        deadletters.check_options(options)
+        reader, replayer = self._dead_letters()
+        stored = await reader.find(letter if isinstance(letter, str) else letter.id, None)
+        return await replayer.replay(
+            stored, queue_name=queue_name, args=args, kwargs=kwargs, at=when, force=force,
+            **options,
+        )  # fmt: skip
+
+    async def replay_dead_letters(
+        self,
+        filter: DeadLetterFilter | None = None,
+        *,
+        rate: float | None = 1000.0,
+        concurrency: int = 64,
+        force: bool = False,
+        queue_name: str | None = None,
+        options: dict[str, Any] | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        **filters: Any,
+    ) -> ReplayReport:
+        """Replay every dead letter the filter names, at most `rate` a second (None: as
+        fast as the server takes them), `concurrency` in flight. Letters that cannot
+        be replayed, or were replayed before (unless `force`), are skipped and listed
+        in the report. `progress(done, total)` is called as letters are done."""
+        reader, replayer = self._dead_letters()
+        return await deadletters.replay_many(
+            reader, replayer, DeadLetterFilter.of(filter, **filters), rate=rate,
+            concurrency=concurrency, progress=progress, force=force, queue_name=queue_name,
+            options=options or {},
+        )  # fmt: skip
+
+    async def archive_dead_letters(
+        self,
+        out: str | os.PathLike[str] | IO[bytes],
+        filter: DeadLetterFilter | None = None,
+        *,
+        delete: bool = False,
+        progress: Callable[[int, int], None] | None = None,
+        **filters: Any,
+    ) -> int:
+        """Write the letters the filter names to `out` (a path, appended to, or a binary
+        file) as JSON Lines; with `delete=True`, remove exactly those written, once the
+        file is flushed. How many were written."""
+        reader, _ = self._dead_letters()
+        flt = DeadLetterFilter.of(filter, **filters)
+        if isinstance(out, (str, os.PathLike)):
+            # A local file, written a page at a time: blocking for as long as a page takes.
+            with open(out, "ab") as file:  # noqa: ASYNC230
+                written = await deadletters.write_archive(reader, flt, file, progress)
+                file.flush()
+                os.fsync(file.fileno())
+        else:
+            written = await deadletters.write_archive(reader, flt, out, progress)
+        if delete:
+            await deadletters.remove(self, written)
+        return len(written)
+
+    async def discard_dead_letters(
+        self,
+        ids: Iterable[str] | None = None,
+        filter: DeadLetterFilter | None = None,
+        **filters: Any,
+    ) -> int:
+        """Remove the dead letters with these ids, or those the filter names (not both
+        unset: `purge_dead_letters` empties a whole dead-letter queue). How many."""
+        reader, _ = self._dead_letters()
+        if ids is not None:
+            if isinstance(ids, str):
+                ids = [ids]
+            found = []
+            for letter_id in ids:
+                with contextlib.suppress(deadletters.DeadLetterNotFoundError):
+                    found.append(await reader.find(letter_id))
+            return await deadletters.remove(self, found)
+        flt = DeadLetterFilter.of(filter, **filters)
+        if flt == DeadLetterFilter():
+            raise ValueError(
+                "discard needs ids or a filter (dead_letter_queue=, function=, error_type=, "
+                "...); to empty a dead-letter queue use purge_dead_letters(name)"
+            )
+        chosen = [stored async for _, batch in reader.scan(flt) for stored in batch]
+        return await deadletters.remove(self, chosen)
+
+    async def purge_dead_letters(self, dead_letter_queue: str) -> int:
+        """Remove every letter of one dead-letter queue (or of a queue's, `"emails"`
+        meaning `"emails.dead"`), and the job messages kept beside them. How many letters."""
+        from naq_resilience.jetstream.schedules import purge_messages
+
+        layout.check_dead_letter_queue(dead_letter_queue)
+        reader, _ = self._dead_letters()
+        subject = await reader.subject_filter(dead_letter_queue)
+        removed = await purge_messages(self, layout.DEAD_STREAM, subject)
+        originals = "naq.originals." + subject.removeprefix("naq.dead.")
+        await purge_messages(self, layout.DEAD_STREAM, originals)
+        return removed
 
     # ------------------------------------------------------------------ scheduled jobs
     # Kept and fired by nats-server (ADR-51); the code is in jetstream/schedules.py.
@@ -979,8 +1175,73 @@ class SyncClient:
         jobs = self._runner.run(self._client.enqueue_many(func, calls, **options))
         return [SyncJob(job, self._runner) for job in jobs]
 
-    def get_dead_letter_jobs(self, name: str, limit: int = 100) -> list[DeadLetter]:
-        return self._runner.run(self._client.get_dead_letter_jobs(name, limit))
+    # Dead letters: `Client`'s methods of the same names, for synchronous code.
+    def get_dead_letter_jobs(
+        self, name: str | None = None, limit: int = 1000, **filters: Any
+    ) -> list[DeadLetter]:
+        return self._runner.run(self._client.get_dead_letter_jobs(name, limit, **filters))
+
+    def list_dead_letters(
+        self, filter: DeadLetterFilter | None = None, *, limit: int = 50, after: int = 0,
+        **filters: Any,
+    ) -> DeadLetterPage:  # fmt: skip
+        return self._runner.run(
+            self._client.list_dead_letters(filter, limit=limit, after=after, **filters)
+        )
+
+    def iter_dead_letters(
+        self, filter: DeadLetterFilter | None = None, **filters: Any
+    ) -> Iterator[DeadLetter]:
+        """Every letter the filter names, oldest first, a page at a time."""
+        flt = DeadLetterFilter.of(filter, **filters)
+        after = 0
+        while True:
+            page = self.list_dead_letters(flt, limit=500, after=after)
+            yield from page.letters
+            if page.next_after is None:
+                return
+            after = page.next_after
+
+    def count_dead_letters(self, filter: DeadLetterFilter | None = None, **filters: Any) -> int:
+        return self._runner.run(self._client.count_dead_letters(filter, **filters))
+
+    def get_dead_letter(self, letter_id: str, dead_letter_queue: str | None = None) -> DeadLetter:
+        return self._runner.run(self._client.get_dead_letter(letter_id, dead_letter_queue))
+
+    def get_failure_history(self, letter: DeadLetter | str) -> list[FailureRecord]:
+        return self._runner.run(self._client.get_failure_history(letter))
+
+    def replay_dead_letter(self, letter: DeadLetter | str, **options: Any) -> SyncJob:
+        job = self._runner.run(self._client.replay_dead_letter(letter, **options))
+        return SyncJob(job, self._runner)
+
+    def reschedule_dead_letter(self, letter: DeadLetter | str, **options: Any) -> SyncJob:
+        job = self._runner.run(self._client.reschedule_dead_letter(letter, **options))
+        return SyncJob(job, self._runner)
+
+    def replay_dead_letters(
+        self, filter: DeadLetterFilter | None = None, **options: Any
+    ) -> ReplayReport:
+        return self._runner.run(self._client.replay_dead_letters(filter, **options))
+
+    def archive_dead_letters(
+        self,
+        out: str | os.PathLike[str] | IO[bytes],
+        filter: DeadLetterFilter | None = None,
+        **options: Any,
+    ) -> int:
+        return self._runner.run(self._client.archive_dead_letters(out, filter, **options))
+
+    def discard_dead_letters(
+        self,
+        ids: Iterable[str] | None = None,
+        filter: DeadLetterFilter | None = None,
+        **filters: Any,
+    ) -> int:
+        return self._runner.run(self._client.discard_dead_letters(ids, filter, **filters))
+
+    def purge_dead_letters(self, dead_letter_queue: str) -> int:
+        return self._runner.run(self._client.purge_dead_letters(dead_letter_queue))
 
     def get_job(self, job_id: str) -> JobRecord | None:
         return self._runner.run(self._client.get_job(job_id))
@@ -1047,12 +1308,6 @@ async def enqueue_many(
     return await _default_client(nats_url).enqueue_many(func, calls, **options)
 
 
-async def get_dead_letter_jobs(
-    name: str, limit: int = 100, *, nats_url: str | None = None
-) -> list[DeadLetter]:
-    return await _default_client(nats_url).get_dead_letter_jobs(name, limit)
-
-
 _sync_clients: dict[str, SyncClient] = {}
 
 
@@ -1081,6 +1336,87 @@ def get_failed_jobs(
 ) -> JobList:
     """The jobs that failed for good in the last `hours`, as records."""
     return _default_sync_client(nats_url).get_failed_jobs(hours, since=since)
+
+
+# Dead letters, as NAQ's guide calls them: synchronous, on a shared connection to
+# `nats_url` (or `NAQ_NATS_URL`). Async code has them on `Client`.
+def get_dead_letter_jobs(
+    name: str | None = None, limit: int = 1000, *, nats_url: str | None = None, **filters: Any
+) -> list[DeadLetter]:
+    """The oldest `limit` dead letters of `name`: a dead-letter queue ("failed_jobs",
+    "emails.dead") or a queue ("default", meaning "default.dead"); None: of every one."""
+    return _default_sync_client(nats_url).get_dead_letter_jobs(name, limit, **filters)
+
+
+def list_dead_letters(
+    filter: DeadLetterFilter | None = None,
+    *,
+    limit: int = 50,
+    after: int = 0,
+    nats_url: str | None = None,
+    **filters: Any,
+) -> DeadLetterPage:
+    """A page of the dead letters the filter names; `next_after` gives the next."""
+    client = _default_sync_client(nats_url)
+    return client.list_dead_letters(filter, limit=limit, after=after, **filters)
+
+
+def count_dead_letters(
+    filter: DeadLetterFilter | None = None, *, nats_url: str | None = None, **filters: Any
+) -> int:
+    return _default_sync_client(nats_url).count_dead_letters(filter, **filters)
+
+
+def get_dead_letter(
+    letter_id: str, dead_letter_queue: str | None = None, *, nats_url: str | None = None
+) -> DeadLetter:
+    """One dead letter by id (its job's id, or `seq-<n>`)."""
+    return _default_sync_client(nats_url).get_dead_letter(letter_id, dead_letter_queue)
+
+
+def replay_dead_letter(
+    letter: DeadLetter | str, *, nats_url: str | None = None, **options: Any
+) -> SyncJob:
+    """`Client.replay_dead_letter`: its job run again, the letter marked replayed."""
+    return _default_sync_client(nats_url).replay_dead_letter(letter, **options)
+
+
+def reschedule_dead_letter(
+    letter: DeadLetter | str, *, nats_url: str | None = None, **options: Any
+) -> SyncJob:
+    """`Client.reschedule_dead_letter`: replayed after `delay=` or at `at=`."""
+    return _default_sync_client(nats_url).reschedule_dead_letter(letter, **options)
+
+
+def replay_dead_letters(
+    filter: DeadLetterFilter | None = None, *, nats_url: str | None = None, **options: Any
+) -> ReplayReport:
+    """`Client.replay_dead_letters`: every letter the filter names, at a bounded rate."""
+    return _default_sync_client(nats_url).replay_dead_letters(filter, **options)
+
+
+def archive_dead_letters(
+    out: str | os.PathLike[str] | IO[bytes],
+    filter: DeadLetterFilter | None = None,
+    *,
+    nats_url: str | None = None,
+    **options: Any,
+) -> int:
+    return _default_sync_client(nats_url).archive_dead_letters(out, filter, **options)
+
+
+def discard_dead_letters(
+    ids: Iterable[str] | None = None,
+    filter: DeadLetterFilter | None = None,
+    *,
+    nats_url: str | None = None,
+    **filters: Any,
+) -> int:
+    return _default_sync_client(nats_url).discard_dead_letters(ids, filter, **filters)
+
+
+def purge_dead_letters(dead_letter_queue: str, *, nats_url: str | None = None) -> int:
+    return _default_sync_client(nats_url).purge_dead_letters(dead_letter_queue)
 
 
 def enqueue_sync(

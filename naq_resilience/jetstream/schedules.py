@@ -85,7 +85,9 @@ __all__ = [
     "purge_queue_sync",
     "resume_scheduled_job",
     "resume_scheduled_job_sync",
+    "purge_messages",
     "run_envelope",
+    "schedule_envelope",
     "schedule",
     "schedule_sync",
 ]
@@ -420,7 +422,9 @@ async def _store(client: Client, messages: list[Message]) -> list[int]:
         ) from None
 
 
-async def _purge(client: Client, stream: str, subject: str, before: int | None = None) -> int:
+async def purge_messages(
+    client: Client, stream: str, subject: str, before: int | None = None
+) -> int:
     """Messages on `subject` (older than sequence `before`, if given) removed; how many."""
     await client._ready()
     assert client._nc is not None
@@ -517,7 +521,7 @@ async def _replace(client: Client, record: ScheduleRecord, envelope: JobEnvelope
     """Store the schedule as `record` says, then remove what was stored before it."""
     messages, following = _messages(record, envelope, encode(envelope), os.urandom(6).hex())
     sequences = await _store(client, messages)
-    await _purge(
+    await purge_messages(
         client, layout.SCHEDULE_STREAM,
         layout.schedule_filter(record.id, record.queue), before=min(sequences),
     )  # fmt: skip
@@ -561,13 +565,31 @@ async def _create(
         at=at,
         created_at=envelope.enqueued_at,
     )
+    return await _stored_schedule(client, record, envelope, payload)
+
+
+async def _stored_schedule(
+    client: Client, record: ScheduleRecord, envelope: JobEnvelope, payload: bytes
+) -> ScheduledJob:
     await _checked_stream(client)
     # The schedule's id (and run) as Nats-Msg-Id: a create repeated with job_id= after a
     # PublishTimeoutError is stored once, as an enqueue is, even if it fired meanwhile.
-    messages, following = _messages(record, envelope, payload, sid)
+    messages, following = _messages(record, envelope, payload, record.id)
     sequences = await _store(client, messages)
     await client._record_queued(envelope, JobStatus.SCHEDULED, scheduled_for=following)
     return ScheduledJob(client, envelope, sequences[0], following)
+
+
+async def schedule_envelope(
+    client: Client, envelope: JobEnvelope, payload: bytes, at: float
+) -> ScheduledJob:
+    """A job already encoded (a dead letter's replay) run once at `at`, as `enqueue_at`
+    would: the envelope's id is the schedule's."""
+    record = ScheduleRecord(
+        id=envelope.id, queue=envelope.queue, function=envelope.function, run=1, last_run=1,
+        at=_future(at, "at"), created_at=envelope.enqueued_at,
+    )  # fmt: skip
+    return await _stored_schedule(client, record, envelope, payload)
 
 
 async def client_enqueue_at(
@@ -620,7 +642,7 @@ async def client_schedule(
 async def client_cancel(client: Client, job_id: str) -> bool:
     """Remove the schedule, every run still to come with it; False if there was none."""
     subject = layout.schedule_filter(_checked_id(job_id))
-    return await _purge(client, layout.SCHEDULE_STREAM, subject) > 0
+    return await purge_messages(client, layout.SCHEDULE_STREAM, subject) > 0
 
 
 async def client_pause(client: Client, job_id: str) -> bool:
@@ -693,7 +715,7 @@ async def client_purge_queue(client: Client, queue_name: str = "default") -> int
     """Remove every job waiting in `queue_name` (not its schedules); how many were removed,
     as NAQ's `purge` says it returns."""
     layout.check_queue_name(queue_name)
-    return await _purge(client, layout.JOB_STREAM, layout.job_subject(queue_name))
+    return await purge_messages(client, layout.JOB_STREAM, layout.job_subject(queue_name))
 
 
 async def client_list(client: Client, queue_name: str | None = None) -> list[ScheduleInfo]:

@@ -755,7 +755,7 @@ class Worker:
         record = JobRecord(
             job_id=env.id, queue=env.queue, function=env.function, status=status,
             updated_at=time.time(), enqueued_at=env.enqueued_at, worker_id=self.worker_id,
-            **fields,
+            replay_of=env.replay_of, **fields,
         )  # fmt: skip
         with contextlib.suppress(Exception):
             await self._nc.publish(

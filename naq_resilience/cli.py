@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 
+from naq_resilience.cli_dlq import add_dlq_command
 from naq_resilience.cli_schedule import add_schedule_command
 from naq_resilience.cli_worker import add_worker_command
 
@@ -231,7 +232,12 @@ def _run_cluster(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: tuple[AddCommand, ...] = (add_server_command, add_worker_command, add_schedule_command)
+COMMANDS: tuple[AddCommand, ...] = (
+    add_server_command,
+    add_worker_command,
+    add_dlq_command,
+    add_schedule_command,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

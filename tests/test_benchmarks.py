@@ -30,3 +30,9 @@ def test_worker_benchmark_runs() -> None:
     )  # fmt: skip
     assert "naq-resilience | e2e" in out
     assert "failing jobs to dead letters" in out
+
+
+def test_dead_letter_benchmark_runs() -> None:
+    out = run("bench_dead_letters.py", "--letters", "600", "--replay", "200", "--runs", "1")
+    assert "| first page of 50 | naq-resilience ms | raw nats-py ms |" in out
+    assert "| every letter of one dead-letter queue, rate=None | 200 |" in out

@@ -211,7 +211,7 @@ def test_a_queue_name_means_its_dead_letter_queue(nats_url: str, monkeypatch: An
     failed = get_dead_letter_jobs("failed_jobs")
     assert [x.id for x in failed] == [x.id for x in letters if x.dead_letter_queue == "failed_jobs"]
     assert get_dead_letter_jobs("nothing-here") == []
-    with pytest.raises(ValueError, match="emails.dead"):
+    with pytest.raises(ValueError, match=r"emails\.dead"):
         get_dead_letter_jobs("a.b.c")
 
 
@@ -221,7 +221,7 @@ def test_bad_filters_say_what_to_write(nats_url: str) -> None:
     with pytest.raises(ValueError, match="classification must be one of retryable"):
         DeadLetterFilter(classification="transient")
     with pytest.raises(ValueError, match="timezone-aware"):
-        DeadLetterFilter(since=datetime(2026, 1, 1))  # noqa: DTZ001
+        DeadLetterFilter(since=datetime(2026, 1, 1))
     recent = DeadLetterFilter(since=timedelta(hours=1))
     assert recent.matches(letter(1, dead_at=time.time()))
     assert not recent.matches(letter(1, dead_at=time.time() - 7200))
@@ -234,15 +234,23 @@ def test_one_letter_with_its_whole_failure_history(nats_url: str) -> None:
     async def main() -> None:
         records = [
             FailureRecord(
-                job_id="big-1", function="billing:charge", queue="billing", attempt=n,
-                max_attempts=5, error_type="builtins:ConnectionError", message=f"try {n}",
-                classification="retryable", outcome="retry" if n < 5 else "dead",
-            )  # fmt: skip
+                job_id="big-1",
+                function="billing:charge",
+                queue="billing",
+                attempt=n,
+                max_attempts=5,
+                error_type="builtins:ConnectionError",
+                message=f"try {n}",
+                classification="retryable",
+                outcome="retry" if n < 5 else "dead",
+            )
             for n in range(1, 6)
         ]
         item = letter(0, failures=records[3:], failures_left_out=3)
         item = msgspec.structs.replace(
-            item, job=msgspec.structs.replace(item.job, id="big-1"), dead_letter_queue="billing.dead"
+            item,
+            job=msgspec.structs.replace(item.job, id="big-1"),
+            dead_letter_queue="billing.dead",
         )
         await write(nats_url, [item])
         nc = await nats.connect(nats_url)
@@ -293,9 +301,7 @@ def test_replay_runs_the_job_again_linked_to_its_letter(nats_url: str) -> None:
                 await client.replay_dead_letter(job.job_id)
             again = await client.replay_dead_letter(job.job_id, force=True)
             assert again.job_id == f"{job.job_id}-replay2"
-            await until(
-                lambda: client.get_job(again.job_id), "the second replay's record"
-            )
+            await until(lambda: client.get_job(again.job_id), "the second replay's record")
             marked = await client.get_dead_letter(job.job_id)
             assert [r.job_id for r in marked.replays] == [replayed.job_id, again.job_id]
             # The second replay ran with the letter's own arguments, and failed again:
@@ -317,7 +323,9 @@ def test_replay_to_another_queue_and_the_letter_keeps_its_ttl(nats_url: str) -> 
             assert job.queue == "billing-slow"
             nc = await nats.connect(nats_url)
             js = nc.jetstream()
-            stored = await js.get_last_msg(layout.DEAD_STREAM, layout.dead_subject("billing.dead", item.id))
+            stored = await js.get_last_msg(
+                layout.DEAD_STREAM, layout.dead_subject("billing.dead", item.id)
+            )
             queued = await js.get_last_msg(layout.JOB_STREAM, layout.job_subject("billing-slow"))
             await nc.close()
             ttl = int((stored.headers or {})["Nats-TTL"])
@@ -405,7 +413,9 @@ def test_reschedule_runs_the_job_later_from_a_server_schedule(
         async with Client(nats_url) as client, working(nats_url):
             job = await client.enqueue(worker_jobs.checks, "bad")
             dead = await dead_letter_of(client, job.job_id)
-            later = await client.reschedule_dead_letter(dead, delay=timedelta(seconds=1), args=["ok"])
+            later = await client.reschedule_dead_letter(
+                dead, delay=timedelta(seconds=1), args=["ok"]
+            )
             marked = await client.get_dead_letter(job.job_id)
             [replay] = marked.replays
             assert replay.scheduled_for is not None
@@ -420,13 +430,13 @@ def test_reschedule_runs_the_job_later_from_a_server_schedule(
             record = await until(completed, "the rescheduled job")
             assert record.replay_of == job.job_id
             assert ("checks", "ok") in worker_jobs.calls
-            with pytest.raises(ValueError, match="delay= .* or at="):
+            with pytest.raises(ValueError, match=r"delay= .* or at="):
                 await client.reschedule_dead_letter(dead, force=True)
 
     asyncio.run(main())
 
 
-# --------------------------------------------------------------------------- archive, discard, purge
+# ---------------------------------------------------------------------- archive, discard, purge
 
 
 def test_archive_writes_json_lines_and_deletes_only_what_it_wrote(
@@ -444,7 +454,9 @@ def test_archive_writes_json_lines_and_deletes_only_what_it_wrote(
             lines = [json.loads(line) for line in path.read_text().splitlines()]
             assert [line["letter"]["job"]["id"] for line in lines] == [x.id for x in named]
             assert msgspec.convert(lines[0]["letter"], DeadLetter) == named[0]
-            assert lines[0]["subject"] == layout.dead_subject(named[0].dead_letter_queue, named[0].id)
+            assert lines[0]["subject"] == layout.dead_subject(
+                named[0].dead_letter_queue, named[0].id
+            )
             left = [x.id async for x in client.iter_dead_letters()]
             assert left == [x.id for x in letters if x not in named]
 
@@ -461,7 +473,9 @@ def test_discard_removes_exactly_what_it_names(nats_url: str) -> None:
             with pytest.raises(ValueError, match="purge_dead_letters"):
                 await client.discard_dead_letters()
             gone = await client.discard_dead_letters(error_type="builtins:ConnectionError")
-            expected = [x for x in letters[1:] if x.failures[0].error_type == "builtins:ConnectionError"]
+            expected = [
+                x for x in letters[1:] if x.failures[0].error_type == "builtins:ConnectionError"
+            ]
             assert gone == len(expected)
             left = {x.id async for x in client.iter_dead_letters()}
             assert left == {x.id for x in letters[1:]} - {x.id for x in expected}
@@ -479,7 +493,9 @@ def test_purge_empties_one_dead_letter_queue_and_no_other(nats_url: str) -> None
             assert await client.purge_dead_letters("emails.dead") == 5
             left = sorted([x.dead_letter_queue async for x in client.iter_dead_letters()])
             assert left == ["emails"] * 3 + ["emails.dead2"] * 2
-            assert await client.purge_dead_letters("emails") == 3  # a queue of that name has letters
+            assert (
+                await client.purge_dead_letters("emails") == 3
+            )  # a queue of that name has letters
             assert await client.count_dead_letters() == 2
 
     asyncio.run(main())
@@ -497,7 +513,9 @@ def test_purge_empties_one_dead_letter_queue_and_no_other(nats_url: str) -> None
         ({"failures": []}, "unknown"),
     ],
 )
-def test_analyze_failure_reads_the_recorded_failures(overrides: dict[str, Any], expected: str) -> None:
+def test_analyze_failure_reads_the_recorded_failures(
+    overrides: dict[str, Any], expected: str
+) -> None:
     assert analyze_failure(letter(3, **overrides)) == expected
 
 

@@ -26,6 +26,7 @@ import fnmatch
 import hashlib
 import json
 import math
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
@@ -77,6 +78,7 @@ FAILURE_KINDS: Final = ("transient_error", "data_issue", "system_issue", "unknow
 """What `analyze_failure` answers."""
 
 _PAGE: Final = 1000
+_PAGE_MAX: Final = 4000
 _PAGE_WAIT: Final = 0.5
 _WRONG_LAST_SEQUENCE: Final = 10071
 _SYSTEM_ERRORS: Final = frozenset({
@@ -204,6 +206,9 @@ class DeadLetterFilter:
     replayed: bool | None = None
     _since: float | None = field(init=False, repr=False, compare=False)
     _until: float | None = field(init=False, repr=False, compare=False)
+    _function: Callable[[str], object] | None = field(init=False, repr=False, compare=False)
+    _error: Callable[[str], object] | None = field(init=False, repr=False, compare=False)
+    _text: str | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.dead_letter_queue is not None:
@@ -223,6 +228,19 @@ class DeadLetterFilter:
             raise TypeError(f"replayed must be True, False or None, got {self.replayed!r}")
         object.__setattr__(self, "_since", _timestamp(self.since, "since"))
         object.__setattr__(self, "_until", _timestamp(self.until, "until"))
+        # Compiled once: a filter is matched against every letter a scan reads.
+        function = None
+        if self.function is not None:
+            function = re.compile(fnmatch.translate(self.function)).match
+        error = None
+        if self.error_type is not None:
+            pattern = fnmatch.translate(self.error_type)
+            if ":" not in self.error_type:  # a bare name matches it in any module
+                pattern = r"(?:.*:)?" + pattern
+            error = re.compile(pattern).match
+        object.__setattr__(self, "_function", function)
+        object.__setattr__(self, "_error", error)
+        object.__setattr__(self, "_text", None if self.text is None else self.text.casefold())
 
     @classmethod
     def of(cls, filter: DeadLetterFilter | None = None, **given: Any) -> DeadLetterFilter:
@@ -260,22 +278,15 @@ class DeadLetterFilter:
             return False
         if self.replayed is not None and bool(letter.replays) is not self.replayed:
             return False
-        if self.function is not None:
-            name = letter.job.function if letter.job is not None else ""
-            if not fnmatch.fnmatchcase(name, self.function):
-                return False
-        if self.error_type is not None:
-            kind = error_type(letter) or ""
-            pattern = self.error_type
-            if not (
-                fnmatch.fnmatchcase(kind, pattern)
-                or (":" not in pattern and fnmatch.fnmatchcase(kind.rpartition(":")[2], pattern))
-            ):
-                return False
+        function = letter.job.function if letter.job is not None else ""
+        if self._function is not None and not self._function(function):
+            return False
+        if self._error is not None and not self._error(error_type(letter) or ""):
+            return False
         if self.classification is not None and letter_classification(letter) != self.classification:
             return False
-        if self.text is not None:
-            needle = self.text.casefold()
+        if self._text is not None:
+            needle = self._text
             texts = [letter.reason, *(f.message for f in letter.failures)]
             if not any(needle in t.casefold() for t in texts):
                 return False
@@ -314,6 +325,43 @@ def _decode_letter(data: bytes) -> DeadLetter | None:
         return decode(data, DeadLetter)
     except (msgspec.DecodeError, RecursionError):
         return None  # anyone may publish on a dead-letter subject: skip what is not one
+
+
+class _JobSummary(msgspec.Struct):
+    function: str = ""
+
+
+class _FailureSummary(msgspec.Struct):
+    error_type: str = ""
+    classification: str = ""
+    message: str = ""
+
+
+class _LetterSummary(msgspec.Struct):
+    """What the filters read of a letter; the rest of it is skipped unparsed."""
+
+    reason: str = ""
+    queue: str = ""
+    dead_at: float = 0.0
+    job: _JobSummary | None = None
+    raw: msgspec.Raw | None = None
+    failures: list[_FailureSummary] = []
+    replays: list[msgspec.Raw] = []
+
+
+_summary_json = msgspec.json.Decoder(_LetterSummary)
+
+
+def _summary_matches(data: bytes, flt: DeadLetterFilter) -> bool:
+    """False only when the letter certainly does not match (a MessagePack letter, or
+    one this cannot read, is left to the full decode)."""
+    if not data or data[:1] != b"{":
+        return True
+    try:
+        summary = _summary_json.decode(data)
+    except (msgspec.DecodeError, RecursionError):
+        return True
+    return flt.matches(summary)  # type: ignore[arg-type]
 
 
 def _ttl_of(headers: dict[str, str] | None) -> int | None:
@@ -400,6 +448,7 @@ class Reader:
             puller = Puller(nc, layout.DEAD_STREAM, name, got.append, _PAGE_WAIT)
             await puller.start()
             seen = 0
+            sifted = not flt.server_side
             try:
                 while seen < total:
                     got.clear()
@@ -407,8 +456,13 @@ class Reader:
                     if not got:
                         return  # the rest went meanwhile (discarded, expired, replayed)
                     seen += len(got)
+                    page = min(page * 2, _PAGE_MAX)  # a long scan: fewer, bigger requests
                     batch = []
                     for msg in got:
+                        # Filters read a summary that skips tracebacks and arguments;
+                        # only a letter that matches is decoded whole.
+                        if sifted and not _summary_matches(msg.data, flt):
+                            continue
                         letter = _decode_letter(msg.data)
                         if letter is None or not flt.matches(letter):
                             continue
@@ -431,7 +485,7 @@ class Reader:
         scanned = 0
         last_seen = after
         more = False
-        size = min(_PAGE, max(limit * 2, 100)) if not flt.server_side else limit + 1
+        size = limit + 1 if flt.server_side else max(limit * 2, 100)
         scan = self.scan(flt, after, size)
         try:
             async for seen, batch in scan:

@@ -50,6 +50,7 @@ from naq_resilience.models import (  # noqa: E402
     JobResult,
     JobStatus,
     Ledger,
+    ReplayRecord,
     SagaLogRecord,
     ScheduleRecord,
 )
@@ -310,6 +311,12 @@ def reason_for(data: bytes) -> str:
     raise AssertionError(f"{data!r} is a readable envelope")
 
 
+REPLAY = ReplayRecord(
+    job_id=f"{JOB_ID}-replay1",
+    queue="emails",
+    replayed_at=T0 + 3600.0,
+    changed=["max_retries"],
+)
 EXAMPLES: dict[type[msgspec.Struct], list[tuple[str, Any]]] = {
     JobEnvelope: [
         ("What another service typically sends: defaults left out.", MINIMAL_JOB),
@@ -321,6 +328,7 @@ EXAMPLES: dict[type[msgspec.Struct], list[tuple[str, Any]]] = {
     ],
     ExceptionRecord: [('`TimeoutError("Network timeout")`, as an argument.', TIMEOUT)],
     FailureRecord: [("The first of six attempts failed; it will be retried.", FAILURE)],
+    ReplayRecord: [("One replay of a dead letter, with more retries.", REPLAY)],
     DeadLetter: [
         (
             "A job out of attempts, with its whole history (attempts 2 to 5 elided here).",
@@ -331,6 +339,18 @@ EXAMPLES: dict[type[msgspec.Struct], list[tuple[str, Any]]] = {
                 dead_at=T0 + 61.3,
                 job=FULL_JOB,
                 failures=[FAILURE, LAST_FAILURE],
+            ),
+        ),
+        (
+            "A letter replayed once with more retries: the new job's `replay_of` is its id.",
+            DeadLetter(
+                reason="out of attempts (6 of 6): builtins:ConnectionError",
+                queue="emails",
+                dead_letter_queue="emails.dead",
+                dead_at=T0 + 61.3,
+                job=FULL_JOB,
+                failures=[FAILURE, LAST_FAILURE],
+                replays=[REPLAY],
             ),
         ),
         (

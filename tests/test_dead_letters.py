@@ -525,3 +525,23 @@ def test_analyze_failure_by_error_kind() -> None:
     auth = letter(0)
     auth.failures[0].error_type = "naq_resilience:AuthenticationError"
     assert analyze_failure(auth) == "system_issue"
+
+
+def test_reads_survive_the_stream_deleted_under_a_live_client(nats_url: str) -> None:
+    """A development server given a fresh store, or an operator's delete: the next read
+    finds nothing instead of failing, and the streams are there again."""
+
+    async def main() -> None:
+        await write(nats_url, [letter(0)])
+        async with Client(nats_url) as client:
+            assert await client.count_dead_letters() == 1
+            nc = await nats.connect(nats_url)
+            await nc.jetstream().delete_stream(layout.DEAD_STREAM)
+            page = await client.list_dead_letters(function="billing:*")
+            assert page.letters == []
+            with pytest.raises(DeadLetterNotFoundError):
+                await client.get_dead_letter(letter(0).id)
+            assert (await nc.jetstream().stream_info(layout.DEAD_STREAM)).state.messages == 0
+            await nc.close()
+
+    asyncio.run(main())

@@ -77,7 +77,8 @@ def test_every_example_in_the_document_reads_as_its_record(record: type[msgspec.
     for example in examples:
         data = example.encode()
         decoded = codec.decode(data, record)
-        assert decoded.version == 1  # type: ignore[attr-defined]
+        # A part of another record (a ReplayRecord in a DeadLetter) has no version of its own.
+        assert getattr(decoded, "version", 1) == 1
         if record is models.JobEnvelope:
             assert codec.decode_envelope(data) == decoded
 

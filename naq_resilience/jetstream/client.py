@@ -521,6 +521,15 @@ class Client:
         except Exception as exc:  # unavailable for now: the publish is asked again
             log.debug("stream_info(%s) failed: %r", layout.JOB_STREAM, exc)
 
+    async def _stream_missing(self, exc: NotFoundError) -> bool:
+        """A read found a stream gone (deleted under a live client): create the streams
+        again and say so, for the read to be asked again; False for any other 404."""
+        if exc.err_code != _STREAM_NOT_FOUND or self._js is None:
+            return False
+        log.warning("a stream of the job layer is gone (%s); creating the streams again", exc)
+        self._buckets = await ensure_layout(self._js, self._storage)
+        return True
+
     def _check_size(self, name: str, size: int) -> None:
         """`size` is the message's, headers included."""
         assert self._publisher is not None
@@ -683,7 +692,7 @@ class Client:
         assert self._nc is not None
         return JobWindow(
             self._nc, js, layout.HISTORY_STREAM, layout.HISTORY_SUBJECTS,
-            _window_start(hours, since), history_record,
+            _window_start(hours, since), history_record, self._stream_missing,
         )  # fmt: skip
 
     async def get_failed_jobs(
@@ -695,7 +704,7 @@ class Client:
         assert self._nc is not None
         return JobWindow(
             self._nc, js, layout.DEAD_STREAM, layout.DEAD_SUBJECTS,
-            _window_start(hours, since), dead_letter_record,
+            _window_start(hours, since), dead_letter_record, self._stream_missing,
         )  # fmt: skip
 
     async def job_result(self, job: Job, timeout: Duration | None = 30.0) -> Any:
@@ -881,11 +890,12 @@ class Client:
         reader, _ = self._dead_letters()
         flt = DeadLetterFilter.of(filter, **filters)
         if isinstance(out, (str, os.PathLike)):
-            # A local file, written a page at a time: blocking for as long as a page takes.
-            with open(out, "ab") as file:  # noqa: ASYNC230
+            file = _LazyFile(out)  # no letters, no file
+            try:
                 written = await deadletters.write_archive(reader, flt, file, progress)
-                file.flush()
-                os.fsync(file.fileno())
+                file.sync()
+            finally:
+                file.close()
         else:
             written = await deadletters.write_archive(reader, flt, out, progress)
         if delete:
@@ -989,6 +999,7 @@ class Client:
 
 _history_encode = msgspec.json.Encoder().encode
 _FIRST_RECORD = {"Nats-Expected-Last-Subject-Sequence": "0"}
+_STREAM_NOT_FOUND = 10059
 
 
 def _window_start(hours: float, since: float | dt.datetime | None) -> float:
@@ -1147,6 +1158,34 @@ async def _close(pages: AsyncIterator[list[JobRecord]]) -> None:
     close = getattr(pages, "aclose", None)
     if close is not None:
         await close()
+
+
+class _LazyFile:
+    """A local file opened for appending at its first write; written a page at a time
+    from async code, blocking the loop only for as long as a page takes."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self._path = path
+        self._file: IO[bytes] | None = None
+
+    def write(self, data: bytes) -> int:
+        if self._file is None:
+            self._file = open(self._path, "ab")  # noqa: SIM115
+        return self._file.write(data)
+
+    def flush(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+
+    def sync(self) -> None:
+        """On disk before anything it holds is deleted from the stream."""
+        if self._file is not None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
 
 
 class SyncClient:

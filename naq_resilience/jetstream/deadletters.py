@@ -30,7 +30,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import IO, TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import msgspec
 import nats.errors
@@ -389,7 +389,8 @@ class Reader:
         js, _ = await self._client._ready()
         try:
             await js.get_last_msg(layout.DEAD_STREAM, f"naq.dead.{name}.*")
-        except NotFoundError:
+        except NotFoundError as exc:
+            await self._client._stream_missing(exc)
             return f"naq.dead.{layout.dead_letter_queue_for(name)}.*"
         return f"naq.dead.{name}.*"
 
@@ -407,7 +408,12 @@ class Reader:
         elif since is not None:
             config.deliver_policy = DeliverPolicy.BY_START_TIME
             config.opt_start_time = dt.datetime.fromtimestamp(since, tz=dt.UTC)
-        info = await js.add_consumer(layout.DEAD_STREAM, config)
+        try:
+            info = await js.add_consumer(layout.DEAD_STREAM, config)
+        except NotFoundError as exc:
+            if not await self._client._stream_missing(exc):
+                raise
+            info = await js.add_consumer(layout.DEAD_STREAM, config)
         return info.name
 
     async def _delete(self, name: str) -> None:
@@ -526,7 +532,8 @@ class Reader:
         for subject in subjects:
             try:
                 raw = await js.get_last_msg(layout.DEAD_STREAM, subject)
-            except NotFoundError:
+            except NotFoundError as exc:
+                await self._client._stream_missing(exc)
                 continue
             letter = _decode_letter(raw.data or b"")
             if letter is None:
@@ -915,8 +922,13 @@ async def remove(client: Client, letters: Iterable[StoredLetter], concurrency: i
     return sum(await asyncio.gather(*(one(s) for s in letters)))
 
 
+class Writable(Protocol):
+    def write(self, data: bytes, /) -> int: ...
+    def flush(self) -> None: ...
+
+
 async def write_archive(
-    reader: Reader, flt: DeadLetterFilter, out: IO[bytes], progress: Progress | None
+    reader: Reader, flt: DeadLetterFilter, out: Writable, progress: Progress | None
 ) -> list[StoredLetter]:
     """Every letter `flt` names as JSON Lines into `out`; the letters written."""
     total = await reader.count(flt) if progress is not None else 0

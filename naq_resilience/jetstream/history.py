@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import msgspec
 from nats.aio.client import Client as NatsClient
@@ -89,6 +89,7 @@ class JobWindow:
         subjects: str,
         since: float,
         convert: Callable[[bytes], JobRecord | None],
+        restore: Callable[[NotFoundError], Awaitable[bool]] | None = None,
     ) -> None:
         self._nc = nc
         self._js = js
@@ -96,6 +97,7 @@ class JobWindow:
         self._subjects = subjects
         self.since = since
         self._convert = convert
+        self._restore = restore
         self._total: int | None = None
 
     async def count(self) -> int:
@@ -139,17 +141,20 @@ class JobWindow:
 
     async def _consumer(self) -> str:
         start = dt.datetime.fromtimestamp(self.since, tz=dt.UTC)
-        info = await self._js.add_consumer(
-            self._stream,
-            ConsumerConfig(
-                deliver_policy=DeliverPolicy.BY_START_TIME,
-                opt_start_time=start,
-                filter_subject=self._subjects,
-                ack_policy=AckPolicy.NONE,
-                inactive_threshold=60.0,
-                max_waiting=1,
-            ),
+        config = ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_TIME,
+            opt_start_time=start,
+            filter_subject=self._subjects,
+            ack_policy=AckPolicy.NONE,
+            inactive_threshold=60.0,
+            max_waiting=1,
         )
+        try:
+            info = await self._js.add_consumer(self._stream, config)
+        except NotFoundError as exc:
+            if self._restore is None or not await self._restore(exc):
+                raise
+            info = await self._js.add_consumer(self._stream, config)
         return info.name
 
     async def _delete(self, name: str) -> None:

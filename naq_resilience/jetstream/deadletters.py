@@ -33,7 +33,6 @@ from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import msgspec
-import nats.errors
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError, NotFoundError
@@ -43,6 +42,7 @@ from naq_resilience.jetstream import layout
 from naq_resilience.jetstream.arguments import encode_with_exceptions
 from naq_resilience.jetstream.history import read_job
 from naq_resilience.jetstream.puller import Puller
+from naq_resilience.jetstream.streams import read_messages
 from naq_resilience.models import DeadLetter, FailureRecord, JobEnvelope, ReplayRecord
 
 if TYPE_CHECKING:
@@ -570,26 +570,12 @@ class Reader:
         js, _ = await self._client._ready()
         subject = layout.failure_subject(letter.queue, letter.id)
         by_attempt = {f.attempt: f for f in letter.failures}
-        try:
-            info = await js.stream_info(layout.FAILURE_STREAM, subjects_filter=subject)
-        except NotFoundError:
-            return list(letter.failures)
-        count = sum((info.state.subjects or {}).values())
-        if count:
-            sub = await js.subscribe(subject, ordered_consumer=True, stream=layout.FAILURE_STREAM)
+        for msg in await read_messages(js, layout.FAILURE_STREAM, subject):
             try:
-                for _ in range(count):
-                    try:
-                        msg = await sub.next_msg(timeout=5.0)
-                    except nats.errors.TimeoutError:
-                        break
-                    try:
-                        record = decode(msg.data, FailureRecord)
-                    except (msgspec.DecodeError, RecursionError):
-                        continue
-                    by_attempt.setdefault(record.attempt, record)
-            finally:
-                await sub.unsubscribe()
+                record = decode(msg.data, FailureRecord)
+            except (msgspec.DecodeError, RecursionError):
+                continue
+            by_attempt.setdefault(record.attempt, record)
         return [by_attempt[a] for a in sorted(by_attempt)]
 
 

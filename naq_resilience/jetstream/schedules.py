@@ -61,7 +61,7 @@ from naq_resilience.jetstream.client import (
 from naq_resilience.jetstream.cron import CronError, parse_cron, zone
 from naq_resilience.jetstream.publisher import StreamFullError
 from naq_resilience.jetstream.registry import function_name
-from naq_resilience.jetstream.streams import ensure_layout
+from naq_resilience.jetstream.streams import ensure_layout, read_messages
 from naq_resilience.models import JobEnvelope, JobStatus, ScheduleRecord
 
 __all__ = [
@@ -458,34 +458,17 @@ class _Stored(msgspec.Struct):
 async def _read(client: Client, subject: str) -> list[_Stored]:
     """Every schedule message on `subject` (a filter), oldest first."""
     js, _ = await client._ready()
-    try:
-        info = await js.stream_info(layout.SCHEDULE_STREAM, subjects_filter=subject)
-    except NotFoundError:
-        return []
-    count = sum((info.state.subjects or {}).values())
-    if not count:
-        return []
-    sub = await js.subscribe(subject, ordered_consumer=True, stream=layout.SCHEDULE_STREAM)
     found: list[_Stored] = []
-    try:
-        for _ in range(count):
-            try:
-                msg = await sub.next_msg(timeout=5.0)
-            except nats.errors.TimeoutError:
-                break
-            seq = msg.metadata.sequence.stream
-            try:
-                record = _decode_record((msg.headers or {}).get(SCHEDULE_HEADER, ""))
-                envelope = decode_envelope(msg.data)
-            except (msgspec.DecodeError, InvalidMessage) as exc:
-                log.warning("skipping an unreadable schedule message on %s (sequence %d): %s",
-                            msg.subject, seq, exc)  # fmt: skip
-            else:
-                found.append(_Stored(record, envelope, seq))
-            if msg.metadata.num_pending == 0:
-                break
-    finally:
-        await sub.unsubscribe()
+    for msg in await read_messages(js, layout.SCHEDULE_STREAM, subject):
+        seq = msg.metadata.sequence.stream
+        try:
+            record = _decode_record((msg.headers or {}).get(SCHEDULE_HEADER, ""))
+            envelope = decode_envelope(msg.data)
+        except (msgspec.DecodeError, InvalidMessage) as exc:
+            log.warning("skipping an unreadable schedule message on %s (sequence %d): %s",
+                        msg.subject, seq, exc)  # fmt: skip
+        else:
+            found.append(_Stored(record, envelope, seq))
     return found
 
 

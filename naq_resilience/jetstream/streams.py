@@ -22,6 +22,8 @@ import re
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+import nats.errors
+from nats.aio.msg import Msg
 from nats.js.api import (
     DiscardPolicy,
     KeyValueConfig,
@@ -38,7 +40,7 @@ from nats.js.kv import KeyValue
 from naq_resilience.jetstream import layout
 from naq_resilience.policies.durations import SecondsField
 
-__all__ = ["Buckets", "StorageSettings", "ensure_layout", "parse_size"]
+__all__ = ["Buckets", "StorageSettings", "ensure_layout", "parse_size", "read_messages"]
 
 log = logging.getLogger("naq_resilience.streams")
 
@@ -46,6 +48,32 @@ _KiB, _MiB, _GiB = 1024, 1024**2, 1024**3
 _DAY = 24 * 3600.0
 _SIZE = re.compile(r"^\s*(-?\d+)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": _KiB, "m": _MiB, "g": _GiB, "t": 1024**4}
+
+
+async def read_messages(js: JetStreamContext, stream: str, subject: str) -> list[Msg]:
+    """Every message of `stream` on `subject` (a filter), oldest first: counted first,
+    so an empty subject costs one request and no wait for messages that never come."""
+    try:
+        info = await js.stream_info(stream, subjects_filter=subject)
+    except NotFoundError:
+        return []
+    count = sum((info.state.subjects or {}).values())
+    if not count:
+        return []
+    sub = await js.subscribe(subject, ordered_consumer=True, stream=stream)
+    found: list[Msg] = []
+    try:
+        for _ in range(count):
+            try:
+                msg = await sub.next_msg(timeout=5.0)
+            except nats.errors.TimeoutError:
+                break
+            found.append(msg)
+            if msg.metadata.num_pending == 0:
+                break
+    finally:
+        await sub.unsubscribe()
+    return found
 
 
 def parse_size(text: str) -> int:

@@ -184,3 +184,32 @@ def test_history_keeps_the_newest_jobs_within_its_limit(nats_url: str) -> None:
             assert await jobs[0].status() is JobStatus.QUEUED
 
     asyncio.run(main())
+
+
+def test_a_job_leaves_the_history_with_its_retention_window(nats_url: str) -> None:
+    """The window is the stream's max_age (7 days unless told): the server drops a
+    record older than that, so get_job and the windows stop reporting the job."""
+
+    async def main() -> None:
+        async with Client(nats_url) as client:
+            js, _ = await client._ready()
+            info = await js.stream_info("NAQ_HISTORY")
+            assert info.config.max_age == 7 * 24 * 3600
+        await asyncio.to_thread(_delete_streams, nats_url)
+        async with Client(nats_url, storage=StorageSettings(history_max_age=1)) as client:
+            job = await client.enqueue(worker_jobs.add, 1, 2)
+            assert await until_status(client, job.job_id, JobStatus.QUEUED)
+            for _ in range(300):
+                if await client.get_job(job.job_id) is None:
+                    break
+                await asyncio.sleep(0.05)
+            assert await client.get_job(job.job_id) is None
+            assert await (await client.get_jobs_in_timeframe(hours=1)).count() == 0
+
+    asyncio.run(main())
+
+
+def _delete_streams(url: str) -> None:
+    from naq_resilience.testing.nats import _delete_every_stream
+
+    asyncio.run(_delete_every_stream(url))

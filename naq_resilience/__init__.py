@@ -99,6 +99,7 @@ if TYPE_CHECKING:
         NatsUnavailableError,
     )
     from naq_resilience.jetstream.publisher import PublishTimeoutError, StreamFullError
+    from naq_resilience.jetstream.registry import UnroutableJob
     from naq_resilience.jetstream.schedules import (
         JobNotFoundError,
         Queue,
@@ -160,6 +161,7 @@ _LAZY = {
     "JobList": "naq_resilience.jetstream.client",
     "PublishTimeoutError": "naq_resilience.jetstream.publisher",
     "StreamFullError": "naq_resilience.jetstream.publisher",
+    "UnroutableJob": "naq_resilience.jetstream.registry",
     "StorageSettings": "naq_resilience.jetstream.streams",
     "ResultTooLargeError": "naq_resilience.jetstream.worker",
     "WorkerConnectionLost": "naq_resilience.jetstream.worker",
@@ -327,6 +329,7 @@ __all__ = [
     "SyncJob",
     "SystemFailureError",
     "TemporaryResourceError",
+    "UnroutableJob",
     "Worker",
     "WorkerConnectionLost",
 ]

@@ -343,6 +343,32 @@ def test_a_job_a_worker_cannot_route_is_handed_back_for_one_that_can(
     assert "--import worker_jobs" in texts
 
 
+def test_hand_backs_whose_ledger_cannot_be_written_still_end(
+    nats_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing loops: when the attempts bucket refuses the ledger, the wait for a capable
+    worker cannot be measured, and each hand-back counts as a crash instead, so the job
+    ends as a poison job after max_crashes rounds, not never."""
+
+    async def refused(self: Worker, job_id: str, ledger: Ledger) -> None:
+        return None
+
+    monkeypatch.setattr(Worker, "_write_ledger", refused)
+
+    async def main() -> None:
+        async with Client(nats_url) as client:
+            job = await client.enqueue(worker_jobs.add, 1, 2)
+            async with working(
+                nats_url, imports=["jobs_for_registry"], unroutable_after=3600, max_crashes=2
+            ):
+                await until(lambda: _is(job.status(), JobStatus.FAILED))
+            (letter,) = await client.get_dead_letter_jobs("default.dead")
+        assert "poison job" in letter.reason
+        assert worker_jobs.calls == []
+
+    run(main())
+
+
 def test_a_name_no_worker_could_run_is_dead_lettered_at_once(
     nats_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -688,22 +688,15 @@ class Worker:
             return
         if delivered > 1:
             ledger = await self._ledger(env.id)
+            crashes = _crashes(delivered, ledger)
+            if crashes >= self.max_crashes:
+                await self._dead_poison(msg, env, queue, crashes, ledger)
+                return
             if ledger.unroutable_since is not None:
                 # A worker that can run it took it: the wait for one is over (a later
                 # hand-back, after a failed attempt, starts a new one).
                 ledger = msgspec.structs.replace(ledger, unroutable=0, unroutable_since=None)
                 await self._write_ledger(env.id, ledger)
-            crashes = max(0, delivered - 1 - ledger.failed - ledger.deferred - ledger.handed_back)
-            if crashes >= self.max_crashes:
-                await self._dead(
-                    msg, env, queue,
-                    f"a worker crashed (was killed, ran out of memory or lost its connection) "
-                    f"during {crashes} deliveries of this job, the limit of max_crashes="
-                    f"{self.max_crashes}: a poison job. It failed {ledger.failed} attempts "
-                    "before that",
-                    await self._history(env) if ledger.failed else [],
-                )  # fmt: skip
-                return
         token = _current_job.set(env)
         logs: list[KVActionLog] | None = None
         if fn.has_saga:
@@ -753,6 +746,18 @@ class Worker:
             _current_job.reset(token)
             if fn.has_saga:
                 reset_action_log(log_token)
+
+    async def _dead_poison(
+        self, msg: Msg, env: JobEnvelope, queue: str, crashes: int, ledger: Ledger
+    ) -> None:
+        await self._dead(
+            msg, env, queue,
+            f"a worker crashed (was killed, ran out of memory or lost its connection) "
+            f"during {crashes} deliveries of this job, the limit of max_crashes="
+            f"{self.max_crashes}: a poison job. It failed {ledger.failed} attempts "
+            "before that",
+            await self._history(env) if ledger.failed else [],
+        )  # fmt: skip
 
     async def _run_on_thread(
         self, fn: JobFunction, env: JobEnvelope, args: list[Any], kwargs: dict[str, Any]
@@ -931,6 +936,11 @@ class Worker:
         it as unroutable. The time is kept in the job's ledger, so it counts across
         workers from the first hand-back."""
         ledger = await self._ledger(env.id) if delivered > 1 else _NO_LEDGER
+        if delivered > 1 and _crashes(delivered, ledger) >= self.max_crashes:
+            # Also what bounds the rounds when the ledger cannot be written (the wait
+            # could not be measured): each such hand-back counts as a crash.
+            await self._dead_poison(msg, env, queue, _crashes(delivered, ledger), ledger)
+            return
         now = time.time()
         since = ledger.unroutable_since if ledger.unroutable_since is not None else now
         waited = max(0.0, now - since)  # a clock behind the first worker's: not negative
@@ -1338,6 +1348,11 @@ async def _flush(logs: list[KVActionLog]) -> None:
     """A saga's outcome (committed, or rolled back) is stored before the job is settled."""
     for saga_log in logs:
         await saga_log.flush()
+
+
+def _crashes(delivered: int, ledger: Ledger) -> int:
+    """Deliveries JetStream counted that the ledger does not explain: crashes."""
+    return max(0, delivered - 1 - ledger.failed - ledger.deferred - ledger.handed_back)
 
 
 def _delivered(msg: Msg) -> int:

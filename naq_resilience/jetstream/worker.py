@@ -945,7 +945,10 @@ class Worker:
         since = ledger.unroutable_since if ledger.unroutable_since is not None else now
         waited = max(0.0, now - since)  # a clock behind the first worker's: not negative
         if waited >= self.unroutable_after:
-            reason = _unroutable_reason(env, queue, exc, waited, ledger.unroutable, self)
+            reason = unroutable_reason(
+                env, queue, exc, waited, ledger.unroutable, self.unroutable_after,
+                self.registry.modules,
+            )  # fmt: skip
             failures = await self._history(env) if ledger.failed else []
             stored = await self._dead(
                 msg, env, queue, reason, failures, error_type=UNROUTABLE_ERROR
@@ -1299,10 +1302,17 @@ class Worker:
         )
 
 
-def _unroutable_reason(
-    env: JobEnvelope, queue: str, exc: UnroutableJob, waited: float, handed: int, worker: Worker
+def unroutable_reason(
+    env: JobEnvelope,
+    queue: str,
+    exc: UnroutableJob,
+    waited: float,
+    handed: int,
+    unroutable_after: float,
+    modules: Sequence[str],
 ) -> str:
-    """The unroutable dead letter's reason: what could not run, since when, and the fix."""
+    """The unroutable dead letter's reason: what could not run, for how long, and the fix
+    (`modules` are those of the worker that gives up on the job)."""
     module, qualname = exc.module, env.function.partition(":")[2]
     if exc.imported:
         why = f"the version of module {module} this worker imports has no {qualname}"
@@ -1313,7 +1323,7 @@ def _unroutable_reason(
     else:
         why = (
             f"this worker does not import module {module} (its modules: "
-            f"{', '.join(worker.registry.modules) or 'none'})"
+            f"{', '.join(modules) or 'none'})"
         )
         fix = (
             f"run workers of queue {queue} that import it: `naq worker {queue} --import "
@@ -1322,7 +1332,7 @@ def _unroutable_reason(
         )
     return (
         f"unroutable: no worker ran function {env.function} within {round(waited, 1):g}s "
-        f"(unroutable_after={worker.unroutable_after:g}s; handed back {handed} times by "
+        f"(unroutable_after={unroutable_after:g}s; handed back {handed} times by "
         f"workers that could not run it): {why}. To run it, {fix}; then enqueue the job "
         "again"
     )

@@ -37,8 +37,16 @@ from nats.js.errors import BucketNotFoundError, NotFoundError  # noqa: E402
 
 from naq_resilience import codec, models  # noqa: E402
 from naq_resilience.jetstream import layout, streams  # noqa: E402
+from naq_resilience.jetstream.registry import UnroutableJob  # noqa: E402
 from naq_resilience.jetstream.stores import _key as breaker_key  # noqa: E402
-from naq_resilience.jetstream.worker import MAX_FETCH, Worker  # noqa: E402
+from naq_resilience.jetstream.worker import (  # noqa: E402
+    DEFAULT_UNROUTABLE_AFTER,
+    MAX_FETCH,
+    UNROUTABLE_DELAY,
+    UNROUTABLE_ERROR,
+    Worker,
+    unroutable_reason,
+)
 from naq_resilience.models import (  # noqa: E402
     ENVELOPE_VERSION,
     BreakerRecord,
@@ -317,6 +325,20 @@ REPLAY = ReplayRecord(
     replayed_at=T0 + 3600.0,
     changed=["max_retries"],
 )
+
+
+UNROUTABLE_REASON = unroutable_reason(
+    MINIMAL_JOB,
+    "emails",
+    UnroutableJob("", function=MINIMAL_JOB.function, module="billing.jobs", imported=False),
+    waited=300.4,
+    handed=23,
+    unroutable_after=DEFAULT_UNROUTABLE_AFTER,
+    modules=["shop.orders"],
+)
+"""What a worker that imports only `shop.orders` writes when it gives up on a job."""
+
+
 EXAMPLES: dict[type[msgspec.Struct], list[tuple[str, Any]]] = {
     JobEnvelope: [
         ("What another service typically sends: defaults left out.", MINIMAL_JOB),
@@ -351,6 +373,18 @@ EXAMPLES: dict[type[msgspec.Struct], list[tuple[str, Any]]] = {
                 job=FULL_JOB,
                 failures=[FAILURE, LAST_FAILURE],
                 replays=[REPLAY],
+            ),
+        ),
+        (
+            "A job no worker could route: the workers that took it for `unroutable_after` "
+            "did not import its module.",
+            DeadLetter(
+                reason=UNROUTABLE_REASON,
+                queue="emails",
+                dead_letter_queue="emails.dead",
+                dead_at=T0 + 300.4,
+                job=MINIMAL_JOB,
+                error_type=UNROUTABLE_ERROR,
             ),
         ),
         (
@@ -393,7 +427,11 @@ EXAMPLES: dict[type[msgspec.Struct], list[tuple[str, Any]]] = {
         (
             "A job that failed twice and was deferred once by an open breaker.",
             Ledger(failed=2, deferred=1),
-        )
+        ),
+        (
+            "A job handed back three times by workers that do not import its module.",
+            Ledger(handed_back=3, unroutable=3, unroutable_since=T0 + 2.5),
+        ),
     ],
     JobRecord: [
         (
@@ -914,16 +952,31 @@ def section_protocol(c: Code) -> list[str]:
                 f"bytes to `{layout.dead_subject(dead_default, 'seq-<n>')}`, then `ack`.",
                 f"2. **Queue.** The job's queue is the subject's last token (`{QUEUE}`).",
                 "3. **Resolve** `function` among the functions of the modules the worker "
-                "imported. Unknown or not allowed: a DeadLetter with the `job` to "
+                "imported (on a redelivery with `result_ttl`, a job whose JobResult is "
+                "already stored is only acked). A name no worker importing its module would "
+                "run (not `module:qualname`, private, not a function, defined in another "
+                "module, not `@job` on a strict worker): a DeadLetter with the `job` to "
                 f"`{layout.dead_subject(DEAD_QUEUE, JOB)}` (and a `dead` JobResult if "
-                "`result_ttl`), then `ack`.",
+                "`result_ttl`), then `ack`. A function in a module this worker does not "
+                "import, or missing from its version of the module, is *unroutable* here: "
+                "another worker may run it. Unless the Ledger's `unroutable_since` is "
+                f"`unroutable_after` ({DEFAULT_UNROUTABLE_AFTER:g} s by default) ago or "
+                "more, the worker writes the Ledger with `handed_back` and `unroutable` "
+                "incremented and `unroutable_since` set (to now, if absent), then `nak`s "
+                f"with a delay ({UNROUTABLE_DELAY[0]:g} s, doubling per hand-back, at most "
+                f"{UNROUTABLE_DELAY[1]:g} s and a tenth of `unroutable_after`): not an "
+                f"attempt. Past it: a DeadLetter whose `error_type` is `{UNROUTABLE_ERROR}` "
+                'and whose `reason` starts with "unroutable:", then `ack`. A worker that '
+                "resolves the function removes `unroutable` and `unroutable_since` from the "
+                "Ledger before it runs the job.",
                 "4. **Crashes.** On a redelivery, the job's Ledger in "
                 f"`{layout.ATTEMPT_BUCKET}` counts the deliveries a worker ended on purpose "
                 "(failed attempts, breaker deferrals, hand-backs); the rest of JetStream's "
                 "delivery count, minus the first, are deliveries a crash interrupted. At "
                 "the worker's `max_crashes` (3 by default): a DeadLetter (\"poison job\") "
-                "with the failure history, then `ack`. The attempt number is the Ledger's "
-                "`failed` + 1: crashes are not attempts.",
+                "with the failure history, then `ack`; a worker that cannot route the job "
+                "checks this too before handing it back. The attempt number is the Ledger's "
+                "`failed` + 1: crashes and hand-backs are not attempts.",
                 "5. **Roll back** the steps a crashed delivery of a `@saga` job logged in "
                 f"`{layout.SAGA_BUCKET}` before running it again.",
                 "6. **Run** it, converting the arguments to the parameters' types (each "

@@ -117,6 +117,7 @@ if TYPE_CHECKING:
         analyze_failure,
     )
     from naq_resilience.jetstream.publisher import PublishTimeoutError, StreamFullError
+    from naq_resilience.jetstream.registry import UnroutableJob
     from naq_resilience.jetstream.schedules import (
         JobNotFoundError,
         Queue,
@@ -195,6 +196,7 @@ _LAZY = {
     "JobList": "naq_resilience.jetstream.client",
     "PublishTimeoutError": "naq_resilience.jetstream.publisher",
     "StreamFullError": "naq_resilience.jetstream.publisher",
+    "UnroutableJob": "naq_resilience.jetstream.registry",
     "StorageSettings": "naq_resilience.jetstream.streams",
     "ResultTooLargeError": "naq_resilience.jetstream.worker",
     "WorkerConnectionLost": "naq_resilience.jetstream.worker",
@@ -379,6 +381,7 @@ __all__ = [
     "SyncJob",
     "SystemFailureError",
     "TemporaryResourceError",
+    "UnroutableJob",
     "Worker",
     "WorkerConnectionLost",
 ]

@@ -1,4 +1,5 @@
-"""`naq worker QUEUE... [--concurrency N] [--import MODULE]... [--strict] [--log-level LEVEL]`."""
+"""`naq worker QUEUE... [--concurrency N] [--import MODULE]... [--strict]
+[--unroutable-after SECONDS] [--log-level LEVEL]`."""
 
 from __future__ import annotations
 
@@ -52,6 +53,13 @@ def add_worker_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
         "dead-lettered as a poison job; not counted as attempts (default: %(default)s)",
     )  # fmt: skip
     parser.add_argument(
+        "--unroutable-after", type=float, default=None, metavar="SECONDS",
+        help="how long a job whose function this worker cannot run (its module not "
+        "imported here, or this version of it without the function) is handed back for "
+        "other workers, without using an attempt, before it is dead-lettered as "
+        "unroutable; 0 dead-letters it at once (default: $NAQ_UNROUTABLE_AFTER or 300)",
+    )  # fmt: skip
+    parser.add_argument(
         "--replicas", type=int, default=None, metavar="N",
         help="replicas of the streams and buckets this worker creates when missing "
         "(default: $NAQ_REPLICAS or 1; 3 in a 3-node cluster)",
@@ -86,6 +94,7 @@ def _run(args: argparse.Namespace) -> int:
             ack_wait=args.ack_wait,
             shutdown_grace=args.shutdown_grace,
             max_crashes=args.max_crashes,
+            unroutable_after=args.unroutable_after,
             storage=StorageSettings.from_env().with_replicas(args.replicas),
             strict=args.strict,
         )

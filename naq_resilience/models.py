@@ -81,7 +81,12 @@ class JobEnvelope(msgspec.Struct, kw_only=True, omit_defaults=True):
     function: str
     """The registered name of the function to run, `module:qualname` (e.g.
     `billing.jobs:charge`). A worker runs it only if it was told to import `module`
-    (or registered the function itself); anything else is dead-lettered, unimported."""
+    (or registered the function itself), and imports nothing for it. A worker that
+    does not import `module`, or whose version of it lacks `qualname`, hands the job
+    back for another worker (not an attempt); when none took it for the worker's
+    `unroutable_after` (300 s), it is dead-lettered as unroutable. A name no worker
+    importing `module` would run (not `module:qualname`, private, not a function) is
+    dead-lettered at once."""
     queue: str = "default"
     """The queue the job was published to. Informational: a worker takes the queue
     from the subject (`naq.jobs.<queue>`), which wins if the two differ."""
@@ -180,8 +185,9 @@ class FailureRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     """The queue the job was delivered from."""
     attempt: int
     """Which attempt failed, from 1. Only runs that ended in an error count: a delivery
-    interrupted by a worker crash (`crashes`), a deferral by an open breaker and a job
-    handed back at shutdown are not attempts."""
+    interrupted by a worker crash (`crashes`), a deferral by an open breaker, a job
+    handed back at shutdown and one handed back by a worker that cannot route it (see
+    `DeadLetter.error_type`) are not attempts."""
     max_attempts: int
     """The attempts this job has in all (`max_retries + 1`)."""
     error_type: str
@@ -258,7 +264,8 @@ class DeadLetter(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Record format version."""
     reason: str
     """Why the job is dead, for a person: the last error, "out of attempts", or why the
-    message could not be read or run."""
+    message could not be read or run. It starts with "unroutable:" when no worker that
+    took the job could run its function within `unroutable_after` (see `error_type`)."""
     queue: str
     """The queue the job was delivered from."""
     dead_letter_queue: str
@@ -286,6 +293,15 @@ class DeadLetter(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Each time the letter was replayed (or rescheduled), oldest first. Written by
     rewriting the letter on its own subject once the new job is stored, so a letter
     with a replay was certainly replayed. Its TTL runs on from the first write."""
+
+    error_type: str | None = None
+    """What made the job dead, for a program, when a worker decided it rather than an
+    error of the job: `naq_resilience:UnroutableJob` when every worker that took the job
+    for `unroutable_after` seconds handed it back, unable to route it (its function's
+    module not imported there, or without that function); `reason` then starts with
+    "unroutable:" and names the function, the module and the fix, and `failures` holds
+    the attempts it failed before, if any. Absent otherwise: the last of `failures`
+    holds the error of a job that failed, and `reason` says why for any other letter."""
 
     @property
     def id(self) -> str:
@@ -348,12 +364,14 @@ class JobRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     finished_at: float | None = None
     """When it completed or failed for good."""
     attempts: int = 0
-    """Attempts run so far, the running one included; crashes and deferrals are not
-    attempts."""
+    """Attempts run so far, the running one included; crashes, deferrals and hand-backs
+    are not attempts."""
     worker_id: str = ""
     """The worker of the latest attempt."""
     error_type: str | None = None
-    """The latest error's class, `module:qualname`, when an attempt failed."""
+    """The latest error's class, `module:qualname`, when an attempt failed;
+    `naq_resilience:UnroutableJob` for a job dead-lettered as unroutable (no worker that
+    took it could run its function)."""
     error: str | None = None
     """The head of the latest error's message (at most 512 characters)."""
     next_retry_at: float | None = None
@@ -418,8 +436,9 @@ class Ledger(msgspec.Struct, kw_only=True, omit_defaults=True):
 
     The `naq-attempts` key is the job id. A worker writes it before every `nak` it
     sends (a retry, a deferral, a hand-back), so a redelivery it did not announce is a
-    delivery a crash interrupted: JetStream's delivery count minus 1 minus the three
-    counts below. Written only for jobs that are redelivered; expires after 7 days.
+    delivery a crash interrupted: JetStream's delivery count minus 1 minus `failed`,
+    `deferred` and `handed_back`. Written only for jobs that are redelivered; expires
+    after 7 days (each write starts the 7 days again).
     """
 
     version: int = _written(1)
@@ -430,7 +449,16 @@ class Ledger(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Deliveries deferred by an open circuit breaker (not attempts)."""
     handed_back: int = 0
     """Deliveries handed back unfinished: a worker shutting down, a full dead-letter
-    stream (not attempts)."""
+    stream, a worker that cannot route the job (`unroutable`) (not attempts)."""
+    unroutable: int = 0
+    """Of `handed_back`, the deliveries since `unroutable_since` that a worker handed
+    back because it could not route the job: its function's module is not one the
+    worker imports, or the worker's version of it has no such function."""
+    unroutable_since: float | None = None
+    """When a worker first handed the job back as unroutable, unix time in seconds;
+    absent once a worker that can run it takes it. A worker that finds the job
+    unroutable `unroutable_after` seconds (its own setting) after this dead-letters it
+    as unroutable instead of handing it back again."""
 
 
 class SagaLogRecord(msgspec.Struct, kw_only=True, omit_defaults=True):

@@ -160,6 +160,30 @@ def test_naq_worker_hands_strict_to_the_worker(
     assert {key: options[key] for key in options if key == "strict"} == passed
 
 
+def test_naq_worker_hands_unroutable_after_to_the_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Absent, None: the Worker then reads NAQ_UNROUTABLE_AFTER (or takes 300 s)."""
+    from naq_resilience.jetstream import worker
+    from naq_resilience.ops import logging as naq_logging
+
+    built: list[dict[str, object]] = []
+
+    class FakeWorker:
+        has_jobs = True
+
+        def __init__(self, queues: list[str], **options: object) -> None:
+            built.append(options)
+
+        def run_forever(self) -> None:
+            pass
+
+    monkeypatch.setattr(worker, "Worker", FakeWorker)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setattr(naq_logging, "setup_logging", lambda *args, **kwargs: None)
+    assert cli.main(["worker", "--unroutable-after", "90"]) == 0
+    assert cli.main(["worker"]) == 0
+    assert [options["unroutable_after"] for options in built] == [90.0, None]
+
+
 def test_naq_strict_turns_strict_mode_on_without_the_flag(monkeypatch: pytest.MonkeyPatch) -> None:
     from naq_resilience import Worker
 

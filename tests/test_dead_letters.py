@@ -545,3 +545,13 @@ def test_reads_survive_the_stream_deleted_under_a_live_client(nats_url: str) -> 
             await nc.close()
 
     asyncio.run(main())
+
+
+def test_an_unroutable_letter_is_found_by_its_error_type_and_is_a_system_issue() -> None:
+    unroutable = letter(
+        3, failures=[], reason="unroutable: no worker imports billing in 300s",
+        error_type="naq_resilience:UnroutableJob",
+    )  # fmt: skip
+    assert DeadLetterFilter(error_type="UnroutableJob").matches(unroutable)
+    assert DeadLetterFilter(classification="unroutable").matches(unroutable)
+    assert analyze_failure(unroutable) == "system_issue"

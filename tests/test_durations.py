@@ -155,6 +155,26 @@ def test_worker_durations_take_timedeltas() -> None:
         Worker("default", nats_url="nats://127.0.0.1:9", imports=["worker_jobs"], ack_wait=0)
 
 
+def test_worker_unroutable_after_takes_a_timedelta_or_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def worker(**options: Any) -> Worker:
+        return Worker("default", nats_url="nats://127.0.0.1:9", imports=["worker_jobs"], **options)
+
+    monkeypatch.delenv("NAQ_UNROUTABLE_AFTER", raising=False)
+    assert worker().unroutable_after == 300.0
+    assert worker(unroutable_after=timedelta(minutes=2)).unroutable_after == 120.0
+    assert worker(unroutable_after=0).unroutable_after == 0.0  # dead-letters at once
+    with pytest.raises(ValueError, match=r"^unroutable_after must be >= 0 seconds"):
+        worker(unroutable_after=-1)
+    monkeypatch.setenv("NAQ_UNROUTABLE_AFTER", "45")
+    assert worker().unroutable_after == 45.0
+    assert worker(unroutable_after=MINUTE).unroutable_after == 60.0  # the argument wins
+    monkeypatch.setenv("NAQ_UNROUTABLE_AFTER", "5m")
+    with pytest.raises(ValueError, match=r"NAQ_UNROUTABLE_AFTER='5m' is not a number of sec"):
+        worker()
+
+
 def test_client_publish_timeout_takes_a_timedelta() -> None:
     assert Client("nats://127.0.0.1:9", publish_timeout=MINUTE).publish_timeout == 60.0
 

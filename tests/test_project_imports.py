@@ -109,7 +109,7 @@ def test_a_worker_without_modules_knows_it(tmp_path: Path, monkeypatch: pytest.M
     assert Worker("default", nats_url=OFFLINE, functions=[len]).has_jobs
 
 
-def test_naq_worker_without_modules_says_every_job_will_be_dead_lettered(tmp_path: Path) -> None:
+def test_naq_worker_without_modules_says_it_runs_no_job(tmp_path: Path) -> None:
     root = project(tmp_path, "[project]\nname = 'x'\n")
     env = {k: v for k, v in os.environ.items() if k != "NAQ_IMPORTS"}
     done = subprocess.run(
@@ -119,7 +119,7 @@ def test_naq_worker_without_modules_says_every_job_will_be_dead_lettered(tmp_pat
     )  # fmt: skip
     assert done.returncode == 1  # nothing listens there
     assert f"naq worker: warning: {NO_MODULES_WARNING}" in done.stderr
-    assert "every job it takes is dead-lettered" in NO_MODULES_WARNING
+    assert "it runs no job: every job it takes is handed back" in NO_MODULES_WARNING
     assert '[tool.naq]\nimports = ["myapp.jobs"]' in NO_MODULES_WARNING
 
 

@@ -21,6 +21,7 @@ from naq_resilience import DataValidationError, NonRetryable, job, policies_of
 from naq_resilience.jetstream.registry import (
     FunctionRegistry,
     UnknownFunction,
+    UnroutableJob,
     function_name,
     strict_from_env,
 )
@@ -171,6 +172,61 @@ def test_a_module_not_allowed_is_refused_without_being_imported(
         f"(allowed: {MODULE}); start the worker with --import {name} if it should run it"
     )
     assert name not in sys.modules
+
+
+@pytest.mark.parametrize(
+    ("name", "module", "imported"),
+    [
+        # Not a module this worker imports: another worker may (the module's name is all
+        # there is to go by, so even a private name is not this worker's to judge).
+        ("never_imported_for_registry:anything", "never_imported_for_registry", False),
+        ("never_imported_for_registry:_helper", "never_imported_for_registry", False),
+        ("billing.jobs:Invoices.send", "billing.jobs", False),
+        # Its module is imported but has no such name here: another worker may run a
+        # version of the module that has it (a rolling deploy).
+        (f"{MODULE}:nope", MODULE, True),
+        (f"{MODULE}:Mailer.nope", MODULE, True),
+    ],
+)
+def test_what_another_worker_may_run_is_unroutable_here(
+    registry: FunctionRegistry, name: str, module: str, imported: bool
+) -> None:
+    with pytest.raises(UnroutableJob) as caught:
+        registry.resolve(name)
+    assert (caught.value.function, caught.value.module, caught.value.imported) == (
+        name, module, imported,
+    )  # fmt: skip
+    assert isinstance(caught.value, UnknownFunction)  # what callers caught before
+    assert "never_imported_for_registry" not in sys.modules
+
+
+@pytest.mark.parametrize(
+    "qualname",
+    ["Path", "LIMIT", "os.system", "Mailer.send", "_helper", "decorated.__wrapped__"],
+)
+def test_what_no_worker_importing_the_module_would_run_is_not_unroutable(
+    registry: FunctionRegistry, qualname: str
+) -> None:
+    """Refused for what the name is, which every worker importing the module sees alike:
+    dead-lettered at once, never handed around."""
+    with pytest.raises(UnknownFunction) as caught:
+        registry.resolve(f"{MODULE}:{qualname}")
+    assert not isinstance(caught.value, UnroutableJob)
+
+
+@pytest.mark.parametrize("name", ["plain", f"{MODULE}:", ""])
+def test_a_malformed_name_is_not_unroutable(registry: FunctionRegistry, name: str) -> None:
+    with pytest.raises(UnknownFunction) as caught:
+        registry.resolve(name)
+    assert not isinstance(caught.value, UnroutableJob)
+
+
+def test_unroutable_job_is_named_for_the_wire_as_the_package_exports_it() -> None:
+    import naq_resilience
+    from naq_resilience.policies.pipeline import qualified_name
+
+    assert naq_resilience.UnroutableJob is UnroutableJob
+    assert qualified_name(UnroutableJob) == "naq_resilience:UnroutableJob"
 
 
 @pytest.mark.parametrize(
@@ -447,6 +503,7 @@ def test_a_strict_registry_refuses_unmarked_functions_naming_job(
         "NAQ_STRICT): it runs only functions decorated with @job (from naq_resilience "
         "import job) or registered explicitly; add @job to it"
     )
+    assert not isinstance(caught.value, UnroutableJob)  # dead-lettered at once: fix the code
 
 
 def test_a_strict_registry_runs_what_was_registered_explicitly(strict: FunctionRegistry) -> None:

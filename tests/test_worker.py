@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, TypeVar
 
+import msgspec
 import nats
 import pytest
 from nats.js.errors import NoKeysError, NotFoundError
@@ -235,22 +238,170 @@ def test_dead_letter_holds_envelope_history_and_reason_in_its_queue(nats_url: st
     run(main())
 
 
-def test_unallowed_function_is_dead_lettered_without_importing(nats_url: str) -> None:
+async def read_ledger(url: str, job_id: str) -> Ledger | None:
+    nc = await nats.connect(url)
+    try:
+        ledgers = await nc.jetstream().key_value(layout.ATTEMPT_BUCKET)
+        try:
+            entry = await ledgers.get(job_id)
+        except NotFoundError:  # KeyNotFoundError, and the bucket not made yet
+            return None
+    finally:
+        await nc.close()
+    return decode(entry.value, Ledger) if entry.value else None
+
+
+def test_unallowed_function_is_dead_lettered_as_unroutable_without_importing(
+    nats_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     import json_helpers_never_imported_by_workers as forbidden  # a module on sys.path
+
+    caplog.set_level(logging.WARNING, logger="naq_resilience.worker")
 
     async def main() -> None:
         async with Client(nats_url) as client:
-            job = await client.enqueue(forbidden.anything, 1)
+            job = await client.enqueue(forbidden.anything, 1, result_ttl=60)
             sys.modules.pop(forbidden.__name__)
-            async with working(nats_url):
+            async with working(nats_url, unroutable_after=0.5):
                 await until(lambda: _is(job.status(), JobStatus.FAILED))
                 follow_up = await client.enqueue(worker_jobs.add, 1, 1, result_ttl=60)
                 assert await follow_up.result(timeout=20) == 2
             (letter,) = await client.get_dead_letter_jobs("default.dead")
-        assert "not in a module this worker was told to import" in letter.reason
-        assert forbidden.__name__ not in sys.modules
+            record = await client.get_job(job.job_id)
+            (failed,) = [r async for r in await client.get_failed_jobs()]
+            with pytest.raises(JobFailedError, match=r"failed: unroutable: "):
+                await job.result(timeout=20)
+        name = forbidden.__name__
+        assert letter.reason.startswith(f"unroutable: no worker ran function {name}:anything")
+        assert f"this worker does not import module {name}" in letter.reason
+        for fix in (f"--import {name}", f"NAQ_IMPORTS={name}", "[tool.naq]"):
+            assert fix in letter.reason
+        assert letter.error_type == "naq_resilience:UnroutableJob"
+        assert letter.failures == []  # it never ran: no attempt, no failure record
+        assert record is not None
+        assert (record.status, record.attempts) == (JobStatus.FAILED, 0)
+        assert record.error_type == failed.error_type == "naq_resilience:UnroutableJob"
+        assert name not in sys.modules
+        levels = {
+            r.levelno for r in caplog.records
+            if r.name == "naq_resilience.worker" and f"{name}:anything" in r.getMessage()
+        }  # fmt: skip
+        assert levels == {logging.WARNING, logging.ERROR}  # handed back, then dead-lettered
 
     run(main())
+
+
+def test_a_job_a_worker_cannot_route_is_handed_back_for_one_that_can(
+    nats_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A rolling deploy, or a forgotten --import: the worker without the jobs' module
+    hands them back, not as attempts, and a worker that imports it runs them."""
+    caplog.set_level(logging.WARNING, logger="naq_resilience.worker")
+
+    async def main() -> None:
+        async with Client(nats_url) as client:
+            added = await client.enqueue(worker_jobs.add, 2, b=3, result_ttl=60)
+            flaky = await client.enqueue(worker_jobs.fails_twice, "handed", result_ttl=60)
+            async with working(nats_url, imports=["jobs_for_registry"]):
+                for job in (added, flaky):
+                    await until(partial(read_ledger, nats_url, job.job_id))
+                    handed = await read_ledger(nats_url, job.job_id)
+                    assert handed is not None
+                    assert handed.handed_back == handed.unroutable >= 1
+                    assert handed.unroutable_since is not None
+                    assert handed.failed == 0
+                    record = await client.get_job(job.job_id)
+                    assert record is not None
+                    assert record.status is JobStatus.QUEUED  # not running, not retrying
+                assert worker_jobs.calls == []
+            async with working(nats_url):
+                assert await added.result(timeout=30) == 5
+                assert await flaky.result(timeout=30) == "handed ok after 3"
+            done = await client.get_job(added.job_id)
+            retried = await client.get_job(flaky.job_id)
+            after = await read_ledger(nats_url, flaky.job_id)
+            failures = await failure_records(nats_url, flaky.job_id)
+        assert done is not None
+        assert (done.status, done.attempts) == (JobStatus.COMPLETED, 1)  # no attempt counted
+        assert retried is not None
+        assert (retried.status, retried.attempts) == (JobStatus.COMPLETED, 3)
+        assert [f.attempt for f in failures] == [1, 2]  # numbered from 1: no hand-back
+        assert all(f.crashes == 0 for f in failures)  # hand-backs are not crashes either
+        assert after is not None
+        assert after.unroutable_since is None  # a worker that can run it took it
+        assert after.failed == 2
+
+    run(main())
+    warnings = [
+        r for r in caplog.records
+        if r.name == "naq_resilience.worker" and "handed back for another worker" in r.getMessage()
+    ]  # fmt: skip
+    assert {r.levelno for r in warnings} == {logging.WARNING}
+    texts = " ".join(r.getMessage() for r in warnings)
+    assert "worker_jobs:add" in texts
+    assert "worker_jobs:fails_twice" in texts
+    assert "--import worker_jobs" in texts
+
+
+def test_hand_backs_whose_ledger_cannot_be_written_still_end(
+    nats_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing loops: when the attempts bucket refuses the ledger, the wait for a capable
+    worker cannot be measured, and each hand-back counts as a crash instead, so the job
+    ends as a poison job after max_crashes rounds, not never."""
+
+    async def refused(self: Worker, job_id: str, ledger: Ledger) -> None:
+        return None
+
+    monkeypatch.setattr(Worker, "_write_ledger", refused)
+
+    async def main() -> None:
+        async with Client(nats_url) as client:
+            job = await client.enqueue(worker_jobs.add, 1, 2)
+            async with working(
+                nats_url, imports=["jobs_for_registry"], unroutable_after=3600, max_crashes=2
+            ):
+                await until(lambda: _is(job.status(), JobStatus.FAILED))
+            (letter,) = await client.get_dead_letter_jobs("default.dead")
+        assert "poison job" in letter.reason
+        assert worker_jobs.calls == []
+
+    run(main())
+
+
+def test_a_name_no_worker_could_run_is_dead_lettered_at_once(
+    nats_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its module is imported, but the name is a value, not a function: every worker
+    importing the module refuses it alike, so it is not handed around."""
+    caplog.set_level(logging.WARNING, logger="naq_resilience.worker")
+
+    async def main() -> None:
+        nc = await nats.connect(nats_url)
+        try:
+            async with working(nats_url, unroutable_after=3600), Client(nats_url) as client:
+                envelope = JobEnvelope(id="not-a-function", function="worker_jobs:calls")
+                await nc.jetstream().publish(
+                    layout.job_subject("default"), msgspec.json.encode(envelope)
+                )
+                letters: list[Any] = []
+
+                async def dead() -> bool:
+                    letters[:] = await client.get_dead_letter_jobs("default.dead")
+                    return bool(letters)
+
+                await until(dead)
+        finally:
+            await nc.close()
+        (letter,) = letters
+        assert letter.reason == "worker_jobs:calls is not a function"
+        assert letter.error_type is None
+        assert await read_ledger(nats_url, "not-a-function") is None  # never handed back
+
+    run(main())
+    assert [r.levelno for r in caplog.records if "worker_jobs:calls" in r.getMessage()] == [
+        logging.WARNING
+    ]
 
 
 def test_unencodable_argument_fails_at_enqueue_naming_it(nats_url: str) -> None:

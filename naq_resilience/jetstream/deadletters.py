@@ -25,6 +25,7 @@ import datetime as dt
 import fnmatch
 import hashlib
 import json
+import logging
 import math
 import re
 import time
@@ -60,6 +61,8 @@ __all__ = [
     "analyze_failure",
     "letter_classification",
 ]
+
+log = logging.getLogger("naq_resilience.deadletters")
 
 CLASSIFICATIONS: Final = (
     "retryable",
@@ -128,8 +131,9 @@ def letter_classification(letter: DeadLetter) -> str:
 
 
 def error_type(letter: DeadLetter) -> str | None:
-    """The last failed attempt's error type, `module:qualname`."""
-    return letter.failures[-1].error_type if letter.failures else None
+    """The last failed attempt's error type, `module:qualname` (or the letter's own,
+    for a job that never ran: `naq_resilience:UnroutableJob`)."""
+    return letter.failures[-1].error_type if letter.failures else letter.error_type
 
 
 def analyze_failure(letter: DeadLetter) -> str:
@@ -363,6 +367,7 @@ class _LetterSummary(msgspec.Struct):
     dead_at: float = 0.0
     job: _JobSummary | None = None
     raw: msgspec.Raw | None = None
+    error_type: str | None = None
     failures: list[_FailureSummary] = []
     replays: list[msgspec.Raw] = []
 
@@ -493,7 +498,15 @@ class Reader:
                         if sifted and not _summary_matches(msg.data, flt):
                             continue
                         letter = _decode_letter(msg.data)
-                        if letter is None or not flt.matches(letter):
+                        if letter is None:
+                            # Anyone may publish on a dead-letter subject: one bad
+                            # record must not hide the others, nor go unsaid.
+                            log.warning(
+                                "skipping an unreadable record on %s (stream sequence %d)",
+                                msg.subject, msg.metadata.sequence.stream,
+                            )  # fmt: skip
+                            continue
+                        if not flt.matches(letter):
                             continue
                         meta = msg.metadata
                         batch.append(StoredLetter(

@@ -67,8 +67,11 @@ def failed_record(letter: DeadLetter) -> JobRecord:
         finished_at=letter.dead_at,
         attempts=last.attempt if last is not None else 0,
         worker_id=last.worker_id if last is not None else "",
-        error_type=last.error_type if last is not None else None,
-        error=(last.message if last is not None else letter.reason)[:512],
+        # A dead end the worker decided (unroutable) is named by the letter itself.
+        error_type=letter.error_type or (last.error_type if last is not None else None),
+        error=(
+            last.message if last is not None and letter.error_type is None else letter.reason
+        )[:512],
         dead_letter_queue=letter.dead_letter_queue,
     )
 

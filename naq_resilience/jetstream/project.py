@@ -1,7 +1,8 @@
 """Where a worker's job modules come from: `--import`, `NAQ_IMPORTS`, `[tool.naq]`.
 
 A worker runs only functions of the modules it is told to import, so NAQ's plain
-`naq worker default` would dead-letter every job. Rather than give up the allow-list,
+`naq worker default` would run no job (it hands each back for another worker, and it
+ends as an unroutable dead letter). Rather than give up the allow-list,
 a project names its job modules once, in its pyproject.toml:
 
     [tool.naq]
@@ -56,9 +57,10 @@ class ImportSources:
 
 NO_MODULES_WARNING = (
     "this worker has no job modules: no --import, no NAQ_IMPORTS, and no [tool.naq] "
-    "imports in a pyproject.toml, so every job it takes is dead-lettered as naming a "
-    "function it may not run. Name the modules that define your jobs: `naq worker "
-    "--import myapp.jobs`, NAQ_IMPORTS=myapp.jobs, or in pyproject.toml\n" + _EXAMPLE
+    "imports in a pyproject.toml, so it runs no job: every job it takes is handed back "
+    "for another worker, and dead-lettered as unroutable when no worker runs it. Name "
+    "the modules that define your jobs: `naq worker --import myapp.jobs`, "
+    "NAQ_IMPORTS=myapp.jobs, or in pyproject.toml\n" + _EXAMPLE
 )
 """What a worker says at start when nothing names a module (and no function was given)."""
 

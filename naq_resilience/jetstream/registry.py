@@ -51,6 +51,7 @@ __all__ = [
     "FunctionRegistry",
     "JobFunction",
     "UnknownFunction",
+    "UnroutableJob",
     "function_name",
     "strict_from_env",
 ]
@@ -66,6 +67,30 @@ class UnknownFunction(LookupError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class UnroutableJob(UnknownFunction):
+    """The job names a function this worker cannot find, but another worker may.
+
+    `module` is not one this worker imports (`imported` False: not on its `--import`,
+    `NAQ_IMPORTS` or `[tool.naq] imports`), or this worker's version of it has no
+    `qualname` (`imported` True: workers running different versions of the module, as
+    in a rolling deploy). Nothing of the module is imported for it.
+
+    A worker hands such a job back without using an attempt; when no worker took it for
+    `unroutable_after`, it is dead-lettered with a reason starting "unroutable:", and
+    the dead letter's `error_type` (and the history's) is `naq_resilience:UnroutableJob`,
+    this class's name on the wire.
+    """
+
+    def __init__(self, reason: str, *, function: str, module: str, imported: bool) -> None:
+        super().__init__(reason)
+        self.function = function
+        self.module = module
+        self.imported = imported
+
+
+UnroutableJob.__module__ = "naq_resilience"  # its wire name, `naq_resilience:UnroutableJob`
 
 
 def _main_module_name() -> str:
@@ -347,6 +372,17 @@ class FunctionRegistry:
         module_name, sep, qualname = name.partition(":")
         if not sep or not qualname:
             raise UnknownFunction(f"function name {name!r} is not of the form 'module:qualname'")
+        module = self._modules.get(module_name)
+        if module is None:
+            # Before the private check: a module this worker does not import is not its
+            # to judge (another worker may have registered even a private function of it).
+            allowed = ", ".join(sorted(self._modules)) or "none"
+            raise UnroutableJob(
+                f"function {name} is not in a module this worker was told to import "
+                f"(allowed: {allowed}); start the worker with --import {module_name} if it "
+                "should run it",
+                function=name, module=module_name, imported=False,
+            )  # fmt: skip
         private = _private_part(qualname)
         if private is not None:
             # Checked before any attribute is looked up, so nothing private is touched.
@@ -355,20 +391,16 @@ class FunctionRegistry:
                 "function only when it was registered explicitly (FunctionRegistry.register, "
                 "or Worker(functions=[...])); register it, or give it a public name"
             )
-        module = self._modules.get(module_name)
-        if module is None:
-            allowed = ", ".join(sorted(self._modules)) or "none"
-            raise UnknownFunction(
-                f"function {name} is not in a module this worker was told to import "
-                f"(allowed: {allowed}); start the worker with --import {module_name} if it "
-                "should run it"
-            )
         target: Any = module
         owner: Any = None
         for part in qualname.split("."):
             owner, target = target, getattr(target, part, None)
             if target is None:
-                raise UnknownFunction(f"module {module_name} has no function {qualname}")
+                raise UnroutableJob(
+                    f"module {module_name} has no function {qualname} (in the version this "
+                    "worker imported)",
+                    function=name, module=module_name, imported=True,
+                )  # fmt: skip
         if not callable(target) or isinstance(target, type):
             raise UnknownFunction(f"{name} is not a function")
         if _is_instance_method(owner, qualname.rsplit(".", 1)[-1]):

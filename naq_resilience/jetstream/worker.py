@@ -13,8 +13,13 @@ Failures are handled by what the function's policy and the job's options say:
 - an open circuit breaker: `nak(retry_after)`, counted in the ledger as a deferral;
 - non-retryable, out of attempts, or critical (plus the critical hooks): a failure
   record, a dead letter with the whole failure history, then `ack()`;
-- a message that cannot be decoded, has an unknown version or names a function this
-  worker may not run: a dead letter with the reason and the raw bytes, then `ack()`.
+- a message that cannot be decoded, has an unknown version or names a function no
+  worker importing its module would run: a dead letter with the reason and the raw
+  bytes, then `ack()`;
+- a job whose function is in a module this worker does not import, or that this
+  worker's version of the module lacks (`UnroutableJob`): handed back for another
+  worker, `nak(delay)` without using an attempt, with a warning; dead-lettered as
+  unroutable once no worker took it for `unroutable_after`.
 
 Crashes are not failures. The ledger (`naq-attempts`, written before every `nak` this
 worker sends) says how the earlier deliveries of a redelivered job ended, so a delivery
@@ -92,6 +97,7 @@ from naq_resilience.jetstream.registry import (
     FunctionRegistry,
     JobFunction,
     UnknownFunction,
+    UnroutableJob,
     strict_from_env,
 )
 from naq_resilience.jetstream.schedules import run_envelope
@@ -145,6 +151,23 @@ UNKNOWN_DEFERRAL: Final = (1.0, 60.0)
 the job, at most 60 s. A deferral uses no attempt, so a fixed short wait would redeliver
 a job every second for as long as the breaker stays open; a fixed long one would keep
 it waiting long after the breaker closed."""
+UNROUTABLE_AFTER_ENV: Final = "NAQ_UNROUTABLE_AFTER"
+DEFAULT_UNROUTABLE_AFTER: Final = 300.0
+"""Seconds a job no worker can route (its function's module not imported by the workers
+that take it) is handed around before it is dead-lettered as unroutable: long enough for
+a rolling deploy to bring up workers that import a new module, short enough that a job
+for a module nobody imports is reported within minutes."""
+UNROUTABLE_DELAY: Final = (1.0, 15.0)
+"""How long a job this worker cannot route is handed back for: 1 s, doubling with each
+hand-back, at most 15 s, at most a tenth of `unroutable_after` (so that a short one
+still gives the job several rounds among the workers), and never past it. Each round
+costs a redelivery and a ledger write; a shorter cap finds a capable worker among many
+sooner, a longer one costs less while a flood of such jobs waits."""
+UNROUTABLE_ERROR: Final = qualified_name(UnroutableJob)
+"""`naq_resilience:UnroutableJob`: the `error_type` of an unroutable dead letter."""
+LOG_EVERY: Final = 60.0
+"""Seconds between two log lines about the same function's refused or handed-back jobs
+(the lines held back in between are counted in the next one)."""
 _NO_LEDGER: Final = Ledger()
 _NO_SCHEDULE = DelaySchedule("fixed", 0.0, None, None)
 
@@ -162,6 +185,48 @@ class WorkerConnectionLost(ConnectionError):
 def current_job() -> JobEnvelope | None:
     """The envelope of the job the calling code runs in (None outside a worker)."""
     return _current_job.get()
+
+
+def unroutable_after_from_env() -> float:
+    """`NAQ_UNROUTABLE_AFTER` in seconds, or the default (300) when it is unset."""
+    raw = os.environ.get(UNROUTABLE_AFTER_ENV, "").strip()
+    if not raw:
+        return DEFAULT_UNROUTABLE_AFTER
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(
+            f"{UNROUTABLE_AFTER_ENV}={raw!r} is not a number of seconds; set e.g. "
+            f"{UNROUTABLE_AFTER_ENV}=300"
+        ) from None
+    return seconds(value, UNROUTABLE_AFTER_ENV)
+
+
+class _Every:
+    """Lets through one log line per key every `period` seconds, and counts the rest, so
+    a flood of one function's jobs logs a line a minute, not a line a job."""
+
+    __slots__ = ("_last", "period")
+
+    def __init__(self, period: float) -> None:
+        self.period = period
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def __call__(self, key: str) -> int | None:
+        """None to hold this line back; else how many were held back since the last."""
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last[0] < self.period:
+            self._last[key] = (last[0], last[1] + 1)
+            return None
+        if last is None and len(self._last) >= 1024:  # names from a flood of garbage
+            self._last.clear()
+        self._last[key] = (now, 0)
+        return last[1] if last is not None else 0
+
+
+def _held_back(count: int, what: str) -> str:
+    return f" ({count} more {what} since the last such line)" if count else ""
 
 
 class _Policy:
@@ -221,8 +286,12 @@ class Worker:
     `imports` are the modules whose functions jobs may name (the CLI's `--import`), to
     which `NAQ_IMPORTS` (comma separated) and `[tool.naq] imports` of the nearest
     pyproject.toml add theirs (`import_sources` says where each came from); `functions`
-    allows single functions directly. With none of these, every job is dead-lettered,
-    which the worker warns about at start.
+    allows single functions directly. A job whose function is in a module this worker
+    does not import (or that its version of the module lacks) is handed back for
+    another worker, without using an attempt, and dead-lettered as unroutable when no
+    worker took it for `unroutable_after` (default `NAQ_UNROUTABLE_AFTER`, or 300 s;
+    0 dead-letters it at once). With no module and no function, the worker runs no job,
+    which it warns about at start.
     Async jobs run on the event loop, sync jobs on a thread pool of `concurrency`
     threads; at most `concurrency` jobs run at once. `ack_wait` is how long the broker
     waits for a sign of life before redelivering; long jobs send one every third of it,
@@ -252,6 +321,7 @@ class Worker:
         strict: bool = False,
         format: Format | None = None,
         worker_id: str | None = None,
+        unroutable_after: Duration | None = None,
     ) -> None:
         names = [queues] if isinstance(queues, str) else list(queues)
         if not names:
@@ -276,6 +346,11 @@ class Worker:
         self.ack_wait = seconds(ack_wait, "ack_wait", positive=True)
         self.shutdown_grace = seconds(shutdown_grace, "shutdown_grace")
         self.fetch_timeout = seconds(fetch_timeout, "fetch_timeout", positive=True)
+        self.unroutable_after = (
+            unroutable_after_from_env()
+            if unroutable_after is None
+            else seconds(unroutable_after, "unroutable_after")
+        )
         self._format: Format = serializer_from_env() if format is None else format
         self.host = socket.gethostname()
         self.pid = os.getpid()
@@ -296,6 +371,9 @@ class Worker:
         self._lost: str | None = None
         self._record_encoder = msgspec.json.Encoder(enc_hook=repr)
         self._policies: dict[str, _Policy] = {}
+        self._log_handed_back = _Every(LOG_EVERY)
+        self._log_refused = _Every(LOG_EVERY)
+        self._log_unroutable = _Every(LOG_EVERY)
         self.processed = 0
         self.failed = 0
 
@@ -582,33 +660,43 @@ class Worker:
             # The subject is where the job is: failures and history are filed under it.
             # (Only a hand-written envelope differs, typically by leaving `queue` out.)
             env = msgspec.structs.replace(env, queue=queue)
-        try:
-            fn = self.registry.resolve(env.function)
-        except UnknownFunction as exc:
-            await self._dead(msg, env, queue, exc.reason, [])
-            return
         ledger = _NO_LEDGER
         crashes = 0
         delivered = _delivered(msg)
         if delivered > 1 and env.result_ttl is not None:
+            # Before the function is looked up: a worker that cannot run it must not
+            # hand back, or dead-letter, a job that already ended.
             ended = await self._already_settled(env)
             if ended is not None:
                 await msg.ack()  # it ended before; only its ack was lost
                 await self._record(env, ended, finished_at=time.time())
                 return
+        try:
+            fn = self.registry.resolve(env.function)
+        except UnroutableJob as exc:
+            await self._unroutable(msg, env, queue, exc, delivered)
+            return
+        except UnknownFunction as exc:
+            held = self._log_refused(env.function)
+            if held is not None:
+                log.warning(
+                    "job %s dead-lettered to %s: %s%s", env.id,
+                    env.dead_letter_queue or layout.dead_letter_queue_for(queue), exc.reason,
+                    _held_back(held, "jobs of this function"),
+                )  # fmt: skip
+            await self._dead(msg, env, queue, exc.reason, [])
+            return
         if delivered > 1:
             ledger = await self._ledger(env.id)
-            crashes = max(0, delivered - 1 - ledger.failed - ledger.deferred - ledger.handed_back)
+            crashes = _crashes(delivered, ledger)
             if crashes >= self.max_crashes:
-                await self._dead(
-                    msg, env, queue,
-                    f"a worker crashed (was killed, ran out of memory or lost its connection) "
-                    f"during {crashes} deliveries of this job, the limit of max_crashes="
-                    f"{self.max_crashes}: a poison job. It failed {ledger.failed} attempts "
-                    "before that",
-                    await self._history(env) if ledger.failed else [],
-                )  # fmt: skip
+                await self._dead_poison(msg, env, queue, crashes, ledger)
                 return
+            if ledger.unroutable_since is not None:
+                # A worker that can run it took it: the wait for one is over (a later
+                # hand-back, after a failed attempt, starts a new one).
+                ledger = msgspec.structs.replace(ledger, unroutable=0, unroutable_since=None)
+                await self._write_ledger(env.id, ledger)
         token = _current_job.set(env)
         logs: list[KVActionLog] | None = None
         if fn.has_saga:
@@ -658,6 +746,18 @@ class Worker:
             _current_job.reset(token)
             if fn.has_saga:
                 reset_action_log(log_token)
+
+    async def _dead_poison(
+        self, msg: Msg, env: JobEnvelope, queue: str, crashes: int, ledger: Ledger
+    ) -> None:
+        await self._dead(
+            msg, env, queue,
+            f"a worker crashed (was killed, ran out of memory or lost its connection) "
+            f"during {crashes} deliveries of this job, the limit of max_crashes="
+            f"{self.max_crashes}: a poison job. It failed {ledger.failed} attempts "
+            "before that",
+            await self._history(env) if ledger.failed else [],
+        )  # fmt: skip
 
     async def _run_on_thread(
         self, fn: JobFunction, env: JobEnvelope, args: list[Any], kwargs: dict[str, Any]
@@ -828,6 +928,64 @@ class Worker:
         await msg.nak(delay=max(delay, 0.001))
         log.debug("job %s deferred %.3fs: breaker %s open", env.id, delay, exc.name or "-")
 
+    async def _unroutable(
+        self, msg: Msg, env: JobEnvelope, queue: str, exc: UnroutableJob, delivered: int
+    ) -> None:
+        """This worker cannot run the job's function but another may: hand it back, not
+        as an attempt, until no worker took it for `unroutable_after`; then dead-letter
+        it as unroutable. The time is kept in the job's ledger, so it counts across
+        workers from the first hand-back."""
+        ledger = await self._ledger(env.id) if delivered > 1 else _NO_LEDGER
+        if delivered > 1 and _crashes(delivered, ledger) >= self.max_crashes:
+            # Also what bounds the rounds when the ledger cannot be written (the wait
+            # could not be measured): each such hand-back counts as a crash.
+            await self._dead_poison(msg, env, queue, _crashes(delivered, ledger), ledger)
+            return
+        now = time.time()
+        since = ledger.unroutable_since if ledger.unroutable_since is not None else now
+        waited = max(0.0, now - since)  # a clock behind the first worker's: not negative
+        if waited >= self.unroutable_after:
+            reason = unroutable_reason(
+                env, queue, exc, waited, ledger.unroutable, self.unroutable_after,
+                self.registry.modules,
+            )  # fmt: skip
+            failures = await self._history(env) if ledger.failed else []
+            stored = await self._dead(
+                msg, env, queue, reason, failures, error_type=UNROUTABLE_ERROR
+            )
+            held = self._log_unroutable(env.function) if stored else None
+            if held is not None:
+                log.error(
+                    "job %s dead-lettered to %s: %s%s", env.id,
+                    env.dead_letter_queue or layout.dead_letter_queue_for(queue), reason,
+                    _held_back(held, "unroutable jobs of this function"),
+                )  # fmt: skip
+            return
+        first, longest = UNROUTABLE_DELAY
+        delay = min(
+            first * 2.0 ** min(ledger.unroutable, 16),
+            longest,
+            self.unroutable_after / 10,
+            self.unroutable_after - waited,
+        )
+        handed = msgspec.structs.replace(
+            ledger,
+            handed_back=ledger.handed_back + 1,
+            unroutable=ledger.unroutable + 1,
+            unroutable_since=since,
+        )
+        await self._write_ledger(env.id, handed)
+        await msg.nak(delay=max(delay, 0.001))
+        held = self._log_handed_back(env.function)
+        if held is not None:
+            log.warning(
+                "job %s handed back for another worker (not an attempt): %s. Unless a worker "
+                "runs it within %gs of its first hand-back (unroutable_after; %gs so far), "
+                "it is dead-lettered as unroutable%s",
+                env.id, exc.reason, self.unroutable_after, round(waited, 1),
+                _held_back(held, "hand-backs of this function"),
+            )  # fmt: skip
+
     # ------------------------------------------------------------------ failures
     async def _failed(
         self,
@@ -942,8 +1100,14 @@ class Worker:
         reason: str,
         failures: list[FailureRecord],
         error: str | None = None,
-    ) -> None:
-        """Store the dead letter (and the records before it), then ack: never the other way."""
+        error_type: str | None = None,
+    ) -> bool:
+        """Store the dead letter (and the records before it), then ack: never the other way.
+
+        False when it could not be stored (the dead-letter stream is full): the job was
+        handed back to come again later. `error_type` is the letter's, for a dead end the
+        worker decided (`UNROUTABLE_ERROR`).
+        """
         dead_queue = env.dead_letter_queue or layout.dead_letter_queue_for(queue)
         letter = DeadLetter(
             reason=reason,
@@ -952,6 +1116,7 @@ class Worker:
             dead_at=time.time(),
             job=env,
             failures=failures,
+            error_type=error_type,
         )
         stored = await self._publish_dead(msg, letter, env.id, env.dead_letter_ttl)
         if stored and env.result_ttl is not None:
@@ -965,9 +1130,11 @@ class Worker:
                 env, JobStatus.FAILED, finished_at=letter.dead_at,
                 started_at=last.started_at if last else None,
                 attempts=last.attempt if last else 0,
-                error_type=last.error_type if last else None,
-                error=(last.message if last else reason)[:512], dead_letter_queue=dead_queue,
+                error_type=error_type or (last.error_type if last else None),
+                error=(last.message if last and not error_type else reason)[:512],
+                dead_letter_queue=dead_queue,
             )  # fmt: skip
+        return stored
 
     async def _dead_raw(self, msg: Msg, queue: str, reason: str) -> None:
         dead_queue = layout.dead_letter_queue_for(queue)
@@ -1135,6 +1302,42 @@ class Worker:
         )
 
 
+def unroutable_reason(
+    env: JobEnvelope,
+    queue: str,
+    exc: UnroutableJob,
+    waited: float,
+    handed: int,
+    unroutable_after: float,
+    modules: Sequence[str],
+) -> str:
+    """The unroutable dead letter's reason: what could not run, for how long, and the fix
+    (`modules` are those of the worker that gives up on the job)."""
+    module, qualname = exc.module, env.function.partition(":")[2]
+    if exc.imported:
+        why = f"the version of module {module} this worker imports has no {qualname}"
+        fix = (
+            f"deploy the version of {module} that defines {qualname} to the workers of "
+            f"queue {queue} (or correct the job's function name)"
+        )
+    else:
+        why = (
+            f"this worker does not import module {module} (its modules: "
+            f"{', '.join(modules) or 'none'})"
+        )
+        fix = (
+            f"run workers of queue {queue} that import it: `naq worker {queue} --import "
+            f"{module}`, NAQ_IMPORTS={module}, or `imports = [\"{module}\"]` under "
+            "[tool.naq] in their pyproject.toml"
+        )
+    return (
+        f"unroutable: no worker ran function {env.function} within {round(waited, 1):g}s "
+        f"(unroutable_after={unroutable_after:g}s; handed back {handed} times by "
+        f"workers that could not run it): {why}. To run it, {fix}; then enqueue the job "
+        "again"
+    )
+
+
 async def _within_timeout(job: Any, env: JobEnvelope) -> Any:
     """Await an async job for at most its `timeout`: cancelled past it. A `TimeoutError`
     the job raises itself (a network call of its own) stays what it is."""
@@ -1155,6 +1358,11 @@ async def _flush(logs: list[KVActionLog]) -> None:
     """A saga's outcome (committed, or rolled back) is stored before the job is settled."""
     for saga_log in logs:
         await saga_log.flush()
+
+
+def _crashes(delivered: int, ledger: Ledger) -> int:
+    """Deliveries JetStream counted that the ledger does not explain: crashes."""
+    return max(0, delivered - 1 - ledger.failed - ledger.deferred - ledger.handed_back)
 
 
 def _delivered(msg: Msg) -> int:

@@ -159,7 +159,7 @@ def test_a_result_too_big_to_store_fails_the_job_once(
     asyncio.run(main())
     assert events(trace).count(f"big_result {size}") == 1
     (letter,) = dead_letters(nats_url)
-    assert letter.reason.startswith("non-retryable error naq_resilience.jetstream.worker:")
+    assert letter.reason.startswith("non-retryable error naq_resilience:")
     assert workers[0].proc.poll() is None
 
 

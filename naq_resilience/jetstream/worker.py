@@ -177,6 +177,9 @@ class ResultTooLargeError(NonRetryable):
     kept, and running it again would not make the value smaller."""
 
 
+ResultTooLargeError.__module__ = "naq_resilience"  # its wire name, like the library's others
+
+
 class WorkerConnectionLost(ConnectionError):
     """The worker's NATS connection was closed for good; the process should exit and be
     restarted, its unsettled jobs are redelivered to other workers."""

@@ -18,8 +18,11 @@ reads about as many records as it prints, not the whole window:
    matches few jobs of a big window therefore reads most of it: narrow the window with
    `--hours` or `--since` instead.
 
-A job's record may change while this runs (it is then read again, newer, at the end):
-a job is listed once, as its newest record read.
+Records go on changing while this runs. A change moves a job's record to the window's
+end, past what was read: the listing shows the job as it was read, or, when its old
+record went before it was read, not at all; the next listing has it. Records that
+arrived meanwhile can make a step read a few records a later step read already: a job
+is listed once.
 """
 
 from __future__ import annotations
@@ -137,7 +140,7 @@ async def newest_jobs(
     step, held, span = window, total, whole
     if target < total:
         step, held, span = await _start_holding(
-            client, since, now, target, 0.0, whole * target / total
+            client, since, now, target, total, 0.0, whole * target / total
         )
     while True:
         if held > counted:
@@ -151,21 +154,27 @@ async def newest_jobs(
         if span >= whole or (limit is not None and len(found) >= limit):
             return found[:limit], total
         step, held, span = await _start_holding(
-            client, since, now, _GROWTH * counted, span, _GROWTH * span
+            client, since, now, _GROWTH * counted, total, span, _GROWTH * span
         )
 
 
 async def _start_holding(
-    client: Client, since: float, now: float, target: int, short: float, guess: float
+    client: Client,
+    since: float,
+    now: float,
+    target: int,
+    total: int,
+    short: float,
+    guess: float,
 ) -> tuple[JobWindow, int, float]:
     """A window that starts `span` seconds before `now` and holds `target` to `_SLACK` x
     `target` records, with its count and `span`: found by counting windows, reading none.
-    `short` is a span known to hold fewer than `target`. Failing that, the window at
-    `since` (the shortest span found to hold more, when its count is not too far off)."""
+    `total` is what the whole window held, `short` a span known to hold fewer than
+    `target`. Failing that, the shortest span found to hold more, or the whole window."""
     low, high = short, now - since
     best: tuple[JobWindow, int, float] | None = None
     span = guess
-    for _ in range(_PROBES):
+    for _ in range(_PROBES if target < total else 0):
         if not low < span < high:
             span = math.sqrt(low * high) if low > 0 else high / _GROWTH
         window = await client.get_jobs_in_timeframe(since=now - span)
@@ -235,7 +244,13 @@ def _window_start(args: argparse.Namespace) -> float:
                 f"--since {args.since!r} is not an ISO-8601 time; write it like "
                 "--since 2025-06-01T09:30 (UTC) or --since 2025-06-01T09:30+02:00"
             ) from None
-        return (since if since.tzinfo else since.replace(tzinfo=UTC)).timestamp()
+        at = (since if since.tzinfo else since.replace(tzinfo=UTC)).timestamp()
+        if at > time.time():
+            raise _Refused(
+                f"--since {args.since!r} is in the future, and the history holds the past; "
+                "write a time before now, like --since 2025-06-01T09:30 (UTC)"
+            )
+        return max(at, 0.0)  # nothing changed before 1970, and the server reads no earlier
     hours = 1.0 if args.hours is None else _number(args.hours)
     if hours is None or not 0 < hours < math.inf:
         raise _Refused(

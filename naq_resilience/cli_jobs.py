@@ -6,7 +6,7 @@ oldest change first. People want the newest, so `list` prints the newest N first
 reads about as many records as it prints, not the whole window:
 
 1. The window is counted (one request): the footer's total.
-2. A window of at most `max(2 * N, 1000)` records (a page) is read whole.
+2. A window of at most `max(2 * N, 1000)` records is read whole (1,000 is a page).
 3. A bigger one is read from a later start: windows that start later are counted (a
    count reads no records), bisecting on time, until one holds about that many
    records, and only those are read. A burst of jobs does not fool it the way an
@@ -250,14 +250,14 @@ def _window_start(args: argparse.Namespace) -> float:
                 f"--since {args.since!r} is in the future, and the history holds the past; "
                 "write a time before now, like --since 2025-06-01T09:30 (UTC)"
             )
-        return max(at, 0.0)  # nothing changed before 1970, and the server reads no earlier
+        return max(at, 0.0)  # nothing changed before 1970, and the server misreads before 1677
     hours = 1.0 if args.hours is None else _number(args.hours)
     if hours is None or not 0 < hours < math.inf:
         raise _Refused(
             f"--hours {args.hours!r} is not a number of hours above 0; write it like "
             "--hours 6 or --hours 0.5"
         )
-    return time.time() - hours * 3600
+    return max(time.time() - hours * 3600, 0.0)
 
 
 def _number(text: str) -> float | None:

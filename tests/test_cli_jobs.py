@@ -96,6 +96,7 @@ def test_list_shows_the_newest_first_as_json_and_as_a_table(
     assert ids(listed(capsys, nats_url, "--limit", "2")) == newest_first[:2]
     assert ids(listed(capsys, nats_url, "--limit", "0")) == newest_first
     assert ids(listed(capsys, nats_url, "--hours", "0.5")) == newest_first
+    assert ids(listed(capsys, nats_url, "--hours", "1e9")) == newest_first  # from 1970 on
     assert ids(listed(capsys, nats_url, "--since", "1000-01-01")) == newest_first
 
     code, out, err = naq(capsys, nats_url, "list")

@@ -30,11 +30,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import fnmatch
 import math
+import re
 import sys
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:
@@ -85,9 +87,12 @@ def add_jobs_command(commands: argparse._SubParsersAction[argparse.ArgumentParse
     )
     listing.add_argument(
         "--since",
-        metavar="ISO-TIME",
+        metavar="WHEN",
         default=None,
-        help="the window: from this time on, like 2025-06-01T09:30 (UTC unless it has an offset)",
+        help=(
+            "the window: from this time on: 6h or 2d (that long ago), or an ISO time like "
+            "2025-06-01T09:30 (UTC unless it has an offset)"
+        ),
     )
     listing.add_argument(
         "--status",
@@ -102,7 +107,7 @@ def add_jobs_command(commands: argparse._SubParsersAction[argparse.ArgumentParse
         "--function",
         metavar="F",
         default=None,
-        help="only jobs of this function: module:name, or the name alone",
+        help="only jobs of this function: module:qualname, the name alone, or a glob ('billing.*')",
     )
     listing.add_argument(
         "--limit", metavar="N", default="50", help="at most N jobs, the newest (default 50; 0: all)"
@@ -237,14 +242,19 @@ def _window_start(args: argparse.Namespace) -> float:
     if args.hours is not None and args.since is not None:
         raise _Refused("give --hours or --since, not both")
     if args.since is not None:
+        from naq_resilience.cli_dlq import parse_time  # as `naq dlq` reads its --since
+
         try:
-            since = datetime.fromisoformat(args.since)
-        except ValueError:
+            since = parse_time(args.since)
+        except argparse.ArgumentTypeError:
             raise _Refused(
-                f"--since {args.since!r} is not an ISO-8601 time; write it like "
-                "--since 2025-06-01T09:30 (UTC) or --since 2025-06-01T09:30+02:00"
+                f"--since {args.since!r} is neither a duration (6h, 2d: that long ago) nor an "
+                "ISO-8601 time; write it like --since 6h or --since 2025-06-01T09:30 (UTC "
+                "unless it has an offset)"
             ) from None
-        at = (since if since.tzinfo else since.replace(tzinfo=UTC)).timestamp()
+        if isinstance(since, timedelta):
+            return max(time.time() - since.total_seconds(), 0.0)
+        at = since.timestamp()
         if at > time.time():
             raise _Refused(
                 f"--since {args.since!r} is in the future, and the history holds the past; "
@@ -298,18 +308,19 @@ def _statuses(names: list[str] | None) -> frozenset[str] | None:
 def _keep(args: argparse.Namespace) -> Callable[[JobRecord], bool]:
     statuses = _statuses(args.status)
     queue: str | None = args.queue
-    function: str | None = args.function
+    function = None
+    if args.function is not None:  # a glob, as `naq dlq --function` takes it
+        pattern = fnmatch.translate(args.function)
+        if ":" not in args.function:  # a bare name matches it in any module
+            pattern = r"(?:.*:)?" + pattern
+        function = re.compile(pattern).match
 
     def keep(record: JobRecord) -> bool:
         if statuses is not None and record.status.value not in statuses:
             return False
         if queue is not None and record.queue != queue:
             return False
-        if function is None:
-            return True
-        if ":" in function:
-            return record.function == function
-        return record.function.rpartition(":")[2] == function
+        return function is None or function(record.function) is not None
 
     return keep
 

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import Any
 
+import msgspec
 import pytest
 
 from naq_resilience import Client, JobRecord, JobStatus, Worker, cli, cli_jobs
@@ -97,6 +98,7 @@ def test_list_shows_the_newest_first_as_json_and_as_a_table(
     assert ids(listed(capsys, nats_url, "--limit", "0")) == newest_first
     assert ids(listed(capsys, nats_url, "--hours", "0.5")) == newest_first
     assert ids(listed(capsys, nats_url, "--hours", "1e9")) == newest_first  # from 1970 on
+    assert ids(listed(capsys, nats_url, "--since", "2h")) == newest_first  # as naq dlq takes it
     assert ids(listed(capsys, nats_url, "--since", "1000-01-01")) == newest_first
 
     code, out, err = naq(capsys, nats_url, "list")
@@ -152,6 +154,8 @@ def test_list_filters_and_show_prints_every_field(
     by_name = listed(capsys, nats_url, "--function", "worker_jobs:add", "--queue", "default")
     assert sorted(ids(by_name)) == sorted(good)
     assert listed(capsys, nats_url, "--function", "other:add") == []
+    assert sorted(ids(listed(capsys, nats_url, "--function", "worker_jobs:fail_*"))) == sorted(bad)
+    assert len(listed(capsys, nats_url, "--function", "*")) == 6
     assert listed(capsys, nats_url, "--status", "running") == []
     assert len(listed(capsys, nats_url, "--status", "completed", "--limit", "1")) == 1
 
@@ -175,7 +179,8 @@ def test_list_filters_and_show_prints_every_field(
     assert code == 0, err
     shown = block(out)
     assert next(iter(shown)) == "job_id"
-    assert set(shown) == set(record) | {"scheduled_for", "next_retry_at"}
+    fields = msgspec.structs.fields(JobRecord)
+    assert sorted(shown) == sorted(field.name for field in fields)  # unset ones too
     assert (shown["job_id"], shown["status"], shown["function"]) == (
         bad[0], "failed", "worker_jobs:fail_with",
     )  # fmt: skip
@@ -186,6 +191,9 @@ def test_list_filters_and_show_prints_every_field(
         assert at.utcoffset().total_seconds() == 0  # type: ignore[union-attr]
         assert at.timestamp() == pytest.approx(record[name], abs=0.001)
     assert (shown["scheduled_for"], shown["next_retry_at"]) == ("-", "-")
+    unset = [field.name for field in fields if field.default is None and field.name not in record]
+    assert unset
+    assert all(shown[name] == "-" for name in unset)
 
 
 @pytest.mark.usefixtures("clean_jetstream")
@@ -236,7 +244,7 @@ def test_a_big_window_is_read_from_a_later_start(
         (["list", "--status", "dead"], "a job that failed for good is recorded as failed"),
         (["list", "--hours", "0"], "write it like --hours 6 or --hours 0.5"),
         (["list", "--hours", "soon"], "write it like --hours 6 or --hours 0.5"),
-        (["list", "--since", "yesterday"], "write it like --since 2025-06-01T09:30"),
+        (["list", "--since", "yesterday"], "write it like --since 6h or --since 2025-06-01T09:30"),
         (["list", "--since", "2999-01-01"], "is in the future, and the history holds the past"),
         (["list", "--hours", "2", "--since", "2025-06-01"], "give --hours or --since, not both"),
         (["list", "--limit", "-3"], "write it like --limit 20 (0: all)"),

@@ -19,6 +19,7 @@ from pathlib import Path
 from types import FrameType
 
 from naq_resilience.cli_dlq import add_dlq_command
+from naq_resilience.cli_jobs import add_jobs_command
 from naq_resilience.cli_schedule import add_schedule_command
 from naq_resilience.cli_worker import add_worker_command
 
@@ -237,6 +238,7 @@ COMMANDS: tuple[AddCommand, ...] = (
     add_worker_command,
     add_dlq_command,
     add_schedule_command,
+    add_jobs_command,
 )
 
 

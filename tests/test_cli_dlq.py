@@ -13,7 +13,7 @@ import pytest
 from test_dead_letters import letter, write
 
 from naq_resilience import cli
-from naq_resilience.cli_dlq import parse_duration, parse_time
+from naq_resilience.cli._common import parse_duration, parse_time
 
 pytestmark = pytest.mark.usefixtures("clean_jetstream")
 

@@ -16,7 +16,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from naq_resilience import Client, JobRecord, JobStatus, Worker, cli, cli_jobs
+from naq_resilience import Client, JobRecord, JobStatus, Worker, cli
+from naq_resilience.cli import jobs as cli_jobs
 
 import worker_jobs
 from conftest import ROOT, free_port

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime as dt
 import fnmatch
 import hashlib
@@ -422,7 +423,9 @@ class Reader:
             return f"naq.dead.{layout.dead_letter_queue_for(name)}.*"
         return f"naq.dead.{name}.*"
 
-    async def _consumer(self, subject: str, after: int, since: float | None) -> str:
+    async def _consumer(self, subject: str, after: int, since: float | None) -> tuple[str, int]:
+        """A new ephemeral consumer, and how many messages it has to deliver (the
+        server counts them as it creates it: no second request)."""
         js, _ = await self._client._ready()
         config = ConsumerConfig(
             filter_subject=subject,
@@ -442,25 +445,22 @@ class Reader:
             if not await self._client._stream_missing(exc):
                 raise
             info = await js.add_consumer(layout.DEAD_STREAM, config)
-        return info.name
+        return info.name, info.num_pending or 0
 
     async def _delete(self, name: str) -> None:
-        js, _ = await self._client._ready()
-        try:
-            await js.delete_consumer(layout.DEAD_STREAM, name)
-        except Exception:  # it goes by itself after inactive_threshold
-            await asyncio.sleep(0)
+        """Asked without waiting for the answer: a consumer left behind goes by itself
+        after `inactive_threshold`."""
+        nc = self._client._nc
+        if nc is not None and not nc.is_closed:
+            with contextlib.suppress(Exception):
+                await nc.publish(f"$JS.API.CONSUMER.DELETE.{layout.DEAD_STREAM}.{name}", b"")
 
     async def pending(self, flt: DeadLetterFilter, after: int = 0) -> int:
         """How many messages the filter's subjects hold from its start: one request."""
-        js, _ = await self._client._ready()
         subject = await self.subject_filter(flt.dead_letter_queue)
-        name = await self._consumer(subject, after, flt._since)
-        try:
-            info = await js.consumer_info(layout.DEAD_STREAM, name)
-            return info.num_pending or 0
-        finally:
-            await self._delete(name)
+        name, pending = await self._consumer(subject, after, flt._since)
+        await self._delete(name)
+        return pending
 
     async def scan(
         self, flt: DeadLetterFilter, after: int = 0, page: int = _PAGE
@@ -468,14 +468,12 @@ class Reader:
         """The letters matching `flt` after stream sequence `after`, oldest first, in
         batches as they are read, each with how many letters were read so far; the
         stream's end is fixed when the scan starts."""
-        js, _ = await self._client._ready()
+        await self._client._ready()
         nc = self._client._nc
         assert nc is not None
         subject = await self.subject_filter(flt.dead_letter_queue)
-        name = await self._consumer(subject, after, flt._since)
+        name, total = await self._consumer(subject, after, flt._since)
         try:
-            info = await js.consumer_info(layout.DEAD_STREAM, name)
-            total = info.num_pending or 0
             if total == 0:
                 return
             got: list[Msg] = []

@@ -90,6 +90,7 @@ from naq_resilience.jetstream.connection import (
     while_jetstream_starts,
 )
 from naq_resilience.jetstream.heartbeat import Heartbeats
+from naq_resilience.jetstream.observers import JobObserver, Observers
 from naq_resilience.jetstream.project import NO_MODULES_WARNING, import_sources
 from naq_resilience.jetstream.publisher import Publisher, StreamFullError
 from naq_resilience.jetstream.puller import Puller
@@ -304,7 +305,8 @@ class Worker:
     `strict` (or `NAQ_STRICT=1`) runs only functions marked `@job` or given in
     `functions`. Durations are seconds or `timedelta`s. `format` is what results are
     stored as: by default what `NAQ_JOB_SERIALIZER` says (json when unset; `pickle` is
-    refused here, at start).
+    refused here, at start). `observers` are told of every change of a job's state and
+    every failed attempt (`JobObserver`): metrics, counters, logs.
     """
 
     def __init__(
@@ -325,6 +327,7 @@ class Worker:
         format: Format | None = None,
         worker_id: str | None = None,
         unroutable_after: Duration | None = None,
+        observers: Iterable[JobObserver] = (),
     ) -> None:
         names = [queues] if isinstance(queues, str) else list(queues)
         if not names:
@@ -377,6 +380,7 @@ class Worker:
         self._log_handed_back = _Every(LOG_EVERY)
         self._log_refused = _Every(LOG_EVERY)
         self._log_unroutable = _Every(LOG_EVERY)
+        self.observers = Observers(tuple(observers))
         self.processed = 0
         self.failed = 0
 
@@ -864,6 +868,8 @@ class Worker:
             await self._nc.publish(
                 layout.history_subject(env.id), self._record_encoder.encode(record)
             )
+        if self.observers.items:
+            self.observers.job_changed(record)
 
     async def _announce_running(self) -> None:
         """Jobs that have run for a second are recorded as running. From the loop, on
@@ -1042,6 +1048,8 @@ class Worker:
         assert self._nc is not None
         limit = min(RECORD_LIMIT, self._nc.max_payload - 1024)
         record, payload = fit_failure(record, self._record_encoder.encode, limit)
+        if self.observers.items:
+            self.observers.attempt_failed(record)
         assert self._publisher is not None
         if delay is not None:
             # Both stored before the nak: the history is complete, and the redelivery

@@ -1,11 +1,4 @@
-"""The `naq` command.
-
-Each subcommand is added by one `add_*_command(subparsers)` function listed in
-`COMMANDS`; a subcommand bigger than a screen lives in a module of its own. The
-function sets `handler` on its parser: a function from the parsed arguments to the
-exit code. Handlers import what they need when they run, so `naq --help` and the
-other subcommands do not pay for it.
-"""
+"""`naq server [--cluster N]`: a local nats-server with JetStream, until Ctrl-C."""
 
 from __future__ import annotations
 
@@ -14,25 +7,16 @@ import contextlib
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 
-from naq_resilience.cli_dlq import add_dlq_command
-from naq_resilience.cli_jobs import add_jobs_command
-from naq_resilience.cli_schedule import add_schedule_command
-from naq_resilience.cli_worker import add_worker_command
-
-__all__ = ["COMMANDS", "add_server_command", "build_parser", "main"]
-
-Subparsers = argparse._SubParsersAction  # argparse has no public name for it
-AddCommand = Callable[["Subparsers[argparse.ArgumentParser]"], None]
-Handler = Callable[[argparse.Namespace], int]
+__all__ = ["add_server_command", "stop_requested"]
 
 _POLL_SECONDS = 0.5
 
 
-def add_server_command(commands: Subparsers[argparse.ArgumentParser]) -> None:
+def add_server_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser(
         "server",
         help="run a local NATS server with JetStream",
@@ -112,7 +96,7 @@ def _run_server(args: argparse.Namespace) -> int:
 
     store_dir: Path = args.store_dir or default_store_dir()
     log_file: Path = args.log_file or store_dir / "nats-server.log"
-    with _stop_requested() as stop:
+    with stop_requested() as stop:
         try:
             with EmbeddedServer(
                 args.host,
@@ -147,7 +131,7 @@ def _run_server(args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def _stop_requested() -> Iterator[threading.Event]:
+def stop_requested() -> Iterator[threading.Event]:
     """An event SIGINT and SIGTERM set while the block runs; the old handlers come back after.
 
     The servers run in sessions of their own, so a Ctrl-C reaches only us, and we stop
@@ -193,7 +177,7 @@ def _run_cluster(args: argparse.Namespace) -> int:
     from naq_resilience.jetstream.server import NatsServerNotFoundError, ServerStartError
 
     store_dir: Path = args.store_dir or default_cluster_store_dir(args.cluster)
-    with _stop_requested() as stop:
+    with stop_requested() as stop:
         try:
             with EmbeddedCluster(
                 args.cluster,
@@ -231,33 +215,3 @@ def _run_cluster(args: argparse.Namespace) -> int:
             return 1
     print("naq server: stopped", flush=True)
     return 0
-
-
-COMMANDS: tuple[AddCommand, ...] = (
-    add_server_command,
-    add_worker_command,
-    add_dlq_command,
-    add_schedule_command,
-    add_jobs_command,
-)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="naq", description="naq-resilience: resilient background jobs on NATS JetStream."
-    )
-    commands = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
-    commands.required = True
-    for add_command in COMMANDS:
-        add_command(commands)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    handler: Handler = args.handler
-    return handler(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -6,49 +6,30 @@ replays by filter, ask first unless `--yes` (and refuse without a terminal to as
 from __future__ import annotations
 
 import argparse
-import asyncio
-import re
 import sys
-import time
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from naq_resilience.cli._common import (
+    Progress,
+    confirm,
+    exits,
+    parse_duration,
+    parse_time,
+    run_client,
+    table,
+    to_json,
+    utc,
+)
 
 if TYPE_CHECKING:
     from naq_resilience.jetstream.client import Client
     from naq_resilience.jetstream.deadletters import DeadLetterFilter
     from naq_resilience.models import DeadLetter
 
-__all__ = ["add_dlq_command", "parse_duration", "parse_time"]
+__all__ = ["add_dlq_command"]
 
-T = TypeVar("T")
 Parser = argparse.ArgumentParser
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
-
-
-def parse_duration(text: str) -> timedelta:
-    """`90s`, `15m`, `2h`, `7d`, `1w`."""
-    match = _DURATION.match(text.strip())
-    if not match:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a duration; write a number and a unit: 90s, 15m, 2h, 7d, 1w"
-        )
-    return timedelta(seconds=float(match[1]) * _UNITS[match[2]])
-
-
-def parse_time(text: str) -> datetime | timedelta:
-    """A duration meaning that long ago (`2h`), or an ISO-8601 time (UTC unless it says)."""
-    if _DURATION.match(text.strip()):
-        return parse_duration(text)
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is neither a duration (2h, 7d: that long ago) nor an ISO time "
-            "(2026-11-30T08:00:00Z)"
-        ) from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def _common(parser: Parser) -> None:
@@ -218,99 +199,6 @@ def _replay_options(parser: Parser) -> None:
 # --------------------------------------------------------------------------- running
 
 
-class _Exit(Exception):
-    def __init__(self, code: int) -> None:
-        self.code = code
-
-
-def _exits(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return handler(args)
-        except _Exit as stop:
-            return stop.code
-
-    return run
-
-
-def _run(action: str, call: Callable[[Client], Awaitable[T]], url: str | None) -> T:
-    """Run `call` with a client; an error a person can act on is one line and exit 1."""
-    from naq_resilience.jetstream.client import Client
-    from naq_resilience.jetstream.connection import (
-        JetStreamUnavailableError,
-        NatsUnavailableError,
-    )
-    from naq_resilience.jetstream.deadletters import (
-        AlreadyReplayedError,
-        DeadLetterNotFoundError,
-        NotReplayableError,
-    )
-
-    async def main() -> T:
-        async with Client(url) as client:
-            return await call(client)
-
-    try:
-        return asyncio.run(main())
-    except (
-        NatsUnavailableError,
-        JetStreamUnavailableError,
-        DeadLetterNotFoundError,
-        NotReplayableError,
-        AlreadyReplayedError,
-        ValueError,
-        TypeError,
-    ) as exc:
-        print(f"naq dlq {action}: {exc}", file=sys.stderr)
-        raise _Exit(1) from None
-
-
-def _confirm(question: str, yes: bool) -> bool:
-    if yes:
-        return True
-    if not sys.stdin.isatty():
-        print(f"{question} Not asked (no terminal): pass --yes to go ahead.", file=sys.stderr)
-        return False
-    answer = input(f"{question} [y/N] ")
-    return answer.strip().lower() in ("y", "yes")
-
-
-class _Progress:
-    """A bar on stderr when it is a terminal; silent otherwise (logs stay clean)."""
-
-    def __init__(self, what: str) -> None:
-        self._what = what
-        self._live = sys.stderr.isatty()
-        self._shown = 0.0
-
-    def __call__(self, done: int, total: int) -> None:
-        if not self._live:
-            return
-        now = time.monotonic()
-        if done < total and now - self._shown < 0.1:
-            return
-        self._shown = now
-        width = 30
-        filled = width * done // max(total, 1)
-        bar = "#" * filled + "-" * (width - filled)
-        end = "\n" if done >= total else ""
-        print(f"\r{self._what} [{bar}] {done}/{total}", end=end, file=sys.stderr, flush=True)
-
-
-def _when(at: float | None) -> str:
-    if at is None:
-        return "-"
-    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _table(rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    )
-
-
 def _short(text: str, width: int) -> str:
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 1] + "…"
@@ -324,7 +212,7 @@ def _letter_rows(letters: list[DeadLetter]) -> list[tuple[str, ...]]:
     ]
     for letter in letters:
         rows.append((
-            letter.id, _when(letter.dead_at), letter.dead_letter_queue,
+            letter.id, utc(letter.dead_at, ""), letter.dead_letter_queue,
             letter.job.function if letter.job else "-",
             (error_type(letter) or "-").rpartition(":")[2], letter_classification(letter),
             str(len(letter.replays)) if letter.replays else "-", _short(letter.reason, 60),
@@ -332,62 +220,56 @@ def _letter_rows(letters: list[DeadLetter]) -> list[tuple[str, ...]]:
     return rows
 
 
-def _json(value: Any) -> str:
-    import msgspec
-
-    return msgspec.json.encode(value).decode()
-
-
 # --------------------------------------------------------------------------- the actions
 
 
-@_exits
+@exits
 def _list(args: argparse.Namespace) -> int:
     flt = _filter_of(args)
-    page = _run(
+    page = run_client(
         "list",
         lambda c: c.list_dead_letters(flt, limit=args.limit, after=args.after),
         args.nats_url,
     )
     if args.json:
-        print(_json({
+        print(to_json({
             "letters": page.letters, "sequences": page.sequences, "next_after": page.next_after,
         }))  # fmt: skip
         return 0
     if not page.letters:
         print("no dead letters" + (" match" if _has_filter(args) else ""))
         return 0
-    print(_table(_letter_rows(page.letters)))
+    print(table(_letter_rows(page.letters)))
     if page.next_after is not None:
         print(f"\nmore: naq dlq list ... --after {page.next_after}")
     return 0
 
 
-@_exits
+@exits
 def _count(args: argparse.Namespace) -> int:
     flt = _filter_of(args)
-    total = _run("count", lambda c: c.count_dead_letters(flt), args.nats_url)
+    total = run_client("dlq count", lambda c: c.count_dead_letters(flt), args.nats_url)
     if args.json:
-        print(_json({"count": total}))
+        print(to_json({"count": total}))
     else:
         print(total)
     return 0
 
 
-@_exits
+@exits
 def _show(args: argparse.Namespace) -> int:
     async def read(client: Client) -> tuple[DeadLetter, list[Any]]:
         letter = await client.get_dead_letter(args.id)
         return letter, await client.get_failure_history(letter)
 
-    found = _run("show", read, args.nats_url)
+    found = run_client("dlq show", read, args.nats_url)
     letter, history = found
     if args.json:
         import msgspec
 
         data = msgspec.to_builtins(letter)
         data["failures"] = msgspec.to_builtins(history)
-        print(_json(data))
+        print(to_json(data))
         return 0
     print(_describe(letter, history))
     return 0
@@ -400,7 +282,7 @@ def _describe(letter: DeadLetter, history: list[Any]) -> str:
     lines = [
         f"dead letter {letter.id}",
         f"  reason:          {letter.reason}",
-        f"  dead at:         {_when(letter.dead_at)} UTC",
+        f"  dead at:         {utc(letter.dead_at)}",
         f"  queue:           {letter.queue}",
         f"  dead-letter queue: {letter.dead_letter_queue}",
         f"  classification:  {letter_classification(letter)} (analyze_failure: "
@@ -409,9 +291,9 @@ def _describe(letter: DeadLetter, history: list[Any]) -> str:
     if job is not None:
         lines += [
             f"  function:        {job.function}",
-            f"  args:            {_short(_json(job.args), 200)}",
-            f"  kwargs:          {_short(_json(job.kwargs), 200)}",
-            f"  enqueued at:     {_when(job.enqueued_at or None)} UTC",
+            f"  args:            {_short(to_json(job.args), 200)}",
+            f"  kwargs:          {_short(to_json(job.kwargs), 200)}",
+            f"  enqueued at:     {utc(job.enqueued_at)}",
         ]
         if job.replay_of:
             lines.append(f"  replay of:       {job.replay_of}")
@@ -422,16 +304,16 @@ def _describe(letter: DeadLetter, history: list[Any]) -> str:
     for note in letter.cut:
         lines.append(f"  note:            {note}")
     for replay in letter.replays:
-        later = f", runs at {_when(replay.scheduled_for)} UTC" if replay.scheduled_for else ""
+        later = f", runs at {utc(replay.scheduled_for)}" if replay.scheduled_for else ""
         lines.append(
-            f"  replayed:        {_when(replay.replayed_at)} UTC as job {replay.job_id} on "
+            f"  replayed:        {utc(replay.replayed_at)} as job {replay.job_id} on "
             f"{replay.queue}{later}"
         )
     lines.append(f"failures ({len(history)}):")
     for failure in history:
         lines.append(
-            f"  attempt {failure.attempt} of {failure.max_attempts} at {_when(failure.failed_at)} "
-            f"UTC on {failure.worker_id or '?'}: {failure.error_type}: {failure.message}"
+            f"  attempt {failure.attempt} of {failure.max_attempts} at {utc(failure.failed_at)} "
+            f"on {failure.worker_id or '?'}: {failure.error_type}: {failure.message}"
             f" [{failure.classification}, {failure.outcome}]"
         )
         if failure.traceback:
@@ -446,7 +328,7 @@ def _replay_options_of(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
-@_exits
+@exits
 def _replay(args: argparse.Namespace) -> int:
     options = _replay_options_of(args)
     if args.ids and _has_filter(args):
@@ -463,32 +345,32 @@ def _replay(args: argparse.Namespace) -> int:
                 done.append((letter_id, job.job_id))
             return done
 
-        replayed = _run("replay", some, args.nats_url)
+        replayed = run_client("dlq replay", some, args.nats_url)
         skipped: list[tuple[str, str]] = []
     else:
         flt = _filter_of(args)
-        total = _run("replay", lambda c: c.count_dead_letters(flt), args.nats_url)
+        total = run_client("dlq replay", lambda c: c.count_dead_letters(flt), args.nats_url)
         if total == 0:
             print("no dead letters match: nothing to replay")
             return 0
         what = "every dead letter" if not _has_filter(args) else "the dead letters that match"
-        if not _confirm(f"Replay {what} ({total})?", args.yes):
+        if not confirm(f"Replay {what} ({total})?", args.yes):
             return 1
-        report = _run(
-            "replay",
+        report = run_client(
+            "dlq replay",
             lambda c: c.replay_dead_letters(
                 flt,
                 rate=args.rate,
                 force=args.force,
                 queue_name=args.queue_name,
                 options=options,
-                progress=_Progress("replaying"),
+                progress=Progress("replaying"),
             ),
             args.nats_url,
         )
         replayed, skipped = report.replayed, report.skipped
     if args.json:
-        print(_json({
+        print(to_json({
             "replayed": [{"letter": a, "job": b} for a, b in replayed],
             "skipped": [{"letter": a, "why": b} for a, b in skipped],
         }))  # fmt: skip
@@ -501,15 +383,15 @@ def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
-@_exits
+@exits
 def _reschedule(args: argparse.Namespace) -> int:
     options = _replay_options_of(args)
     at = args.at
     if isinstance(at, timedelta):
         print("naq dlq reschedule: --at takes a time; for a delay use --in", file=sys.stderr)
         return 2
-    job = _run(
-        "reschedule",
+    job = run_client(
+        "dlq reschedule",
         lambda c: c.reschedule_dead_letter(
             args.id,
             delay=args.delay,
@@ -524,20 +406,20 @@ def _reschedule(args: argparse.Namespace) -> int:
     return 0
 
 
-@_exits
+@exits
 def _archive(args: argparse.Namespace) -> int:
     flt = _filter_of(args)
     if args.delete:
-        total = _run("archive", lambda c: c.count_dead_letters(flt), args.nats_url)
+        total = run_client("dlq archive", lambda c: c.count_dead_letters(flt), args.nats_url)
         if total == 0:
             print("no dead letters match: nothing to archive")
             return 0
-        if not _confirm(f"Archive {total} dead letters to {args.out}, then delete them?", args.yes):
+        if not confirm(f"Archive {total} dead letters to {args.out}, then delete them?", args.yes):
             return 1
-    written = _run(
-        "archive",
+    written = run_client(
+        "dlq archive",
         lambda c: c.archive_dead_letters(
-            args.out, flt, delete=args.delete, progress=_Progress("archiving")
+            args.out, flt, delete=args.delete, progress=Progress("archiving")
         ),
         args.nats_url,
     )
@@ -546,7 +428,7 @@ def _archive(args: argparse.Namespace) -> int:
     return 0
 
 
-@_exits
+@exits
 def _discard(args: argparse.Namespace) -> int:
     if args.ids and _has_filter(args):
         print("naq dlq discard: give letter ids or filters, not both", file=sys.stderr)
@@ -562,15 +444,15 @@ def _discard(args: argparse.Namespace) -> int:
     if args.ids:
         question = f"Discard {len(args.ids)} dead letters ({', '.join(args.ids[:5])}...)?"
     else:
-        total = _run("discard", lambda c: c.count_dead_letters(flt), args.nats_url)
+        total = run_client("dlq discard", lambda c: c.count_dead_letters(flt), args.nats_url)
         if total == 0:
             print("no dead letters match: nothing to discard")
             return 0
         question = f"Discard the {total} dead letters that match?"
-    if not _confirm(question, args.yes):
+    if not confirm(question, args.yes):
         return 1
-    removed = _run(
-        "discard",
+    removed = run_client(
+        "dlq discard",
         lambda c: c.discard_dead_letters(args.ids or None, None if args.ids else flt),
         args.nats_url,
     )
@@ -578,17 +460,17 @@ def _discard(args: argparse.Namespace) -> int:
     return 0
 
 
-@_exits
+@exits
 def _purge(args: argparse.Namespace) -> int:
     from naq_resilience.jetstream.deadletters import DeadLetterFilter
 
     flt = DeadLetterFilter(dead_letter_queue=args.dlq)
-    total = _run("purge", lambda c: c.count_dead_letters(flt), args.nats_url)
+    total = run_client("dlq purge", lambda c: c.count_dead_letters(flt), args.nats_url)
     if total == 0:
         print(f"no dead letters in {args.dlq}: nothing to purge")
         return 0
-    if not _confirm(f"Remove all {total} dead letters of {args.dlq}?", args.yes):
+    if not confirm(f"Remove all {total} dead letters of {args.dlq}?", args.yes):
         return 1
-    removed = _run("purge", lambda c: c.purge_dead_letters(args.dlq), args.nats_url)
+    removed = run_client("dlq purge", lambda c: c.purge_dead_letters(args.dlq), args.nats_url)
     print(f"purged {removed} dead letters from {args.dlq}")
     return 0

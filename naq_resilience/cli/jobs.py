@@ -39,6 +39,8 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, cast
 
+from naq_resilience.cli._common import parse_time, table, utc
+
 if TYPE_CHECKING:
     from nats.aio.client import Client as NatsClient
 
@@ -242,8 +244,6 @@ def _window_start(args: argparse.Namespace) -> float:
     if args.hours is not None and args.since is not None:
         raise _Refused("give --hours or --since, not both")
     if args.since is not None:
-        from naq_resilience.cli_dlq import parse_time  # as `naq dlq` reads its --since
-
         try:
             since = parse_time(args.since)
         except argparse.ArgumentTypeError:
@@ -339,12 +339,6 @@ def _filters(args: argparse.Namespace) -> str:
 # --------------------------------------------------------------------------- output
 
 
-def _time(at: float | None) -> str:
-    if not at:  # None, or an enqueued_at of 0: unknown
-        return "-"
-    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
 def _iso(at: float) -> str:
     return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds")
 
@@ -354,13 +348,9 @@ def _table(records: list[JobRecord]) -> str:
     for record in records:
         rows.append((
             record.job_id, record.status.value, record.function, record.queue,
-            str(record.attempts), _time(record.updated_at), record.error_type or "-",
+            str(record.attempts), utc(record.updated_at), record.error_type or "-",
         ))  # fmt: skip
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    )
+    return table(rows)
 
 
 def _jobs(count: int) -> str:
@@ -369,10 +359,10 @@ def _jobs(count: int) -> str:
 
 def _footer(shown: int, total: int, since: float, filters: str, limit: int | None) -> str:
     """The line under the table: how many are shown, of how many in the window."""
-    window = f"{_jobs(total)} changed since {_time(since)}"
+    window = f"{_jobs(total)} changed since {utc(since)}"
     if not filters:
         if not shown:
-            return f"no jobs changed since {_time(since)}"
+            return f"no jobs changed since {utc(since)}"
         if shown == limit and shown < total:
             return f"the newest {shown:,} of the {window}; --limit N shows more"
         return f"{window}, newest first"

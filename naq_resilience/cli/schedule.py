@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
+
+from naq_resilience.cli._common import table, utc
 
 if TYPE_CHECKING:
     from naq_resilience.jetstream.schedules import ScheduleInfo
@@ -44,25 +45,15 @@ def _when(info: ScheduleInfo) -> str:
     return "once"
 
 
-def _time(at: float | None) -> str:
-    if at is None:
-        return "-"
-    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _table(infos: list[ScheduleInfo]) -> str:
+def _table_of(infos: list[ScheduleInfo]) -> str:
     rows = [("ID", "QUEUE", "FUNCTION", "WHEN", "NEXT RUN", "RUNS LEFT", "STATE")]
     for info in infos:
         rows.append((
-            info.id, info.queue, info.function, _when(info), _time(info.next_run),
+            info.id, info.queue, info.function, _when(info), utc(info.next_run),
             "until cancelled" if info.runs_left is None else str(info.runs_left),
             "paused" if info.paused else "active",
         ))  # fmt: skip
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    )
+    return table(rows)
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -86,7 +77,7 @@ def _list(args: argparse.Namespace) -> int:
     if args.json:
         print(msgspec.json.encode(infos).decode())
     elif infos:
-        print(_table(infos))
+        print(_table_of(infos))
     else:
         print("no scheduled jobs" + (f" on queue {args.queue}" if args.queue else ""))
     return 0

@@ -61,6 +61,7 @@ from naq_resilience.models import (  # noqa: E402
     ReplayRecord,
     SagaLogRecord,
     ScheduleRecord,
+    WorkerInfo,
 )
 
 Doc = dict[str, str]
@@ -423,6 +424,24 @@ EXAMPLES: dict[type[msgspec.Struct], list[tuple[str, Any]]] = {
             ),
         )
     ],
+    WorkerInfo: [
+        (
+            "A worker on two queues, running three jobs.",
+            WorkerInfo(
+                worker_id="worker-7:4242:a1b2c3",
+                host="worker-7",
+                pid=4242,
+                queues=["emails", "default"],
+                concurrency=10,
+                started_at=T0,
+                seen_at=T0 + 3600.0,
+                processed=51234,
+                failed=17,
+                running=3,
+                library="0.1.0",
+            ),
+        )
+    ],
     Ledger: [
         (
             "A job that failed twice and was deferred once by an open breaker.",
@@ -759,6 +778,13 @@ def section_subjects(c: Code) -> list[str]:
             "nats-server, when a schedule fires (with `Nats-Scheduler` and "
             "`Nats-Schedule-Next` headers)",
             f"`{layout.JOB_STREAM}`, which sources it as `{job_subject}`",
+        ),
+        (
+            f"$KV.{layout.WORKER_BUCKET}.<worker id, `:` as `_`>",
+            "WorkerInfo",
+            f"every worker, every 5 s (bucket `{layout.WORKER_BUCKET}`, in memory, entries "
+            f"expire after {layout.WORKER_TTL:g} s; created by the first worker)",
+            "`naq status`, `Client.fleet_status()`",
         ),
         (
             f"$KV.{layout.ATTEMPT_BUCKET}.{JOB}",

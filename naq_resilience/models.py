@@ -34,6 +34,7 @@ __all__ = [
     "Ledger",
     "ReplayRecord",
     "SagaLogRecord",
+    "WorkerInfo",
     "ScheduleRecord",
 ]
 
@@ -428,6 +429,39 @@ class BreakerRecord(msgspec.Struct, kw_only=True):
     """Counts transitions; a reader ignores a record older than the state it has."""
     updated_by: str = ""
     """The worker id that wrote it (a worker ignores its own writes)."""
+
+
+class WorkerInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A live worker, as `naq status` shows it: written by the worker every few seconds
+    under its id in the `naq-workers` bucket, whose entries expire when they stop coming.
+    """
+
+    version: int = _written(1)
+    """Record format version."""
+    worker_id: str
+    """The worker's id (`host:pid:random` unless named)."""
+    host: str
+    """The worker's host name."""
+    pid: int
+    """The worker's process id."""
+    queues: list[str]
+    """The queues it takes jobs from."""
+    concurrency: int
+    """How many jobs it runs at once at most."""
+    started_at: float
+    """When it started, unix time in seconds."""
+    seen_at: float
+    """When it wrote this record, unix time in seconds."""
+    processed: int = 0
+    """Jobs it completed since it started."""
+    failed: int = 0
+    """Attempts that failed since it started."""
+    running: int = 0
+    """Jobs running now."""
+    library: str = ""
+    """The naq-resilience version it runs."""
+    stopping: bool = False
+    """True once it was asked to stop and is finishing its jobs."""
 
 
 class Ledger(msgspec.Struct, kw_only=True, omit_defaults=True):

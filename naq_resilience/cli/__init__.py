@@ -12,10 +12,12 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from naq_resilience.cli.breakers import add_breakers_command
 from naq_resilience.cli.dlq import add_dlq_command
 from naq_resilience.cli.jobs import add_jobs_command
 from naq_resilience.cli.schedule import add_schedule_command
 from naq_resilience.cli.server import add_server_command
+from naq_resilience.cli.status import add_status_command
 from naq_resilience.cli.worker import add_worker_command
 
 __all__ = ["COMMANDS", "AddCommand", "Handler", "Subparsers", "build_parser", "main"]
@@ -30,6 +32,8 @@ COMMANDS: tuple[AddCommand, ...] = (
     add_dlq_command,
     add_jobs_command,
     add_schedule_command,
+    add_status_command,
+    add_breakers_command,
 )
 
 

@@ -17,6 +17,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Exit",
+    "ago",
+    "colour",
+    "watch",
     "Progress",
     "confirm",
     "exits",
@@ -167,3 +170,42 @@ class Progress:
         bar = "#" * filled + "-" * (width - filled)
         end = "\n" if done >= total else ""
         print(f"\r{self._what} [{bar}] {done}/{total}", end=end, file=sys.stderr, flush=True)
+
+
+_COLOURS = {"red": "31", "yellow": "33", "green": "32", "dim": "2", "bold": "1"}
+
+
+def colour(text: str, name: str) -> str:
+    """`text` in a colour when stdout is a terminal (and NO_COLOR is unset); as is otherwise."""
+    import os
+
+    if not sys.stdout.isatty() or os.environ.get("NO_COLOR"):
+        return text
+    return f"\033[{_COLOURS[name]}m{text}\033[0m"
+
+
+def ago(at: float | None, now: float) -> str:
+    """`12s ago`, `3m ago`, `2h ago`; `-` when unknown."""
+    if not at:
+        return "-"
+    seconds = max(0.0, now - at)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit} ago"
+    return f"{seconds:.0f}s ago"
+
+
+def watch(render: Callable[[], str], every: float | None) -> int:
+    """Print `render()` once, or every `every` seconds until Ctrl-C, redrawing a terminal."""
+    if every is None:
+        print(render())
+        return 0
+    try:
+        while True:
+            text = render()
+            if sys.stdout.isatty():
+                print("\033[H\033[J", end="")
+            print(text, flush=True)
+            time.sleep(every)
+    except KeyboardInterrupt:
+        return 0

@@ -66,8 +66,10 @@ from naq_resilience.jetstream.history import (
 from naq_resilience.jetstream.publisher import Publisher, PublishTimeoutError, StreamFullError
 from naq_resilience.jetstream.registry import function_name
 from naq_resilience.jetstream.signatures import call_shape, check_call
+from naq_resilience.jetstream.stores import read_breakers, set_breaker
 from naq_resilience.jetstream.streams import Buckets, StorageSettings, ensure_layout
 from naq_resilience.models import (
+    BreakerRecord,
     DeadLetter,
     FailureRecord,
     JobEnvelope,
@@ -76,6 +78,7 @@ from naq_resilience.models import (
     JobResult,
     JobStatus,
 )
+from naq_resilience.policies.breaker import CircuitState
 from naq_resilience.policies.classify import exception_types
 from naq_resilience.policies.delays import DelaySchedule
 from naq_resilience.policies.durations import Duration, seconds
@@ -84,6 +87,7 @@ from naq_resilience.policies.pipeline import qualified_name
 
 if TYPE_CHECKING:
     from naq_resilience.jetstream.schedules import ScheduledJob, ScheduleInfo
+    from naq_resilience.jetstream.status import FleetStatus
 
 __all__ = [
     "Client",
@@ -706,6 +710,35 @@ class Client:
             self._nc, js, layout.DEAD_STREAM, layout.DEAD_SUBJECTS,
             _window_start(hours, since), dead_letter_record, self._stream_missing,
         )  # fmt: skip
+
+    # ------------------------------------------------------------------ the fleet
+    async def fleet_status(self) -> FleetStatus:
+        """Queues (depth, in flight), live workers, breakers and dead-letter depths."""
+        from naq_resilience.jetstream.status import fleet_status
+
+        return await fleet_status(self)
+
+    async def list_breakers(self) -> list[BreakerRecord]:
+        """Every circuit breaker the workers share, with its state."""
+        _, buckets = await self._ready()
+        return await read_breakers(buckets.breakers)
+
+    async def open_breaker(self, name: str) -> BreakerRecord:
+        """Open breaker `name` on every worker now; it probes after its recovery_timeout."""
+        _, buckets = await self._ready()
+        return await set_breaker(buckets.breakers, name, CircuitState.OPEN, "naq-operator")
+
+    async def close_breaker(self, name: str) -> BreakerRecord:
+        """Close breaker `name` on every worker, its failure count cleared."""
+        _, buckets = await self._ready()
+        return await set_breaker(buckets.breakers, name, CircuitState.CLOSED, "naq-operator")
+
+    async def reset_breaker(self, name: str) -> BreakerRecord:
+        """Close breaker `name` everywhere, then forget it in the shared bucket."""
+        _, buckets = await self._ready()
+        return await set_breaker(
+            buckets.breakers, name, CircuitState.CLOSED, "naq-operator", forget=True
+        )
 
     async def job_result(self, job: Job, timeout: Duration | None = 30.0) -> Any:
         if job.result_ttl is None:

@@ -13,6 +13,7 @@ from typing import Final
 
 __all__ = [
     "ATTEMPT_BUCKET",
+    "WORKER_BUCKET",
     "BREAKER_BUCKET",
     "DEAD_STREAM",
     "FAILURE_STREAM",
@@ -70,6 +71,10 @@ SAGA_BUCKET: Final = "naq-sagas"
 """Compensation logs of running jobs: one key per job id, deleted when the job ends."""
 RESULT_BUCKET: Final = "naq-results"
 """Results of jobs enqueued with `result_ttl`: one key per job id, expiring after it."""
+WORKER_BUCKET: Final = "naq-workers"
+"""Live workers (`WorkerInfo`), one key per worker, each gone `WORKER_TTL` seconds after
+its worker last wrote it."""
+WORKER_TTL: Final = 30.0
 ATTEMPT_BUCKET: Final = "naq-attempts"
 """How a redelivered job's earlier deliveries ended (`Ledger`), so a worker tells a crash
 from a failed attempt, a breaker deferral or a hand-back."""

@@ -45,7 +45,13 @@ from naq_resilience.policies.breaker import (
 )
 from naq_resilience.policies.compensate import Action, ActionLog, ActionStatus
 
-__all__ = ["BreakerSync", "KVActionLog", "load_action_log"]
+__all__ = [
+    "BreakerSync",
+    "KVActionLog",
+    "load_action_log",
+    "read_breakers",
+    "set_breaker",
+]
 
 log = logging.getLogger("naq_resilience.stores")
 PURGE_MARKER_TTL = 60.0
@@ -170,6 +176,59 @@ class BreakerSync:
                 generation=max(record.generation, local_generation + 1),
             )
         )
+
+
+async def read_breakers(kv: KeyValue) -> list[BreakerRecord]:
+    """Every breaker the fleet has shared, by name."""
+    try:
+        keys = await kv.keys()
+    except Exception:  # nats-py raises NoKeysError for an empty bucket
+        return []
+    found = []
+    for key in keys:
+        with contextlib.suppress(KeyNotFoundError, msgspec.DecodeError):
+            entry = await kv.get(key)
+            if entry.value:
+                found.append(decode(entry.value, BreakerRecord))
+    return sorted(found, key=lambda r: r.name)
+
+
+async def set_breaker(
+    kv: KeyValue, name: str, state: CircuitState, by: str, *, forget: bool = False
+) -> BreakerRecord:
+    """Open or close a breaker on every worker: a transition written as a worker writes
+    one, a generation above the current, so each worker applies it. An open breaker
+    probes again after its `recovery_timeout`, as if it had tripped. `forget` then
+    removes it from the bucket (a reset: workers using it write it again at their next
+    transition)."""
+    key = _key(name)
+    for _ in range(10):
+        try:
+            entry = await kv.get(key)
+            current = decode(entry.value or b"", BreakerRecord) if entry.value else None
+            revision = entry.revision or 0
+        except KeyNotFoundError:
+            current, revision = None, 0
+        opened = state is not CircuitState.CLOSED
+        record = BreakerRecord(
+            name=current.name if current is not None else name,
+            state=state.value,
+            failures=current.failures if current is not None and opened else 0,
+            successes=0,
+            opened_at=time.time() if opened else None,
+            generation=(current.generation if current is not None else 0) + 1,
+            updated_by=by,
+        )
+        try:
+            await kv.update(key, _encoder.encode(record), last=revision)
+        except KeyWrongLastSequenceError:
+            continue  # a worker wrote meanwhile: build on what it wrote
+        if forget:
+            await asyncio.sleep(0.5)  # the watchers apply the close before the key goes
+            with contextlib.suppress(Exception):
+                await kv.purge(key)
+        return record
+    raise RuntimeError(f"breaker {name}: the workers kept changing it; try again")
 
 
 def _key(name: str) -> str:

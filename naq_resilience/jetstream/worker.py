@@ -91,6 +91,7 @@ from naq_resilience.jetstream.connection import (
 )
 from naq_resilience.jetstream.heartbeat import Heartbeats
 from naq_resilience.jetstream.observers import JobObserver, Observers
+from naq_resilience.jetstream.presence import LIBRARY_VERSION, announce, worker_bucket
 from naq_resilience.jetstream.project import NO_MODULES_WARNING, import_sources
 from naq_resilience.jetstream.publisher import Publisher, StreamFullError
 from naq_resilience.jetstream.puller import Puller
@@ -112,6 +113,7 @@ from naq_resilience.models import (
     JobResult,
     JobStatus,
     Ledger,
+    WorkerInfo,
 )
 from naq_resilience.policies.chaos import is_injected
 from naq_resilience.policies.classify import (
@@ -284,6 +286,12 @@ class _Policy:
         return classify(exc, self.retry_on, self.ignore_on)
 
 
+async def _finish(task: asyncio.Task[None], done: asyncio.Event) -> None:
+    done.set()
+    with contextlib.suppress(Exception):
+        await task
+
+
 class Worker:
     """Runs the jobs of one or more queues; `await worker.run()` until `stop()` or a signal.
 
@@ -381,8 +389,18 @@ class Worker:
         self._log_refused = _Every(LOG_EVERY)
         self._log_unroutable = _Every(LOG_EVERY)
         self.observers = Observers(tuple(observers))
+        self._started_at = time.time()
         self.processed = 0
         self.failed = 0
+
+    def _info(self) -> WorkerInfo:
+        """This worker as `naq status` shows it."""
+        return WorkerInfo(
+            worker_id=self.worker_id, host=self.host, pid=self.pid, queues=list(self.queues),
+            concurrency=self.concurrency, started_at=self._started_at, seen_at=time.time(),
+            processed=self.processed, failed=self.failed, running=len(self._running),
+            library=LIBRARY_VERSION, stopping=self._stopping.is_set(),
+        )  # fmt: skip
 
     @property
     def has_jobs(self) -> bool:
@@ -397,6 +415,7 @@ class Worker:
         still running could not be settled, so they are left to be redelivered.
         """
         self._loop = asyncio.get_running_loop()
+        self._started_at = time.time()
         async with contextlib.AsyncExitStack() as stack:
             self._nc = nc = await connect(self._settings, max_reconnect_attempts=-1)
             stack.push_async_callback(self._close_connection, nc)
@@ -412,6 +431,10 @@ class Worker:
             breakers = BreakerSync(self._buckets.breakers, self.worker_id)
             await breakers.start()
             stack.push_async_callback(breakers.stop)
+            presence = await worker_bucket(js, self._storage.replicas)
+            gone = asyncio.Event()
+            announcer = asyncio.create_task(announce(presence, self._info, gone))
+            stack.push_async_callback(_finish, announcer, gone)
             heartbeats = Heartbeats(
                 self._settings,
                 lambda: [(m.reply, started) for m, started in self._running.copy().values()],

@@ -99,8 +99,10 @@ def test_naq_server_on_a_taken_port_explains_and_exits_1(
         naq_servers.append(server)
         code, _, err = server.finish()
     assert code == 1
-    assert err.startswith(f"naq server: nats-server did not start on 127.0.0.1:{port}")
-    assert "address already in use" in err
+    # Said first, in one line, before any nats-server starts: not the last line of its log.
+    assert err.startswith(f"naq server: the client port {port} on 127.0.0.1 is taken")
+    assert f"NAQ_NATS_URL=nats://127.0.0.1:{port}" in err
+    assert err.count("\n") == 1
 
 
 def test_naq_server_refuses_one_port_for_both(capsys: pytest.CaptureFixture[str]) -> None:

@@ -84,7 +84,43 @@ def add_server_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
     parser.set_defaults(handler=_run_server)
 
 
+def port_taken(host: str, port: int) -> str | None:
+    """Why `port` on `host` cannot be listened on, or None when it is free; said before
+    nats-server starts, because its own report is the last line of a page of log."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            return str(exc.strerror or exc)
+    return None
+
+
+def _ports_taken(args: argparse.Namespace) -> str | None:
+    ports = [("client", args.port)]
+    if args.monitor_port is not None:
+        ports.append(("monitoring", args.monitor_port))
+    for what, port in ports:
+        why = port_taken(args.host, port)
+        if why is not None:
+            hint = (
+                f"if it is a nats-server already, point clients at it "
+                f"(NAQ_NATS_URL=nats://{args.host}:{port}); or run this one elsewhere with "
+                f"--port {port + 1}"
+                if what == "client"
+                else "give another with --monitor-port, or leave it out for a free one"
+            )
+            return f"the {what} port {port} on {args.host} is taken ({why}): {hint}"
+    return None
+
+
 def _run_server(args: argparse.Namespace) -> int:
+    taken = _ports_taken(args)
+    if taken is not None:
+        print(f"naq server: {taken}", file=sys.stderr)
+        return 1
     if args.cluster is not None and args.cluster != 1:
         return _run_cluster(args)
     from naq_resilience.jetstream.server import (

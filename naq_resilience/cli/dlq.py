@@ -56,7 +56,10 @@ def _filters(parser: Parser) -> None:
         metavar="TYPE",
         help="the last error's type: builtins:ValueError, or ValueError in any module",
     )
-    group.add_argument("--classification", default=None, choices=CLASSIFICATIONS)
+    group.add_argument(
+        "--classification", default=None, choices=CLASSIFICATIONS,
+        help="why the letter is dead: the last attempt's classification, or why it has none",
+    )  # fmt: skip
     group.add_argument(
         "--since", type=parse_time, default=None, metavar="WHEN", help="dead since: 2h, 7d, or ISO"
     )
@@ -110,7 +113,7 @@ def add_dlq_command(commands: argparse._SubParsersAction[Parser]) -> None:
     listing.add_argument("--limit", type=int, default=50, help="letters a page (%(default)s)")
     listing.add_argument(
         "--after", type=int, default=0, metavar="CURSOR",
-        help="the cursor a previous page printed, for the next page",
+        help="the cursor a previous page printed, for the next page (default: the first page)",
     )  # fmt: skip
     listing.add_argument("--json", action="store_true", help="one JSON object, for scripts")
     _common(listing)

@@ -24,7 +24,10 @@ def add_worker_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
             "script.py`."
         ),
     )
-    parser.add_argument("queues", nargs="*", default=["default"], metavar="QUEUE")
+    parser.add_argument(
+        "queues", nargs="*", default=["default"], metavar="QUEUE",
+        help="queues to take jobs from (default: default)",
+    )  # fmt: skip
     parser.add_argument(
         "-i", "--import", dest="imports", action="append", default=[], metavar="MODULE",
         help="a module whose functions jobs may name (repeatable; added to NAQ_IMPORTS and "
@@ -34,7 +37,10 @@ def add_worker_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
         "--strict", action="store_true",
         help="run only functions marked @job (also NAQ_STRICT=1)",
     )  # fmt: skip
-    parser.add_argument("-c", "--concurrency", type=int, default=10)
+    parser.add_argument(
+        "-c", "--concurrency", type=int, default=10,
+        help="jobs run at once at most; sync jobs run on as many threads (default: %(default)s)",
+    )  # fmt: skip
     parser.add_argument("--nats-url", default=None, help="default: $NAQ_NATS_URL")
     parser.add_argument(
         "--ack-wait", type=float, default=30.0,
@@ -64,7 +70,9 @@ def add_worker_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
         help="replicas of the streams and buckets this worker creates when missing "
         "(default: $NAQ_REPLICAS or 1; 3 in a 3-node cluster)",
     )  # fmt: skip
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument(
+        "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default: %(default)s)"
+    )
     parser.add_argument("--log-json", action="store_true", help="one JSON object per log line")
     parser.set_defaults(handler=_run)
 

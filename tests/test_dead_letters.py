@@ -555,3 +555,34 @@ def test_an_unroutable_letter_is_found_by_its_error_type_and_is_a_system_issue()
     assert DeadLetterFilter(error_type="UnroutableJob").matches(unroutable)
     assert DeadLetterFilter(classification="unroutable").matches(unroutable)
     assert analyze_failure(unroutable) == "system_issue"
+
+
+def test_bulk_replay_starts_are_spaced_by_its_rate(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The limiter's schedule, on a clock of the test's own: 4 letters a second start
+    0.25 s apart, and a limiter that fell behind (a slow letter) does not burst."""
+    from naq_resilience.jetstream import deadletters
+
+    clock = [100.0]
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(round(seconds, 6))
+        clock[0] += seconds
+
+    monkeypatch.setattr(deadletters.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(deadletters.asyncio, "sleep", sleep)
+
+    async def main() -> list[float]:
+        limiter = deadletters._Rate(4.0)
+        starts = []
+        for n in range(5):
+            if n == 3:
+                clock[0] += 2.0  # the third letter took two seconds
+            await limiter.wait()
+            starts.append(clock[0] - 100.0)
+        return starts
+
+    assert asyncio.run(main()) == [0.0, 0.25, 0.5, 2.5, 2.75]
+    assert slept == [0.25, 0.25, 0.25]
+    with pytest.raises(ValueError, match="rate must be"):
+        deadletters._Rate(0)

@@ -1,5 +1,10 @@
 """`naq worker QUEUE... [--concurrency N] [--import MODULE]... [--strict]
-[--unroutable-after SECONDS] [--log-level LEVEL]`."""
+[--unroutable-after SECONDS] [--log-level LEVEL] [--log-json] [--no-publish-logs]`.
+
+`--log-level` and `--log-json` configure logging for the whole process (the root
+logger), so the job code's own `logging` calls come out at that level, in that format,
+each with the job's id and attempt; the worker also publishes them to `NAQ_LOGS` for
+`naq worker-logs`."""
 
 from __future__ import annotations
 
@@ -64,8 +69,21 @@ def add_worker_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
         help="replicas of the streams and buckets this worker creates when missing "
         "(default: $NAQ_REPLICAS or 1; 3 in a 3-node cluster)",
     )  # fmt: skip
-    parser.add_argument("--log-level", default="INFO")
-    parser.add_argument("--log-json", action="store_true", help="one JSON object per log line")
+    parser.add_argument(
+        "--log-level", default="INFO", metavar="LEVEL",
+        help="DEBUG, INFO, WARNING, ERROR or CRITICAL, for the whole process: the worker, "
+        "the jobs' own logging, nats-py (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--log-json", action="store_true",
+        help="one JSON object per log line (timestamp, level, logger, message, job_id, "
+        "attempt, error_type, error_message, context, traceback, ...)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-publish-logs", dest="publish_logs", action="store_false", default=None,
+        help="do not publish log records to NAQ_LOGS for `naq worker-logs` (also "
+        "NAQ_PUBLISH_LOGS=0)",
+    )  # fmt: skip
     parser.set_defaults(handler=_run)
 
 
@@ -79,7 +97,11 @@ def _run(args: argparse.Namespace) -> int:
     from naq_resilience.jetstream.worker import Worker, WorkerConnectionLost
     from naq_resilience.ops.logging import setup_logging
 
-    setup_logging(args.log_level, json=args.log_json)
+    try:
+        setup_logging(args.log_level, json=args.log_json, process=True)
+    except ValueError as exc:
+        print(f"naq worker: --log-level: {exc}", file=sys.stderr)
+        return 2
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     project = find_pyproject()
@@ -97,6 +119,7 @@ def _run(args: argparse.Namespace) -> int:
             unroutable_after=args.unroutable_after,
             storage=StorageSettings.from_env().with_replicas(args.replicas),
             strict=args.strict,
+            publish_logs=args.publish_logs,
         )
     except (ImportError, ValueError) as exc:
         print(f"naq worker: {exc}", file=sys.stderr)

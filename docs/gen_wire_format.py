@@ -477,7 +477,8 @@ EXAMPLES: dict[type[msgspec.Struct], list[tuple[str, Any]]] = {
 EXAMPLES[LogRecord] = [
     (
         "A line a job's own code logged (`log.info(\"charging order %s\", 42, "
-        f'extra={{"order": 42}})`), on `{layout.log_subject("info", FAILURE.worker_id, "emails", JOB_ID)}`.',
+        'extra={"order": 42})`), on '
+        f"`{layout.log_subject('info', FAILURE.worker_id, 'emails', JOB_ID)}`.",
         LogRecord(
             time=T0 + 0.6,
             level="INFO",

@@ -274,6 +274,12 @@ class _Budget:
         return held
 
 
+def _about(env: JobEnvelope, queue: str | None = None) -> dict[str, Any]:
+    """The job a line is about, for a line logged outside the job's context, so that
+    `naq worker-logs --job` finds it."""
+    return {"job_id": env.id, "function": env.function, "queue": queue or env.queue}
+
+
 def _held_back(count: int, what: str) -> str:
     return f" ({count} more {what} since the last such line)" if count else ""
 
@@ -786,7 +792,7 @@ class Worker:
                     "job %s dead-lettered to %s: %s%s", env.id,
                     env.dead_letter_queue or layout.dead_letter_queue_for(queue), exc.reason,
                     _held_back(held, "jobs of this function"),
-                    extra={"job_id": env.id, "function": env.function, "queue": queue},
+                    extra=_about(env, queue),
                 )  # fmt: skip
             await self._dead(msg, env, queue, exc.reason, [])
             return
@@ -958,7 +964,10 @@ class Worker:
             status = decode(entry.value, JobResult).status
         except msgspec.DecodeError:
             return None
-        log.info("job %s was redelivered but had already ended (%s): acked", env.id, status)
+        log.info(
+            "job %s was redelivered but had already ended (%s): acked", env.id, status,
+            extra=_about(env),
+        )  # fmt: skip
         return JobStatus.FAILED if status is JobStatus.DEAD else status
 
     # ------------------------------------------------------------------ history
@@ -1029,7 +1038,7 @@ class Worker:
         await self._write_ledger(env.id, handed)
         await msg.nak(delay=delay or None)
         self.handed_back += 1
-        log.info("job %s handed back (%s)", env.id, why)
+        log.info("job %s handed back (%s)", env.id, why, extra=_about(env))
 
     async def _defer(
         self, msg: Msg, env: JobEnvelope, exc: CircuitBreakerOpenError, ledger: Ledger
@@ -1077,6 +1086,7 @@ class Worker:
                     "job %s dead-lettered to %s: %s%s", env.id,
                     env.dead_letter_queue or layout.dead_letter_queue_for(queue), reason,
                     _held_back(held, "unroutable jobs of this function"),
+                    extra=_about(env, queue),
                 )  # fmt: skip
             return
         first, longest = UNROUTABLE_DELAY
@@ -1103,6 +1113,7 @@ class Worker:
                 "it is dead-lettered as unroutable%s",
                 env.id, exc.reason, self.unroutable_after, round(waited, 1),
                 _held_back(held, "hand-backs of this function"),
+                extra=_about(env, queue),
             )  # fmt: skip
 
     # ------------------------------------------------------------------ failures
@@ -1307,7 +1318,10 @@ class Worker:
                 await self._store_result(env, JobStatus.DEAD, None, error or reason)
         if stored:
             await msg.ack()
-            log.debug("job %s dead-lettered to %s: %s", env.id, dead_queue, reason)
+            log.debug(
+                "job %s dead-lettered to %s: %s", env.id, dead_queue, reason,
+                extra=_about(env, queue),
+            )  # fmt: skip
             last = failures[-1] if failures else None
             await self._record(
                 env, JobStatus.FAILED, finished_at=letter.dead_at,

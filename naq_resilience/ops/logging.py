@@ -123,7 +123,7 @@ def _structured_message(record: logging.LogRecord) -> tuple[str, dict[str, Any]]
     if message is None:
         message = event.pop("message", None)
     if message is None:
-        message = event.get("error_message", "")
+        message = event.get("error_message", msg if isinstance(msg, str) else "")
     for key in _STRUCTLOG_PRIVATE | _OURS:
         event.pop(key, None)
     if "exception" in event and "traceback" not in event:

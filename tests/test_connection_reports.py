@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,10 +39,14 @@ def test_a_lost_connection_is_one_warning_and_its_attempts_are_debug(
 ) -> None:
     monkeypatch.setattr(connection, "LOST_AFTER", 0.2)
     caplog.set_level(logging.DEBUG, logger="naq_resilience")
-    settings = ConnectionSettings(fresh_nats_server.url, reconnect_time_wait=0.02)
+    name = f"reports-{uuid.uuid4().hex}"  # its lines, not those of a client another test leaked
+    settings = ConnectionSettings(fresh_nats_server.url, name=name, reconnect_time_wait=0.02)
 
     def said(level: int, text: str) -> list[logging.LogRecord]:
-        return [r for r in caplog.records if r.levelno == level and text in r.getMessage()]
+        return [
+            r for r in caplog.records
+            if r.levelno == level and text in r.getMessage() and name in r.getMessage()
+        ]  # fmt: skip
 
     async def main() -> None:
         nc = await connect(settings)
@@ -56,10 +61,11 @@ def test_a_lost_connection_is_one_warning_and_its_attempts_are_debug(
             await nc.close()
 
     asyncio.run(main())
-    above_info = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    ours = [r for r in caplog.records if name in r.getMessage()]
+    above_info = [r for r in ours if r.levelno >= logging.WARNING]
     assert [r.getMessage().split(" at ")[0] for r in above_info] == [
         "lost the connection to NATS"  # once, for dozens of attempts
-    ]
+    ], [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert "reconnect attempts so far" in above_info[0].getMessage()
     assert not said(logging.INFO, "closed")  # our own close is not news
 
@@ -68,8 +74,9 @@ def test_a_connection_nats_py_closes_for_good_is_a_warning(
     fresh_nats_server: EmbeddedServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="naq_resilience")
+    name = f"reports-{uuid.uuid4().hex}"
     settings = ConnectionSettings(
-        fresh_nats_server.url, max_reconnect_attempts=2, reconnect_time_wait=0.02
+        fresh_nats_server.url, name=name, max_reconnect_attempts=2, reconnect_time_wait=0.02
     )
 
     async def main() -> None:
@@ -78,7 +85,10 @@ def test_a_connection_nats_py_closes_for_good_is_a_warning(
         await until(lambda: nc.is_closed)
 
     asyncio.run(main())
-    (closed,) = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    (closed,) = [
+        r for r in caplog.records
+        if r.levelno >= logging.WARNING and name in r.getMessage()
+    ]  # fmt: skip
     assert "was closed for good (no server left to try" in closed.getMessage()
 
 

@@ -322,7 +322,9 @@ class _Callbacks:
             self.last_error = error
             if self.lost_since is not None:
                 self.attempts += 1
-            logger.debug("NATS connection to %s: %s", self._where(), self._said(error))
+            logger.debug(
+                "NATS connection to %s%s: %s", self._where(), self._name(), self._said(error)
+            )
             if self.reported and time.monotonic() - self.said_at >= STILL_LOST_EVERY:
                 self._report_lost(still=True)
             return
@@ -402,7 +404,9 @@ class _Callbacks:
                 self._said(self.client.last_error or self.last_error),
             )  # fmt: skip
         else:
-            logger.debug("NATS connection to %s closed", self.settings.display_url)
+            logger.debug(
+                "NATS connection to %s%s closed", self.settings.display_url, self._name()
+            )
 
     def _said(self, error: BaseException | None) -> str:
         if error is None:

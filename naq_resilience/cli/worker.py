@@ -102,6 +102,14 @@ def _run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"naq worker: --log-level: {exc}", file=sys.stderr)
         return 2
+
+    def say(level: int, text: str) -> None:
+        """A line of the command's own: with --log-json a JSON line like every other."""
+        if args.log_json:
+            logging.getLogger("naq_resilience.cli").log(level, "%s", text)
+        else:
+            print(f"naq worker: {text}", file=sys.stderr)
+
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     project = find_pyproject()
@@ -122,19 +130,19 @@ def _run(args: argparse.Namespace) -> int:
             publish_logs=args.publish_logs,
         )
     except (ImportError, ValueError) as exc:
-        print(f"naq worker: {exc}", file=sys.stderr)
+        say(logging.ERROR, str(exc))
         return 2
-    if not worker.has_jobs:
-        print(f"naq worker: warning: {NO_MODULES_WARNING}", file=sys.stderr)
+    if not worker.has_jobs and not args.log_json:  # the worker logs it as it starts
+        say(logging.WARNING, f"warning: {NO_MODULES_WARNING}")
     try:
         worker.run_forever()
     except (NatsUnavailableError, JetStreamUnavailableError) as exc:
-        print(f"naq worker: {exc}", file=sys.stderr)
+        say(logging.ERROR, str(exc))
         return 1
     except WorkerConnectionLost as exc:
         # Threads of sync jobs may still run; they cannot be settled and must not keep
         # the process (and their duplicates) alive, so exit now.
-        print(f"naq worker: {exc}; exiting so a supervisor restarts it", file=sys.stderr)
+        say(logging.ERROR, f"{exc}; exiting so a supervisor restarts it")
         logging.shutdown()
         os._exit(3)
     return 0

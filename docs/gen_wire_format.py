@@ -58,6 +58,7 @@ from naq_resilience.models import (  # noqa: E402
     JobResult,
     JobStatus,
     Ledger,
+    LogRecord,
     ReplayRecord,
     SagaLogRecord,
     ScheduleRecord,
@@ -492,6 +493,60 @@ EXAMPLES: dict[type[msgspec.Struct], list[tuple[str, Any]]] = {
 }
 
 
+EXAMPLES[LogRecord] = [
+    (
+        "A line a job's own code logged (`log.info(\"charging order %s\", 42, "
+        'extra={"order": 42})`), on '
+        f"`{layout.log_subject('info', FAILURE.worker_id, 'emails', JOB_ID)}`.",
+        LogRecord(
+            time=T0 + 0.6,
+            level="INFO",
+            levelno=20,
+            logger="billing.jobs",
+            message="charging order 42",
+            worker_id=FAILURE.worker_id,
+            host=FAILURE.host,
+            pid=FAILURE.pid,
+            job_id=JOB_ID,
+            function=FAILURE.function,
+            queue="emails",
+            attempt=1,
+            fields={"order": 42},
+        ),
+    ),
+    (
+        "The worker's line about the failed attempt of the FailureRecord above.",
+        LogRecord(
+            time=FAILURE.failed_at,
+            level="WARNING",
+            levelno=30,
+            logger="naq_resilience.worker",
+            message=(
+                f"job {JOB_ID} (billing.jobs:send_invoice) attempt 1 of 6 failed: "
+                "builtins:ConnectionError: smtp.example.com:587 refused the connection; it "
+                "runs again in 2s, at 2026-01-01T10:00:02.750Z"
+            ),
+            worker_id=FAILURE.worker_id,
+            host=FAILURE.host,
+            pid=FAILURE.pid,
+            job_id=JOB_ID,
+            function=FAILURE.function,
+            queue="emails",
+            attempt=1,
+            error_type=FAILURE.error_type,
+            fields={
+                "max_attempts": 6,
+                "error_message": FAILURE.message,
+                "classification": "retryable",
+                "outcome": "retry",
+                "next_retry_at": "2026-01-01T10:00:02.750Z",
+                "context": {"order_id": 42},
+            },
+        ),
+    ),
+]
+
+
 EXAMPLES[ScheduleRecord] = [
     (
         "Run 2 of 3 of `schedule(report, interval=3600, repeat=3)`: the message on "
@@ -785,6 +840,13 @@ def section_subjects(c: Code) -> list[str]:
             f"every worker, every 5 s (bucket `{layout.WORKER_BUCKET}`, in memory, entries "
             f"expire after {layout.WORKER_TTL:g} s; created by the first worker)",
             "`naq status`, `Client.fleet_status()`",
+        ),
+        (
+            layout.log_filter("<level>", "<worker>", QUEUE, JOB),
+            "LogRecord",
+            "every worker, for the log records of its process (`<queue>` and `<job_id>` are "
+            "`-` outside a job), without waiting for an ack",
+            "`naq worker-logs`",
         ),
         (
             f"$KV.{layout.ATTEMPT_BUCKET}.{JOB}",

@@ -32,6 +32,7 @@ __all__ = [
     "JobResult",
     "JobStatus",
     "Ledger",
+    "LogRecord",
     "ReplayRecord",
     "SagaLogRecord",
     "WorkerInfo",
@@ -551,3 +552,64 @@ class ScheduleRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     """True for a paused schedule's message, which has no `Nats-Schedule` and fires nothing."""
     created_at: float = 0.0
     """When the schedule was created, unix time in seconds."""
+
+
+class LogRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One log line of a worker process, as `naq worker-logs` shows it.
+
+    Published by each worker, without waiting for an acknowledgement, to
+    `naq.logs.<level>.<worker>.<queue>.<job_id>` (stream `NAQ_LOGS`, which keeps them
+    for a day or 256 MiB by default, the oldest going first): `<level>` is `debug`,
+    `info`, `warning`, `error` or `critical`, `<worker>` the `worker_id` with every
+    character other than a letter, digit, `-`, `_`, `:` or `=` replaced by `_`, and
+    `<queue>` and `<job_id>` are `-` for a line logged outside a job. So a reader
+    filters by level, worker, queue or job on the server, with subject wildcards.
+
+    A worker publishes the records that reach its process's root logger at the level
+    it logs at, including those of the job code's own `logging` calls; at most 50 a
+    second of DEBUG and INFO, and apart from those 50 a second of WARNING and above,
+    in bursts of up to 500. What it sheds is counted in a record of its own (`dropped`).
+    A message, traceback or field longer than a record takes is cut, saying so, and
+    named in `cut`.
+    """
+
+    version: int = _written(1)
+    """Record format version."""
+    time: float
+    """When the line was logged, unix time in seconds."""
+    level: str
+    """The level's name (`WARNING`; a custom level's own name)."""
+    levelno: int
+    """The level's number (10 DEBUG, 20 INFO, 30 WARNING, 40 ERROR, 50 CRITICAL)."""
+    logger: str
+    """The logger's name (`naq_resilience.worker`, `myapp.billing`)."""
+    message: str
+    """The message, its arguments filled in."""
+    worker_id: str
+    """The worker that published it (`host:pid:random` unless named)."""
+    host: str = ""
+    """The worker's host name."""
+    pid: int = 0
+    """The worker's process id."""
+    job_id: str | None = None
+    """The job the line was logged in (by the job's code or the worker about it)."""
+    function: str | None = None
+    """That job's function, `module:qualname`."""
+    queue: str | None = None
+    """That job's queue."""
+    attempt: int | None = None
+    """That job's attempt, from 1."""
+    error_type: str | None = None
+    """The error the line reports, `module:qualname`: its exception's, or the failed
+    attempt's."""
+    traceback: str | None = None
+    """The exception's traceback, for people; do not parse it."""
+    fields: dict[str, Any] = {}
+    """Every other field of the record (`extra=`, structlog's key-values, the worker's
+    `max_attempts`, `next_retry_at`, `error_message`, ...); values that are not JSON
+    become their `repr`."""
+    dropped: int = 0
+    """In a record the worker adds itself: how many log records its rate limit shed
+    since the last such record."""
+    cut: list[str] = []
+    """What was shortened to fit: "message", "traceback", "fields"."""

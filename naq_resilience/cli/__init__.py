@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from naq_resilience.cli.breakers import add_breakers_command
 from naq_resilience.cli.dlq import add_dlq_command
 from naq_resilience.cli.jobs import add_jobs_command
+from naq_resilience.cli.logs import add_worker_logs_command
 from naq_resilience.cli.schedule import add_schedule_command
 from naq_resilience.cli.server import add_server_command
 from naq_resilience.cli.status import add_status_command
@@ -29,6 +30,7 @@ Handler = Callable[[argparse.Namespace], int]
 COMMANDS: tuple[AddCommand, ...] = (
     add_server_command,
     add_worker_command,
+    add_worker_logs_command,
     add_dlq_command,
     add_jobs_command,
     add_schedule_command,

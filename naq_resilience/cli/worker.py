@@ -1,5 +1,10 @@
 """`naq worker QUEUE... [--concurrency N] [--import MODULE]... [--strict]
-[--unroutable-after SECONDS] [--log-level LEVEL]`."""
+[--unroutable-after SECONDS] [--log-level LEVEL] [--log-json] [--no-publish-logs]`.
+
+`--log-level` and `--log-json` configure logging for the whole process (the root
+logger), so the job code's own `logging` calls come out at that level, in that format,
+each with the job's id and attempt; the worker also publishes them to `NAQ_LOGS` for
+`naq worker-logs`."""
 
 from __future__ import annotations
 
@@ -71,9 +76,20 @@ def add_worker_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
         "(default: $NAQ_REPLICAS or 1; 3 in a 3-node cluster)",
     )  # fmt: skip
     parser.add_argument(
-        "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default: %(default)s)"
-    )
-    parser.add_argument("--log-json", action="store_true", help="one JSON object per log line")
+        "--log-level", default="INFO", metavar="LEVEL",
+        help="DEBUG, INFO, WARNING, ERROR or CRITICAL, for the whole process: the worker, "
+        "the jobs' own logging, nats-py (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--log-json", action="store_true",
+        help="one JSON object per log line (timestamp, level, logger, message, job_id, "
+        "attempt, error_type, error_message, context, traceback, ...)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-publish-logs", dest="publish_logs", action="store_false", default=None,
+        help="do not publish log records to NAQ_LOGS for `naq worker-logs` (also "
+        "NAQ_PUBLISH_LOGS=0)",
+    )  # fmt: skip
     parser.set_defaults(handler=_run)
 
 
@@ -87,7 +103,19 @@ def _run(args: argparse.Namespace) -> int:
     from naq_resilience.jetstream.worker import Worker, WorkerConnectionLost
     from naq_resilience.ops.logging import setup_logging
 
-    setup_logging(args.log_level, json=args.log_json)
+    try:
+        setup_logging(args.log_level, json=args.log_json, process=True)
+    except ValueError as exc:
+        print(f"naq worker: --log-level: {exc}", file=sys.stderr)
+        return 2
+
+    def say(level: int, text: str) -> None:
+        """A line of the command's own: with --log-json a JSON line like every other."""
+        if args.log_json:
+            logging.getLogger("naq_resilience.cli").log(level, "%s", text)
+        else:
+            print(f"naq worker: {text}", file=sys.stderr)
+
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     project = find_pyproject()
@@ -105,21 +133,22 @@ def _run(args: argparse.Namespace) -> int:
             unroutable_after=args.unroutable_after,
             storage=StorageSettings.from_env().with_replicas(args.replicas),
             strict=args.strict,
+            publish_logs=args.publish_logs,
         )
     except (ImportError, ValueError) as exc:
-        print(f"naq worker: {exc}", file=sys.stderr)
+        say(logging.ERROR, str(exc))
         return 2
-    if not worker.has_jobs:
-        print(f"naq worker: warning: {NO_MODULES_WARNING}", file=sys.stderr)
+    if not worker.has_jobs and not args.log_json:  # the worker logs it as it starts
+        say(logging.WARNING, f"warning: {NO_MODULES_WARNING}")
     try:
         worker.run_forever()
     except (NatsUnavailableError, JetStreamUnavailableError) as exc:
-        print(f"naq worker: {exc}", file=sys.stderr)
+        say(logging.ERROR, str(exc))
         return 1
     except WorkerConnectionLost as exc:
         # Threads of sync jobs may still run; they cannot be settled and must not keep
         # the process (and their duplicates) alive, so exit now.
-        print(f"naq worker: {exc}; exiting so a supervisor restarts it", file=sys.stderr)
+        say(logging.ERROR, f"{exc}; exiting so a supervisor restarts it")
         logging.shutdown()
         os._exit(3)
     return 0

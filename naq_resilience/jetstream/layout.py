@@ -19,6 +19,7 @@ __all__ = [
     "FAILURE_STREAM",
     "HISTORY_STREAM",
     "JOB_STREAM",
+    "LOG_STREAM",
     "RESULT_BUCKET",
     "SAGA_BUCKET",
     "SCHEDULE_STREAM",
@@ -29,6 +30,10 @@ __all__ = [
     "failure_subject",
     "history_subject",
     "job_subject",
+    "log_filter",
+    "log_level_token",
+    "log_subject",
+    "log_token",
     "original_subject",
     "queue_of_subject",
     "run_subject",
@@ -64,6 +69,15 @@ RUN_SUBJECTS: Final = "naq.runs.*"
 RUN_COPY_TTL: Final = 24 * 3600
 """Seconds a fired copy stays in `NAQ_SCHEDULES` (`Nats-Schedule-TTL`): long enough for
 `NAQ_JOBS` to take it after an outage of its own, short enough not to pile up."""
+
+LOG_STREAM: Final = "NAQ_LOGS"
+"""Workers' log records (`LogRecord`), at each worker's level, rate-limited; the oldest
+go first past the stream's age and size limits."""
+LOG_SUBJECTS: Final = "naq.logs.>"
+LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+"""The level tokens of log subjects, lowest first."""
+NO_TOKEN: Final = "-"
+"""A log subject's queue and job tokens for a line logged outside a job."""
 
 BREAKER_BUCKET: Final = "naq-breakers"
 """Circuit-breaker state shared by every worker: one key per breaker name."""
@@ -154,3 +168,40 @@ def schedule_filter(schedule_id: str, queue: str = "*") -> str:
 def run_subject(queue: str) -> str:
     """Where the server puts a schedule's fired copies; `NAQ_JOBS` sources them."""
     return f"naq.runs.{queue}"
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_:=-]")
+
+
+def log_token(text: str) -> str:
+    """`text` as one subject token: a worker id's host may hold dots (`web-1.example`)."""
+    return _UNSAFE.sub("_", text) or NO_TOKEN
+
+
+def log_level_token(levelno: int) -> str:
+    """The level token of a record: its standard level, or the one just below a custom one."""
+    if levelno >= 50:
+        return "critical"
+    if levelno >= 40:
+        return "error"
+    if levelno >= 30:
+        return "warning"
+    if levelno >= 20:
+        return "info"
+    return "debug"
+
+
+def log_subject(level: str, worker: str, queue: str | None, job_id: str | None) -> str:
+    """Where a worker publishes a log record: level, worker, queue and job are tokens, so
+    readers filter on the server. (A queue or job id is a token already, unless a caller
+    put another value in a record's `extra=`.)"""
+    queue_token = NO_TOKEN if queue is None else log_token(queue)
+    job_token = NO_TOKEN if job_id is None else log_token(job_id)
+    return f"naq.logs.{level}.{log_token(worker)}.{queue_token}.{job_token}"
+
+
+def log_filter(
+    level: str = "*", worker: str = "*", queue: str = "*", job_id: str = "*"
+) -> str:
+    """A filter on log subjects; `*` matches any token."""
+    return f"naq.logs.{level}.{worker}.{queue}.{job_id}"

@@ -132,6 +132,10 @@ class StorageSettings:
     """Scheduled jobs and their fired copies (`NAQ_SCHEDULES`). The server refuses
     discard-new for a stream of schedules, so a new schedule is refused by the client
     once the stream is 90% full instead (`StreamFullError`)."""
+    logs_max_age: SecondsField = SecondsField(_DAY, positive=True)
+    """How long workers' log records (`NAQ_LOGS`, `naq worker-logs`) are kept."""
+    logs_max_bytes: int = 256 * _MiB
+    """Workers' log records; when reached the oldest go first."""
 
     def __post_init__(self) -> None:
         if isinstance(self.replicas, bool) or not 1 <= self.replicas <= 5:
@@ -249,6 +253,16 @@ def _streams(settings: StorageSettings) -> list[StreamConfig]:
             max_bytes=settings.history_max_bytes,
             discard=DiscardPolicy.OLD,
             max_msgs_per_subject=1,  # a job's latest state replaces the one before
+        ),
+        StreamConfig(
+            name=layout.LOG_STREAM,
+            subjects=[layout.LOG_SUBJECTS],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            num_replicas=settings.replicas,
+            max_age=settings.logs_max_age,
+            max_bytes=settings.logs_max_bytes,
+            discard=DiscardPolicy.OLD,
         ),
     ]
 

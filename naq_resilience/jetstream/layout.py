@@ -14,21 +14,26 @@ from typing import Final
 __all__ = [
     "ATTEMPT_BUCKET",
     "BREAKER_BUCKET",
+    "COUNT_TIERS",
     "DEAD_STREAM",
     "FAILURE_STREAM",
     "HISTORY_STREAM",
     "JOB_STREAM",
+    "PATTERN_STREAM",
     "RESULT_BUCKET",
     "SAGA_BUCKET",
     "SCHEDULE_STREAM",
     "check_dead_letter_queue",
     "check_queue_name",
+    "count_stream",
+    "count_subject",
     "dead_letter_queue_for",
     "dead_subject",
     "failure_subject",
     "history_subject",
     "job_subject",
     "original_subject",
+    "pattern_subject",
     "queue_of_subject",
     "run_subject",
     "schedule_filter",
@@ -63,6 +68,19 @@ RUN_SUBJECTS: Final = "naq.runs.*"
 RUN_COPY_TTL: Final = 24 * 3600
 """Seconds a fired copy stays in `NAQ_SCHEDULES` (`Nats-Schedule-TTL`): long enough for
 `NAQ_JOBS` to take it after an outage of its own, short enough not to pile up."""
+
+COUNT_TIERS: Final = (("1m", 60), ("10m", 600), ("1h", 3600), ("6h", 21600))
+"""The time buckets outcomes are counted in: a name and its length in seconds. Every
+outcome is added to one bucket of each tier, so any window is the sum of a few dozen
+aligned buckets, the larger the window the coarser its edges (docs/design.md)."""
+COUNT_SUBJECTS: Final = "naq.counts.{tier}.>"
+"""Each tier has its own counter stream (ADR-49 `allow_msg_counter`), `NAQ_COUNTS_<TIER>`,
+so each keeps its buckets as long as the windows read from it need them."""
+
+PATTERN_STREAM: Final = "NAQ_PATTERNS"
+"""For each error pattern of each queue, the first and the latest `PatternRecord` (what
+the error is, where it was raised, a few job ids), one message per subject."""
+PATTERN_SUBJECTS: Final = "naq.patterns.>"
 
 BREAKER_BUCKET: Final = "naq-breakers"
 """Circuit-breaker state shared by every worker: one key per breaker name."""
@@ -149,3 +167,22 @@ def schedule_filter(schedule_id: str, queue: str = "*") -> str:
 def run_subject(queue: str) -> str:
     """Where the server puts a schedule's fired copies; `NAQ_JOBS` sources them."""
     return f"naq.runs.{queue}"
+
+
+def count_stream(tier: str) -> str:
+    """The counter stream of one tier of time buckets: `NAQ_COUNTS_1M`, `NAQ_COUNTS_6H`..."""
+    return f"NAQ_COUNTS_{tier.upper()}"
+
+
+def count_subject(tier: str, bucket: int | str, scope: str) -> str:
+    """One counter: the outcomes of `scope` in bucket `bucket` (unix time // the tier's
+    seconds) of `tier`. Scopes: `all.<outcome>` (every queue), `q.<queue>.<outcome>`,
+    `f.<queue>.<function token>.<outcome>`, `e.<queue>.<fingerprint>` (failed attempts
+    of one error pattern); outcomes `completed`, `failed` (for good) and `retried`. A
+    read asks for the same with wildcards in `scope`."""
+    return f"naq.counts.{tier}.{bucket}.{scope}"
+
+
+def pattern_subject(queue: str, fingerprint: str, which: str) -> str:
+    """The first (`first`) or latest (`last`) `PatternRecord` of a pattern of `queue`."""
+    return f"naq.patterns.{queue}.{fingerprint}.{which}"

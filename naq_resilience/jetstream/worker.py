@@ -91,6 +91,7 @@ from naq_resilience.jetstream.connection import (
 )
 from naq_resilience.jetstream.heartbeat import Heartbeats
 from naq_resilience.jetstream.observers import JobObserver, Observers
+from naq_resilience.jetstream.outcomes import OutcomeRecorder, fingerprint_of, where_of
 from naq_resilience.jetstream.project import NO_MODULES_WARNING, import_sources
 from naq_resilience.jetstream.publisher import Publisher, StreamFullError
 from naq_resilience.jetstream.puller import Puller
@@ -306,7 +307,10 @@ class Worker:
     `functions`. Durations are seconds or `timedelta`s. `format` is what results are
     stored as: by default what `NAQ_JOB_SERIALIZER` says (json when unset; `pickle` is
     refused here, at start). `observers` are told of every change of a job's state and
-    every failed attempt (`JobObserver`): metrics, counters, logs.
+    every failed attempt (`JobObserver`): metrics, counters, logs. Every worker also
+    counts its outcomes and error patterns for `error_rate`, `error_patterns` and
+    `error_budget` (`outcomes`, an `OutcomeRecorder`, sending its counts once a second);
+    `record_outcomes=False` leaves them out.
     """
 
     def __init__(
@@ -328,6 +332,7 @@ class Worker:
         worker_id: str | None = None,
         unroutable_after: Duration | None = None,
         observers: Iterable[JobObserver] = (),
+        record_outcomes: bool = True,
     ) -> None:
         names = [queues] if isinstance(queues, str) else list(queues)
         if not names:
@@ -380,7 +385,10 @@ class Worker:
         self._log_handed_back = _Every(LOG_EVERY)
         self._log_refused = _Every(LOG_EVERY)
         self._log_unroutable = _Every(LOG_EVERY)
-        self.observers = Observers(tuple(observers))
+        self.outcomes = OutcomeRecorder() if record_outcomes else None
+        self.observers = Observers(
+            (*observers, self.outcomes) if self.outcomes is not None else tuple(observers)
+        )
         self.processed = 0
         self.failed = 0
 
@@ -409,6 +417,10 @@ class Worker:
             self._publisher = Publisher(nc)
             await self._publisher.start()
             stack.push_async_callback(self._publisher.close)
+            if self.outcomes is not None:
+                await self.outcomes.start(self._publisher)
+                # Before the publisher closes, after the last jobs were settled.
+                stack.push_async_callback(self.outcomes.stop)
             breakers = BreakerSync(self._buckets.breakers, self.worker_id)
             await breakers.start()
             stack.push_async_callback(breakers.stop)
@@ -1022,13 +1034,15 @@ class Worker:
                 delay = policy.schedule.delay(attempt)
         now = time.time()
         message = _message(exc)
+        error_type = qualified_name(type(exc))
+        where = where_of(exc)
         record = FailureRecord(
             job_id=env.id,
             function=env.function,
             queue=queue,
             attempt=attempt,
             max_attempts=policy.max_attempts,
-            error_type=qualified_name(type(exc)),
+            error_type=error_type,
             message=message,
             traceback=_format_traceback(exc),
             classification=kind.value,
@@ -1043,6 +1057,8 @@ class Worker:
             context=context_of(exc),
             next_retry_at=None if delay is None else now + delay,
             crashes=crashes,
+            where=where,
+            fingerprint=fingerprint_of(error_type, where),
         )
         subject = layout.failure_subject(record.queue, record.job_id)
         assert self._nc is not None

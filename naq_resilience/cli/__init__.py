@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from naq_resilience.cli.dlq import add_dlq_command
+from naq_resilience.cli.errors import add_errors_command
 from naq_resilience.cli.jobs import add_jobs_command
 from naq_resilience.cli.schedule import add_schedule_command
 from naq_resilience.cli.server import add_server_command
@@ -30,6 +31,7 @@ COMMANDS: tuple[AddCommand, ...] = (
     add_dlq_command,
     add_jobs_command,
     add_schedule_command,
+    add_errors_command,
 )
 
 

@@ -509,7 +509,7 @@ class Reader:
             spans += [plan(long_window, now, keep), plan(short_window, now, keep)]
         counts = await self._counts((t, b, "all.*") for s in spans for t, b in s.buckets)
         rates = [_rate(s, counts, s.until - s.start, None, None) for s in spans]
-        budget = 1.0 - target
+        budget = round(1.0 - target, 12)  # 0.001, not 0.0010000000000000009
         whole = rates[0]
         alerts = []
         for i, (name, long_window, short_window, threshold) in enumerate(BURN_ALERTS):

@@ -43,7 +43,7 @@ class ErrorBudget:
                 f"0.999, got {target_success_rate!r}"
             )
         self.target_success_rate = float(target_success_rate)
-        self.error_budget = 1 - self.target_success_rate
+        self.error_budget = round(1 - self.target_success_rate, 12)
         self._nats_url = nats_url
 
     def __repr__(self) -> str:

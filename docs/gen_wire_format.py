@@ -797,8 +797,9 @@ def section_subjects(c: Code) -> list[str]:
             f"{', '.join(f'`{t}`' for t, _ in layout.COUNT_TIERS)}, `<bucket>` the unix time "
             "divided by the tier's seconds, `<scope>` `all.<outcome>`, "
             "`q.<queue>.<outcome>`, `f.<queue>.<function>.<outcome>` (the function's `.` "
-            "written `/`: `billing/jobs:charge`) or `e.<queue>.<fingerprint>` (failed "
-            "attempts of one error pattern); `<outcome>` is `completed`, `failed` or "
+            "written `/`: `billing/jobs:charge`), `e.<fingerprint>` or "
+            "`eq.<queue>.<fingerprint>` (failed attempts of one error pattern, in every "
+            "queue or in one); `<outcome>` is `completed`, `failed` or "
             "`retried`",
             "`error_rate`, `error_patterns`, `error_budget`, `naq errors` (batched direct "
             "gets, `multi_last`)",

@@ -315,21 +315,22 @@ async def multi_last(
 async def read_last(
     nc: NatsClient, js: Any, stream: str, filters: Sequence[str]
 ) -> list[tuple[str, bytes]]:
-    """`multi_last`, split when the server says it matches too many subjects: one request
-    per filter, and a filter that alone matches too many is read with a consumer."""
+    """`multi_last`, split in halves (asked at once) while the server says a request
+    matches too many subjects; a filter that alone matches too many is read with a
+    consumer."""
     if not filters:
         return []
     try:
         return await multi_last(nc, stream, filters)
     except _TooMany:
         pass
-    found: list[tuple[str, bytes]] = []
-    for flt in filters:
-        try:
-            found += await multi_last(nc, stream, [flt])
-        except _TooMany:
-            found += [(msg.subject, msg.data) for msg in await read_messages(js, stream, flt)]
-    return found
+    if len(filters) == 1:
+        return [(msg.subject, msg.data) for msg in await read_messages(js, stream, filters[0])]
+    half = len(filters) // 2
+    first, second = await asyncio.gather(
+        read_last(nc, js, stream, filters[:half]), read_last(nc, js, stream, filters[half:])
+    )
+    return first + second
 
 
 def _value(body: bytes) -> int:
@@ -415,7 +416,9 @@ class Reader:
         length = _window(window)
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValueError(f"limit must be a whole number >= 1, got {limit!r}")
-        scope = f"e.{_queue(queue) if queue is not None else '*'}.*"
+        # Every queue's patterns are counted apart from each queue's: a read of the
+        # fleet's reads one counter per pattern and bucket, however many queues.
+        scope = "e.*" if queue is None else f"eq.{_queue(queue)}.*"
         now = time.time()
         keep = await self._keep()
         span = plan(length, now, keep)
@@ -424,15 +427,15 @@ class Reader:
         if before is not None:
             wanted += [(t, b, scope) for t, b in before.buckets]
         counts = await self._counts(wanted)
-        current, queues = _pattern_counts(span, counts)
-        earlier = _pattern_counts(before, counts)[0] if before is not None else None
+        current = _pattern_counts(span, counts)
+        earlier = _pattern_counts(before, counts) if before is not None else None
         total = sum(current.values())
         top = sorted(current, key=lambda fp: (-current[fp], fp))[:limit]
-        records = await self._pattern_records(top, queue)
+        records = await self._pattern_records(top, queue, span.start)
         patterns = []
         for fingerprint in top:
             count = current[fingerprint]
-            first, last = records.get(fingerprint, (None, None))
+            first, last, queues = records.get(fingerprint, (None, None, ()))
             prior = None if earlier is None else earlier.get(fingerprint, 0)
             trend = None
             if prior and before is not None:
@@ -450,7 +453,7 @@ class Reader:
                     trend=trend,
                     sample_job_ids=_samples(last, first, span.start),
                     previous_count=prior,
-                    queues=tuple(sorted(queues[fingerprint])),
+                    queues=queues if queue is None else (queue,),
                     function=latest.function if latest else "",
                     message=latest.message if latest else "",
                 )
@@ -458,9 +461,10 @@ class Reader:
         return patterns
 
     async def _pattern_records(
-        self, fingerprints: Sequence[str], queue: str | None
-    ) -> dict[str, tuple[PatternRecord | None, PatternRecord | None]]:
-        """Each pattern's first record and latest record (over its queues)."""
+        self, fingerprints: Sequence[str], queue: str | None, since: float
+    ) -> dict[str, tuple[PatternRecord | None, PatternRecord | None, tuple[str, ...]]]:
+        """Each pattern's first record and latest record (over its queues), and the queues
+        it was last seen in since `since`."""
         wanted = [f for f in fingerprints if f != OTHER_PATTERN]
         if not wanted:
             return {}
@@ -476,6 +480,7 @@ class Reader:
             return {}
         firsts: dict[str, PatternRecord] = {}
         lasts: dict[str, PatternRecord] = {}
+        queues: dict[str, set[str]] = {}
         for subject, body in found:
             try:
                 record = _decode_pattern(body)
@@ -489,7 +494,11 @@ class Reader:
                 kept = lasts.get(record.fingerprint)
                 if kept is None or record.seen_at > kept.seen_at:
                     lasts[record.fingerprint] = record
-        return {fp: (firsts.get(fp), lasts.get(fp)) for fp in wanted}
+                if record.seen_at >= since:
+                    queues.setdefault(record.fingerprint, set()).add(record.queue)
+        return {
+            fp: (firsts.get(fp), lasts.get(fp), tuple(sorted(queues.get(fp, ())))) for fp in wanted
+        }
 
     # ------------------------------------------------------------------ budgets
     async def error_budget(
@@ -580,19 +589,14 @@ def _rate(
     )
 
 
-def _pattern_counts(
-    span: Span | None, counts: Counts
-) -> tuple[dict[str, int], dict[str, set[str]]]:
+def _pattern_counts(span: Span, counts: Counts) -> dict[str, int]:
+    """Failed attempts per pattern in `span` (`e.<fp>` or `eq.<queue>.<fp>` counters)."""
     per_pattern: dict[str, int] = {}
-    queues: dict[str, set[str]] = {}
-    if span is None:
-        return per_pattern, queues
     for key in span.buckets:
         for scope, value in counts.get(key, ()):
-            if scope[0] == "e" and len(scope) == 3:
-                per_pattern[scope[2]] = per_pattern.get(scope[2], 0) + value
-                queues.setdefault(scope[2], set()).add(scope[1])
-    return per_pattern, queues
+            if scope[0] in ("e", "eq"):
+                per_pattern[scope[-1]] = per_pattern.get(scope[-1], 0) + value
+    return per_pattern
 
 
 def _samples(

@@ -177,8 +177,9 @@ def count_stream(tier: str) -> str:
 def count_subject(tier: str, bucket: int | str, scope: str) -> str:
     """One counter: the outcomes of `scope` in bucket `bucket` (unix time // the tier's
     seconds) of `tier`. Scopes: `all.<outcome>` (every queue), `q.<queue>.<outcome>`,
-    `f.<queue>.<function token>.<outcome>`, `e.<queue>.<fingerprint>` (failed attempts
-    of one error pattern); outcomes `completed`, `failed` (for good) and `retried`. A
+    `f.<queue>.<function token>.<outcome>`; failed attempts of one error pattern,
+    `e.<fingerprint>` (every queue) and `eq.<queue>.<fingerprint>`; outcomes
+    `completed`, `failed` (for good) and `retried`. A
     read asks for the same with wildcards in `scope`."""
     return f"naq.counts.{tier}.{bucket}.{scope}"
 

@@ -13,7 +13,8 @@ of a few dozen counters (`analytics.py`), whatever the number of jobs.
 Each outcome is added to one time bucket of each tier (`layout.COUNT_TIERS`: a
 minute, ten minutes, an hour, six hours), under three scopes: every queue, its
 queue, its queue and function. Each failed attempt is also added, per tier, to its
-error pattern (`e.<queue>.<fingerprint>`), and the pattern's record (what the error
+error pattern (`e.<fingerprint>`, and `eq.<queue>.<fingerprint>` for a queue's), and
+the pattern's record (what the error
 is, where it was raised, the latest job ids) is written beside the counters, once as
 its first and after every flush as its latest.
 
@@ -264,9 +265,10 @@ class OutcomeRecorder:
             token = self._pattern(fingerprint, minute)
             if token != OTHER_PATTERN and (queue, fingerprint) in seen:
                 kept[(queue, fingerprint)] = seen[(queue, fingerprint)]
-            for tier, size in layout.COUNT_TIERS:
-                subject = layout.count_subject(tier, minute * 60 // size, f"e.{queue}.{token}")
-                increments[subject] = increments.get(subject, 0) + n
+            for scope in (f"e.{token}", f"eq.{queue}.{token}"):
+                for tier, size in layout.COUNT_TIERS:
+                    subject = layout.count_subject(tier, minute * 60 // size, scope)
+                    increments[subject] = increments.get(subject, 0) + n
         sends: list[asyncio.Future[int]] = []
         for subject, n in increments.items():
             self._sent += 1

@@ -10,7 +10,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
 import analytics_jobs
@@ -22,11 +22,13 @@ from naq_resilience import (
     FailureRecord,
     JobRecord,
     JobStatus,
+    SyncClient,
     Worker,
     cli,
     error_patterns,
     error_rate,
 )
+from naq_resilience.jetstream import client as client_module
 from naq_resilience.jetstream import layout
 from naq_resilience.jetstream.analytics import TIER_SECONDS, plan, previous, read_last
 from naq_resilience.jetstream.connection import ConnectionSettings, connect
@@ -36,6 +38,17 @@ from naq_resilience.jetstream.streams import ensure_layout
 
 HOUR = 3600.0
 KEEP = {"1m": 12 * HOUR, "10m": 72 * HOUR, "1h": 192 * HOUR, "6h": 192 * HOUR}
+
+
+@pytest.fixture(autouse=True)
+def _close_shared_clients() -> Iterator[None]:
+    """The module-level functions share one connection per URL; close it after each test,
+    so none is left reconnecting to the session's server once it has stopped."""
+    yield
+    shared = client_module._sync_clients
+    for client in list(shared.values()):
+        client.close()
+    shared.clear()
 
 
 # --------------------------------------------------------------------------- helpers
@@ -180,6 +193,15 @@ def test_where_names_the_innermost_frame_without_its_line() -> None:
     )
 
 
+def test_every_worker_counts_outcomes_unless_told_not_to(monkeypatch: pytest.MonkeyPatch) -> None:
+    worker = Worker("default", nats_url="nats://127.0.0.1:9")
+    assert isinstance(worker.outcomes, OutcomeRecorder)
+    assert worker.outcomes in worker.observers.items
+    assert Worker("default", nats_url="nats://127.0.0.1:9", record_outcomes=False).outcomes is None
+    monkeypatch.setenv("NAQ_RECORD_OUTCOMES", "0")
+    assert Worker("default", nats_url="nats://127.0.0.1:9").observers.items == ()
+
+
 # --------------------------------------------------------------------------- on a real server
 
 
@@ -242,6 +264,10 @@ def test_patterns_tell_two_places_of_one_error_type_apart(nats_url: str) -> None
     assert csv.first_seen <= csv.last_seen
     assert (csv.trend, csv.previous_count) == (None, 0)  # nothing in the hour before
     assert error_patterns(HOUR, queue="reports", nats_url=nats_url) == []
+    assert [p.count for p in error_patterns(HOUR, queue="default", nats_url=nats_url)] == [3, 1]
+    with SyncClient(nats_url) as client:  # the failure record says it too, for any reader
+        [record] = client.get_dead_letter(jobs[0].job_id).failures
+    assert (record.where, record.fingerprint) == (csv.where, csv.fingerprint)
     assert [p.count for p in error_patterns(HOUR, limit=1, nats_url=nats_url)] == [3]
 
 

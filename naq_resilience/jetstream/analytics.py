@@ -19,6 +19,7 @@ thirtieth longer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import time
@@ -334,10 +335,16 @@ async def read_last(
 
 
 def _value(body: bytes) -> int:
-    """A counter's total: the server stores `{"val":"<total>"}`."""
+    """A counter's total: the server stores `{"val":"<total>"}`. Anything else (a stream
+    made by hand without `allow_msg_counter`, which stores the empty increments as they
+    are) counts nothing rather than failing the read."""
     if body.startswith(b'{"val":"') and body.endswith(b'"}'):
-        return int(body[8:-2])
-    return int(json.loads(body)["val"])
+        with contextlib.suppress(ValueError):
+            return int(body[8:-2])
+    try:
+        return int(json.loads(body)["val"])
+    except (ValueError, TypeError, KeyError):
+        return 0
 
 
 Counts = dict[tuple[str, int], list[tuple[tuple[str, ...], int]]]

@@ -10,7 +10,8 @@ Every stream and bucket has a limit (`StorageSettings`, from `NAQ_*` variables).
 a full store must not lose anything, it refuses new writes (discard "new"): a full job
 stream refuses the enqueue with `StreamFullError`, a full dead-letter stream refuses
 the dead letter and the worker keeps the job in its queue. Only failure records, which
-are history and also travel inside each dead letter, drop their oldest first.
+are history and also travel inside each dead letter, and the outcome counters (whose
+streams the server allows no other way) drop their oldest first.
 """
 
 from __future__ import annotations

@@ -153,6 +153,9 @@ UNKNOWN_DEFERRAL: Final = (1.0, 60.0)
 the job, at most 60 s. A deferral uses no attempt, so a fixed short wait would redeliver
 a job every second for as long as the breaker stays open; a fixed long one would keep
 it waiting long after the breaker closed."""
+RECORD_OUTCOMES_ENV: Final = "NAQ_RECORD_OUTCOMES"
+"""`0` (or `false`, `no`, `off`): workers that do not say otherwise count no outcomes for
+`error_rate`, `error_patterns` and `error_budget`."""
 UNROUTABLE_AFTER_ENV: Final = "NAQ_UNROUTABLE_AFTER"
 DEFAULT_UNROUTABLE_AFTER: Final = 300.0
 """Seconds a job no worker can route (its function's module not imported by the workers
@@ -310,7 +313,8 @@ class Worker:
     every failed attempt (`JobObserver`): metrics, counters, logs. Every worker also
     counts its outcomes and error patterns for `error_rate`, `error_patterns` and
     `error_budget` (`outcomes`, an `OutcomeRecorder`, sending its counts once a second);
-    `record_outcomes=False` leaves them out.
+    `record_outcomes=False` (default: `NAQ_RECORD_OUTCOMES`, on unless `0`) leaves them
+    out.
     """
 
     def __init__(
@@ -332,7 +336,7 @@ class Worker:
         worker_id: str | None = None,
         unroutable_after: Duration | None = None,
         observers: Iterable[JobObserver] = (),
-        record_outcomes: bool = True,
+        record_outcomes: bool | None = None,
     ) -> None:
         names = [queues] if isinstance(queues, str) else list(queues)
         if not names:
@@ -385,6 +389,10 @@ class Worker:
         self._log_handed_back = _Every(LOG_EVERY)
         self._log_refused = _Every(LOG_EVERY)
         self._log_unroutable = _Every(LOG_EVERY)
+        if record_outcomes is None:
+            record_outcomes = os.environ.get(RECORD_OUTCOMES_ENV, "").strip().lower() not in (
+                "0", "false", "no", "off",
+            )  # fmt: skip
         self.outcomes = OutcomeRecorder() if record_outcomes else None
         self.observers = Observers(
             (*observers, self.outcomes) if self.outcomes is not None else tuple(observers)

@@ -382,7 +382,7 @@ def test_naq_errors_prints_tables_and_json(
     assert (pattern["where"], pattern["count"], pattern["share"]) == ("app/jobs.py:charge", 10, 1.0)
     code, out = naq("patterns")
     assert "app/jobs.py:charge" in out
-    assert "10 failed attempts in the last 1d" in out
+    assert "10 failed attempts in the last 24h" in out
 
     code, out = naq("budget", "--target", "0.99", "--window", "1h", "--json")
     status = json.loads(out)

@@ -89,8 +89,9 @@ def _percent(value: float) -> str:
 
 
 def _duration(seconds: float) -> str:
+    """`5m`, `24h`, `7d`: days only from two on, as people say a day's window."""
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
+        if seconds >= max(size, 2 * 86400 if unit == "d" else 0) and seconds % size == 0:
             return f"{seconds / size:g}{unit}"
     return f"{seconds:g}s"
 

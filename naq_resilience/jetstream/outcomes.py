@@ -71,6 +71,8 @@ MAX_PATTERNS: Final = 200
 """Distinct error patterns a worker counts apart per hour; the rest are `OTHER_PATTERN`."""
 OTHER_FUNCTION: Final = "~other"
 OTHER_PATTERN: Final = "other"
+STOP_WAIT: Final = 5.0
+"""Seconds `stop` waits for the last counts to be acknowledged."""
 SAMPLE_IDS: Final = 5
 """Job ids a pattern record keeps: the latest that failed so."""
 _LOG_EVERY = 60.0
@@ -174,6 +176,7 @@ class OutcomeRecorder:
         self.interval = interval
         self._publisher: Publisher | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
         self._outcomes: dict[tuple[int, str, str, str], int] = {}
         self._errors: dict[tuple[int, str, str], int] = {}
         self._seen: dict[tuple[str, str], _Seen] = {}
@@ -221,29 +224,38 @@ class OutcomeRecorder:
     async def start(self, publisher: Publisher) -> None:
         """Send the counts every `interval` seconds through `publisher`, from now on."""
         self._publisher = publisher
+        self._stopping = asyncio.Event()  # a worker run again starts a new timer
         self._task = asyncio.create_task(self._run(), name="naq-outcomes")
 
     async def stop(self) -> None:
-        """Stop the timer and send what is left (the last jobs a worker ran)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        if self._publisher is not None:
+        """Send what is left (the last jobs a worker ran) and stop. A flush under way is
+        finished, not cancelled half-sent; a server that does not answer is waited for
+        `STOP_WAIT` seconds at most, so a worker's shutdown does not hang on it."""
+        task, self._task = self._task, None
+        if task is not None:
+            self._stopping.set()
             try:
-                await self.flush()
-            except Exception as exc:
-                self._warn(f"the last outcome counts were not sent ({exc!r})")
-            self._publisher = None
+                await asyncio.wait_for(task, STOP_WAIT)
+            except TimeoutError:
+                self._warn(f"the last outcome counts were not sent within {STOP_WAIT:g}s")
+        self._publisher = None
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self.interval)
-            try:
-                await self.flush()
-            except Exception as exc:  # counting must never stop the worker
-                self._warn(f"outcome counts not sent ({exc!r}); trying again in {self.interval:g}s")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.interval)
+            await self._flush_logged()
+            if self._stopping.is_set():
+                # `stop` may have come while that flush was sent: what was counted
+                # meanwhile goes too.
+                await self._flush_logged()
+                return
+
+    async def _flush_logged(self) -> None:
+        try:
+            await self.flush()
+        except Exception as exc:  # counting must never stop the worker
+            self._warn(f"outcome counts not sent ({exc!r}); trying again in {self.interval:g}s")
 
     async def flush(self) -> None:
         """Send everything counted since the last flush: one increment per counter."""

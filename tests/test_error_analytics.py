@@ -440,3 +440,14 @@ def test_past_its_cap_a_worker_counts_the_rest_as_other(nats_url: str) -> None:
     [other] = [p for p in found if p.fingerprint == "other"]
     assert other.count == 5
     assert other.error_type.startswith("(other patterns")
+
+
+def test_naq_errors_says_in_one_line_what_it_cannot_do(
+    nats_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["errors", "rate", "--nats-url", "nats://127.0.0.1:9"]) == 1
+    assert capsys.readouterr().err.startswith("naq errors rate: ")
+    assert cli.main(["errors", "budget", "--window", "30d", "--nats-url", nats_url]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "NAQ_COUNTS_MAX_AGE" in err
+    assert len(err.splitlines()) == 1

@@ -29,9 +29,10 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
+import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError
 
 from naq_resilience.jetstream import layout
 from naq_resilience.jetstream.outcomes import OTHER_PATTERN, function_token
@@ -301,7 +302,10 @@ async def multi_last(
     try:
         request = json.dumps({"multi_last": list(filters)}).encode()
         await nc.publish(f"$JS.API.DIRECT.GET.{stream}", request, reply=inbox)
-        status = await asyncio.wait_for(ended, timeout)
+        try:
+            status = await asyncio.wait_for(ended, timeout)
+        except TimeoutError:
+            raise nats.errors.TimeoutError from None  # a nats-py error, as any request's
     finally:
         await sub.unsubscribe()
     if status in ("204", "404"):  # end of batch; no subject matched
@@ -310,7 +314,7 @@ async def multi_last(
         raise _TooMany(stream)
     if status == "503":
         raise _NoStream(stream)
-    raise RuntimeError(f"the direct get of {stream} answered status {status}")
+    raise APIError(description=f"the direct get of {stream} answered status {status}")
 
 
 async def read_last(

@@ -37,6 +37,7 @@ from nats.js.errors import BucketNotFoundError, NotFoundError  # noqa: E402
 
 from naq_resilience import codec, models  # noqa: E402
 from naq_resilience.jetstream import layout, streams  # noqa: E402
+from naq_resilience.jetstream.outcomes import fingerprint_of  # noqa: E402
 from naq_resilience.jetstream.registry import UnroutableJob  # noqa: E402
 from naq_resilience.jetstream.stores import _key as breaker_key  # noqa: E402
 from naq_resilience.jetstream.worker import (  # noqa: E402
@@ -59,6 +60,7 @@ from naq_resilience.models import (  # noqa: E402
     JobStatus,
     Ledger,
     LogRecord,
+    PatternRecord,
     ReplayRecord,
     SagaLogRecord,
     ScheduleRecord,
@@ -292,6 +294,8 @@ FAILURE = FailureRecord(
     duration=0.25,
     context={"order_id": 42},
     next_retry_at=T0 + 2.75,
+    where="billing/jobs.py:send_invoice",
+    fingerprint=fingerprint_of("builtins:ConnectionError", "billing/jobs.py:send_invoice"),
 )
 LAST_FAILURE = msgspec.structs.replace(
     FAILURE,
@@ -353,6 +357,22 @@ EXAMPLES: dict[type[msgspec.Struct], list[tuple[str, Any]]] = {
     ExceptionRecord: [('`TimeoutError("Network timeout")`, as an argument.', TIMEOUT)],
     FailureRecord: [("The first of six attempts failed; it will be retried.", FAILURE)],
     ReplayRecord: [("One replay of a dead letter, with more retries.", REPLAY)],
+    PatternRecord: [
+        (
+            "The latest of a pattern: three failed attempts in one second of one worker.",
+            PatternRecord(
+                fingerprint=FAILURE.fingerprint,
+                error_type=FAILURE.error_type,
+                where=FAILURE.where,
+                queue="emails",
+                function=FAILURE.function,
+                message=FAILURE.message,
+                seen_at=T0 + 0.75,
+                count=3,
+                job_ids=[JOB_ID, "0a1b2c3d4e5f60718293a4b5c6d7e8f9", "go-invoice-41"],
+            ),
+        )
+    ],
     DeadLetter: [
         (
             "A job out of attempts, with its whole history (attempts 2 to 5 elided here).",
@@ -601,6 +621,9 @@ def subject_matches(pattern: str, subject: str) -> bool:
 
 
 def stream_of(subject: str, configs: list[StreamConfig]) -> str:
+    if subject.startswith("naq.counts.<tier>."):
+        tiers = ", ".join(f"`{layout.count_stream(tier)}`" for tier, _ in layout.COUNT_TIERS)
+        return f"`NAQ_COUNTS_<TIER>`: {tiers}"
     for config in configs:
         if any(subject_matches(p, subject) for p in config.subjects or ()):
             return f"`{config.name}`"
@@ -854,6 +877,29 @@ def section_subjects(c: Code) -> list[str]:
             "the worker, before each `nak` (retry, breaker deferral, hand-back)",
             "the worker, when the job is delivered again",
         ),
+        (
+            layout.count_subject("<tier>", "<bucket>", "<scope>"),
+            "an ADR-49 counter: the server stores `{\"val\":\"<total>\"}`; each write is an "
+            "empty message with `Nats-Incr: +<n>` (and a `Nats-Msg-Id`)",
+            "every worker, once a second, one increment per counter it touched: `<tier>` is "
+            f"{', '.join(f'`{t}`' for t, _ in layout.COUNT_TIERS)}, `<bucket>` the unix time "
+            "divided by the tier's seconds, `<scope>` `all.<outcome>`, "
+            "`q.<queue>.<outcome>`, `f.<queue>.<function>.<outcome>` (the function's `.` "
+            "written `/`: `billing/jobs:charge`), `e.<fingerprint>` or "
+            "`eq.<queue>.<fingerprint>` (failed attempts of one error pattern, in every "
+            "queue or in one); `<outcome>` is `completed`, `failed` or "
+            "`retried`",
+            "`error_rate`, `error_patterns`, `error_budget`, `naq errors` (batched direct "
+            "gets, `multi_last`)",
+        ),
+        (
+            layout.pattern_subject(QUEUE, "<fingerprint>", "last"),
+            "PatternRecord",
+            "every worker, after each flush in which it saw the pattern (and once to "
+            "`.first`, with `Nats-Expected-Last-Subject-Sequence: 0`, so the first stays)",
+            "`error_patterns`, for what a pattern is, when it was first and last seen, "
+            "and sample job ids",
+        ),
     ]
     add("## Subjects")
     add(
@@ -864,9 +910,11 @@ def section_subjects(c: Code) -> list[str]:
     table = ["| Subject | Stream | Message | Written by | Read by |", "|---|---|---|---|---|"]
     for subject, record_name, writer, reader in rows:
         message = (
-            anchor(record_name)
-            if record_name
-            else "the job's message, byte for byte as it was in the job stream"
+            "the job's message, byte for byte as it was in the job stream"
+            if not record_name
+            else record_name
+            if " " in record_name
+            else anchor(record_name)
         )
         table.append(
             f"| `{subject}` | {stream_of(subject, created.streams)} | {message} | "
@@ -894,7 +942,7 @@ def section_streams(c: Code) -> list[str]:
         table.append(
             f"| `{name}` | {', '.join(f'`{s}`' for s in config.subjects or ())} | "
             f"{settings(config, ('name', 'subjects'))} | "
-            f"{cell(layout_docs.get(constant_of[name], ''))} |"
+            f"{cell(layout_docs.get(constant_of.get(name, 'COUNT_SUBJECTS'), ''))} |"
         )
     add("\n".join(table))
     return out

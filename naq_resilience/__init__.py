@@ -77,6 +77,12 @@ if TYPE_CHECKING:
     RETRYABLE_ERRORS: tuple[type[BaseException], ...]
     NON_RETRYABLE_ERRORS: tuple[type[BaseException], ...]
     CRITICAL_ERRORS: tuple[type[BaseException], ...]
+    from naq_resilience.jetstream.analytics import (
+        BudgetStatus,
+        BurnRate,
+        ErrorPattern,
+        ErrorRate,
+    )
     from naq_resilience.jetstream.client import (
         Client,
         Job,
@@ -90,6 +96,8 @@ if TYPE_CHECKING:
         enqueue,
         enqueue_many,
         enqueue_sync,
+        error_patterns,
+        error_rate,
         get_dead_letter,
         get_dead_letter_jobs,
         get_failed_jobs,
@@ -156,7 +164,9 @@ if TYPE_CHECKING:
         JobEnvelope,
         JobRecord,
         JobStatus,
+        PatternRecord,
     )
+    from naq_resilience.ops.budget import ErrorBudget
     from naq_resilience.ops.logging import setup_logging
 
 _LIVE = frozenset({"RETRYABLE_ERRORS", "NON_RETRYABLE_ERRORS", "CRITICAL_ERRORS"})
@@ -235,6 +245,14 @@ _LAZY = {
     "JobEnvelope": "naq_resilience.models",
     "JobStatus": "naq_resilience.models",
     "setup_logging": "naq_resilience.ops.logging",
+    "BudgetStatus": "naq_resilience.jetstream.analytics",
+    "BurnRate": "naq_resilience.jetstream.analytics",
+    "ErrorPattern": "naq_resilience.jetstream.analytics",
+    "ErrorRate": "naq_resilience.jetstream.analytics",
+    "error_patterns": "naq_resilience.jetstream.client",
+    "error_rate": "naq_resilience.jetstream.client",
+    "ErrorBudget": "naq_resilience.ops.budget",
+    "PatternRecord": "naq_resilience.models",
 }
 
 
@@ -265,6 +283,8 @@ __all__ = [
     "BreakerPolicy",
     "BreakerSnapshot",
     "BreakerStore",
+    "BudgetStatus",
+    "BurnRate",
     "cancel_scheduled_job",
     "cancel_scheduled_job_sync",
     "chaos",
@@ -309,6 +329,11 @@ __all__ = [
     "enqueue_sync",
     "EnrichedError",
     "error_context",
+    "error_patterns",
+    "error_rate",
+    "ErrorBudget",
+    "ErrorPattern",
+    "ErrorRate",
     "FailureRecord",
     "fallback",
     "FallbackPolicy",
@@ -343,6 +368,7 @@ __all__ = [
     "on_critical",
     "pause_scheduled_job",
     "pause_scheduled_job_sync",
+    "PatternRecord",
     "policies_of",
     "ProcessingError",
     "PublishTimeoutError",

@@ -33,6 +33,7 @@ __all__ = [
     "JobStatus",
     "Ledger",
     "LogRecord",
+    "PatternRecord",
     "ReplayRecord",
     "SagaLogRecord",
     "WorkerInfo",
@@ -228,6 +229,16 @@ class FailureRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     cut: list[str] = []
     """Fields shortened to fit the record's size limit: "message", "traceback",
     "context"."""
+    where: str = ""
+    """Where the error was raised: the innermost frame of its traceback, as the file
+    (relative to the `sys.path` entry it was imported from, `/`-separated) and the
+    function's qualified name, e.g. `billing/jobs.py:charge`. No line number, so
+    editing the file does not split an error pattern. Absent when the error has no
+    traceback."""
+    fingerprint: str = ""
+    """The error pattern this failure belongs to: 16 hex digits of a BLAKE2b hash of
+    `error_type` and `where`, so failures of one type raised in one place share it
+    (`error_patterns` groups by it)."""
 
 
 class ReplayRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -243,6 +254,39 @@ class ReplayRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     """When a rescheduled replay runs, unix time in seconds; absent: at once."""
     changed: list[str] = []
     """What the replay changed: "args", "kwargs", or the names of changed options."""
+
+
+class PatternRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """An error pattern as one worker saw it during one flush of its outcome counters.
+
+    Published to `naq.patterns.<queue>.<fingerprint>.last` after every flush in which
+    the worker saw the pattern (the stream keeps the latest), and once to
+    `naq.patterns.<queue>.<fingerprint>.first` with `Nats-Expected-Last-Subject-Sequence:
+    0`, so the first record written stays until it ages out. The counts themselves are
+    in the counter streams (`e.<queue>.<fingerprint>` scopes).
+    """
+
+    version: int = _written(1)
+    """Record format version."""
+    fingerprint: str
+    """The pattern, as in `FailureRecord.fingerprint`."""
+    error_type: str
+    """The exception's class, `module:qualname`."""
+    where: str
+    """Where it was raised, as in `FailureRecord.where`."""
+    queue: str
+    """The queue of the jobs that failed so."""
+    function: str
+    """The job function of the latest such failure, `module:qualname`."""
+    message: str = ""
+    """The head (at most 200 characters) of the latest such failure's message."""
+    seen_at: float
+    """When a failure of this pattern last happened (a `first` record: first
+    happened) in the flush interval, unix time in seconds."""
+    count: int = 0
+    """Failed attempts of this pattern the worker counted in the interval."""
+    job_ids: list[str] = []
+    """Ids of the latest jobs (at most 5, newest first) that failed so in the interval."""
 
 
 class DeadLetter(msgspec.Struct, kw_only=True, omit_defaults=True):

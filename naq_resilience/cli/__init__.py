@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 
 from naq_resilience.cli.breakers import add_breakers_command
 from naq_resilience.cli.dlq import add_dlq_command
+from naq_resilience.cli.errors import add_errors_command
 from naq_resilience.cli.jobs import add_jobs_command
 from naq_resilience.cli.logs import add_worker_logs_command
 from naq_resilience.cli.schedule import add_schedule_command
@@ -36,6 +37,7 @@ COMMANDS: tuple[AddCommand, ...] = (
     add_schedule_command,
     add_status_command,
     add_breakers_command,
+    add_errors_command,
 )
 
 

@@ -15,16 +15,21 @@ __all__ = [
     "ATTEMPT_BUCKET",
     "WORKER_BUCKET",
     "BREAKER_BUCKET",
+    "COUNT_TIERS",
     "DEAD_STREAM",
     "FAILURE_STREAM",
     "HISTORY_STREAM",
     "JOB_STREAM",
     "LOG_STREAM",
+
+    "PATTERN_STREAM",
     "RESULT_BUCKET",
     "SAGA_BUCKET",
     "SCHEDULE_STREAM",
     "check_dead_letter_queue",
     "check_queue_name",
+    "count_stream",
+    "count_subject",
     "dead_letter_queue_for",
     "dead_subject",
     "failure_subject",
@@ -35,6 +40,7 @@ __all__ = [
     "log_subject",
     "log_token",
     "original_subject",
+    "pattern_subject",
     "queue_of_subject",
     "run_subject",
     "schedule_filter",
@@ -78,6 +84,19 @@ LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 """The level tokens of log subjects, lowest first."""
 NO_TOKEN: Final = "-"
 """A log subject's queue and job tokens for a line logged outside a job."""
+
+COUNT_TIERS: Final = (("1m", 60), ("10m", 600), ("1h", 3600), ("6h", 21600))
+"""The time buckets outcomes are counted in: a name and its length in seconds. Every
+outcome is added to one bucket of each tier, so any window is the sum of a few dozen
+aligned buckets, the larger the window the coarser its edges (docs/design.md)."""
+COUNT_SUBJECTS: Final = "naq.counts.{tier}.>"
+"""Each tier has its own counter stream (ADR-49 `allow_msg_counter`), `NAQ_COUNTS_<TIER>`,
+so each keeps its buckets as long as the windows read from it need them."""
+
+PATTERN_STREAM: Final = "NAQ_PATTERNS"
+"""For each error pattern of each queue, the first and the latest `PatternRecord` (what
+the error is, where it was raised, a few job ids), one message per subject."""
+PATTERN_SUBJECTS: Final = "naq.patterns.>"
 
 BREAKER_BUCKET: Final = "naq-breakers"
 """Circuit-breaker state shared by every worker: one key per breaker name."""
@@ -205,3 +224,21 @@ def log_filter(
 ) -> str:
     """A filter on log subjects; `*` matches any token."""
     return f"naq.logs.{level}.{worker}.{queue}.{job_id}"
+def count_stream(tier: str) -> str:
+    """The counter stream of one tier of time buckets: `NAQ_COUNTS_1M`, `NAQ_COUNTS_6H`..."""
+    return f"NAQ_COUNTS_{tier.upper()}"
+
+
+def count_subject(tier: str, bucket: int | str, scope: str) -> str:
+    """One counter: the outcomes of `scope` in bucket `bucket` (unix time // the tier's
+    seconds) of `tier`. Scopes: `all.<outcome>` (every queue), `q.<queue>.<outcome>`,
+    `f.<queue>.<function token>.<outcome>`; failed attempts of one error pattern,
+    `e.<fingerprint>` (every queue) and `eq.<queue>.<fingerprint>`; outcomes
+    `completed`, `failed` (for good) and `retried`. A
+    read asks for the same with wildcards in `scope`."""
+    return f"naq.counts.{tier}.{bucket}.{scope}"
+
+
+def pattern_subject(queue: str, fingerprint: str, which: str) -> str:
+    """The first (`first`) or latest (`last`) `PatternRecord` of a pattern of `queue`."""
+    return f"naq.patterns.{queue}.{fingerprint}.{which}"

@@ -10,7 +10,8 @@ Every stream and bucket has a limit (`StorageSettings`, from `NAQ_*` variables).
 a full store must not lose anything, it refuses new writes (discard "new"): a full job
 stream refuses the enqueue with `StreamFullError`, a full dead-letter stream refuses
 the dead letter and the worker keeps the job in its queue. Only failure records, which
-are history and also travel inside each dead letter, drop their oldest first.
+are history and also travel inside each dead letter, and the outcome counters (whose
+streams the server allows no other way) drop their oldest first.
 """
 
 from __future__ import annotations
@@ -40,7 +41,14 @@ from nats.js.kv import KeyValue
 from naq_resilience.jetstream import layout
 from naq_resilience.policies.durations import SecondsField
 
-__all__ = ["Buckets", "StorageSettings", "ensure_layout", "parse_size", "read_messages"]
+__all__ = [
+    "Buckets",
+    "StorageSettings",
+    "count_tier_max_age",
+    "ensure_layout",
+    "parse_size",
+    "read_messages",
+]
 
 log = logging.getLogger("naq_resilience.streams")
 
@@ -136,6 +144,15 @@ class StorageSettings:
     """How long workers' log records (`NAQ_LOGS`, `naq worker-logs`) are kept."""
     logs_max_bytes: int = 256 * _MiB
     """Workers' log records; when reached the oldest go first."""
+    counts_max_age: SecondsField = SecondsField(8 * _DAY, positive=True)
+    """How long the outcome counters of the hour and six-hour buckets, and the error
+    patterns' records, are kept: the longest window `error_rate`, `error_patterns` and
+    `error_budget` can read (a pattern's trend needs twice its window). The minute and
+    ten-minute buckets are kept 12 hours and 3 days (or this, if shorter): only short
+    windows and the edges of longer ones read them."""
+    counts_max_bytes: int = 256 * _MiB
+    """Each counter stream (`NAQ_COUNTS_1M`, `_10M`, `_1H`, `_6H`) and `NAQ_PATTERNS`;
+    when reached the oldest buckets go first (a counter stream cannot discard new)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.replicas, bool) or not 1 <= self.replicas <= 5:
@@ -192,6 +209,42 @@ def _schedule_stream(settings: StorageSettings) -> StreamConfig:
         max_bytes=settings.schedules_max_bytes,
         discard=DiscardPolicy.OLD,
     )
+
+
+_FINE_TIER_KEEP = {"1m": 12 * 3600.0, "10m": 3 * _DAY}
+"""How long the fine buckets are kept: a window reads minute buckets only when it is
+shorter than 5 hours (and its trend the 5 hours before), ten-minute buckets only when
+shorter than 30 hours (docs/design.md, "Error analytics")."""
+
+
+def count_tier_max_age(settings: StorageSettings, tier: str) -> float:
+    """The `max_age` of the counter stream of `tier` (a name of `layout.COUNT_TIERS`)."""
+    keep = _FINE_TIER_KEEP.get(tier)
+    return settings.counts_max_age if keep is None else min(keep, settings.counts_max_age)
+
+
+def _count_streams(settings: StorageSettings) -> list[StreamConfig]:
+    """One counter stream per tier (ADR-49: only increments, `Nats-Incr: +N`, are
+    accepted). One message per subject, the running total: a bucket costs the server
+    one message however often it is incremented. Counters refuse discard new and
+    per-message TTLs; `max_age` ages whole buckets out, oldest first."""
+    return [
+        StreamConfig(
+            name=layout.count_stream(tier),
+            subjects=[layout.COUNT_SUBJECTS.format(tier=tier)],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            num_replicas=settings.replicas,
+            allow_msg_counter=True,
+            allow_direct=True,
+            max_msgs_per_subject=1,
+            max_age=count_tier_max_age(settings, tier),
+            max_bytes=settings.counts_max_bytes,
+            duplicate_window=settings.duplicate_window,
+            discard=DiscardPolicy.OLD,
+        )
+        for tier, _ in layout.COUNT_TIERS
+    ]
 
 
 def _run_source() -> StreamSource:
@@ -263,6 +316,19 @@ def _streams(settings: StorageSettings) -> list[StreamConfig]:
             max_age=settings.logs_max_age,
             max_bytes=settings.logs_max_bytes,
             discard=DiscardPolicy.OLD,
+        ),
+        *_count_streams(settings),
+        StreamConfig(
+            name=layout.PATTERN_STREAM,
+            subjects=[layout.PATTERN_SUBJECTS],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            num_replicas=settings.replicas,
+            allow_direct=True,
+            max_age=settings.counts_max_age,
+            max_bytes=settings.counts_max_bytes,
+            discard=DiscardPolicy.OLD,
+            max_msgs_per_subject=1,  # a pattern's first record, and its latest
         ),
     ]
 

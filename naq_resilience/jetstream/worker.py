@@ -98,6 +98,7 @@ from naq_resilience.jetstream.connection import (
 from naq_resilience.jetstream.heartbeat import Heartbeats
 from naq_resilience.jetstream.logstream import LogPublisher, publish_logs_from_env
 from naq_resilience.jetstream.observers import JobObserver, Observers
+from naq_resilience.jetstream.outcomes import OutcomeRecorder, fingerprint_of, where_of
 from naq_resilience.jetstream.presence import LIBRARY_VERSION, announce, worker_bucket
 from naq_resilience.jetstream.project import NO_MODULES_WARNING, import_sources
 from naq_resilience.jetstream.publisher import Publisher, StreamFullError
@@ -159,6 +160,9 @@ UNKNOWN_DEFERRAL: Final = (1.0, 60.0)
 the job, at most 60 s. A deferral uses no attempt, so a fixed short wait would redeliver
 a job every second for as long as the breaker stays open; a fixed long one would keep
 it waiting long after the breaker closed."""
+RECORD_OUTCOMES_ENV: Final = "NAQ_RECORD_OUTCOMES"
+"""`0` (or `false`, `no`, `off`): workers that do not say otherwise count no outcomes for
+`error_rate`, `error_patterns` and `error_budget`."""
 UNROUTABLE_AFTER_ENV: Final = "NAQ_UNROUTABLE_AFTER"
 DEFAULT_UNROUTABLE_AFTER: Final = 300.0
 """Seconds a job no worker can route (its function's module not imported by the workers
@@ -369,6 +373,11 @@ class Worker:
     (default: on unless `NAQ_PUBLISH_LOGS=0`) publishes the log records of the process
     that reach the root logger while the worker runs to `NAQ_LOGS`, at most
     `logstream.RATE` a second, for `naq worker-logs`.
+    Every worker also
+    counts its outcomes and error patterns for `error_rate`, `error_patterns` and
+    `error_budget` (`outcomes`, an `OutcomeRecorder`, sending its counts once a second);
+    `record_outcomes=False` (default: `NAQ_RECORD_OUTCOMES`, on unless `0`) leaves them
+    out.
     """
 
     def __init__(
@@ -391,6 +400,7 @@ class Worker:
         unroutable_after: Duration | None = None,
         observers: Iterable[JobObserver] = (),
         publish_logs: bool | None = None,
+        record_outcomes: bool | None = None,
     ) -> None:
         names = [queues] if isinstance(queues, str) else list(queues)
         if not names:
@@ -446,8 +456,15 @@ class Worker:
         self._log_failures = _Budget(FAILURE_LINES, 60.0)
         self.publish_logs = publish_logs_from_env() if publish_logs is None else publish_logs
         self._logs: LogPublisher | None = None
-        self.observers = Observers(tuple(observers))
         self._started_at = time.time()
+        if record_outcomes is None:
+            record_outcomes = os.environ.get(RECORD_OUTCOMES_ENV, "").strip().lower() not in (
+                "0", "false", "no", "off",
+            )  # fmt: skip
+        self.outcomes = OutcomeRecorder() if record_outcomes else None
+        self.observers = Observers(
+            (*observers, self.outcomes) if self.outcomes is not None else tuple(observers)
+        )
         self.processed = 0
         """Jobs that completed."""
         self.failed = 0
@@ -509,6 +526,10 @@ class Worker:
             self._publisher = Publisher(nc)
             await self._publisher.start()
             stack.push_async_callback(self._publisher.close)
+            if self.outcomes is not None:
+                await self.outcomes.start(self._publisher)
+                # Before the publisher closes, after the last jobs were settled.
+                stack.push_async_callback(self.outcomes.stop)
             breakers = BreakerSync(self._buckets.breakers, self.worker_id)
             await breakers.start()
             stack.push_async_callback(breakers.stop)
@@ -1166,13 +1187,15 @@ class Worker:
                 delay = policy.schedule.delay(attempt)
         now = time.time()
         message = _message(exc)
+        error_type = qualified_name(type(exc))
+        where = where_of(exc)
         record = FailureRecord(
             job_id=env.id,
             function=env.function,
             queue=queue,
             attempt=attempt,
             max_attempts=policy.max_attempts,
-            error_type=qualified_name(type(exc)),
+            error_type=error_type,
             message=message,
             traceback=_format_traceback(exc),
             classification=kind.value,
@@ -1187,6 +1210,8 @@ class Worker:
             context=context_of(exc),
             next_retry_at=None if delay is None else now + delay,
             crashes=crashes,
+            where=where,
+            fingerprint=fingerprint_of(error_type, where),
         )
         subject = layout.failure_subject(record.queue, record.job_id)
         assert self._nc is not None

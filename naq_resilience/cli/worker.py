@@ -1,5 +1,5 @@
 """`naq worker QUEUE... [--concurrency N] [--import MODULE]... [--strict]
-[--unroutable-after SECONDS] [--log-level LEVEL]`."""
+[--unroutable-after SECONDS] [--monitor FILE] [--no-incidents] [--log-level LEVEL]`."""
 
 from __future__ import annotations
 
@@ -71,6 +71,15 @@ def add_worker_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
         "(default: $NAQ_REPLICAS or 1; 3 in a 3-node cluster)",
     )  # fmt: skip
     parser.add_argument(
+        "--monitor", metavar="FILE", default=None,
+        help="also run an alert monitor with this config (TOML, as `naq monitor --config`): "
+        "it contends for the fleet's monitor lease, so one process alerts however many run",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-incidents", action="store_true",
+        help="do not open incidents for jobs that fail with a critical error",
+    )  # fmt: skip
+    parser.add_argument(
         "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default: %(default)s)"
     )
     parser.add_argument("--log-json", action="store_true", help="one JSON object per log line")
@@ -105,12 +114,19 @@ def _run(args: argparse.Namespace) -> int:
             unroutable_after=args.unroutable_after,
             storage=StorageSettings.from_env().with_replicas(args.replicas),
             strict=args.strict,
+            incidents=not args.no_incidents,
         )
-    except (ImportError, ValueError) as exc:
+        monitor = None
+        if args.monitor:
+            from naq_resilience.cli.monitor import build_monitor
+
+            monitor = build_monitor(argparse.Namespace(config=args.monitor, nats_url=args.nats_url))
+    except (ImportError, AttributeError, TypeError, ValueError) as exc:
         print(f"naq worker: {exc}", file=sys.stderr)
         return 2
     if not worker.has_jobs:
         print(f"naq worker: warning: {NO_MODULES_WARNING}", file=sys.stderr)
+    thread = monitor.start_in_thread() if monitor is not None else None
     try:
         worker.run_forever()
     except (NatsUnavailableError, JetStreamUnavailableError) as exc:
@@ -122,4 +138,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"naq worker: {exc}; exiting so a supervisor restarts it", file=sys.stderr)
         logging.shutdown()
         os._exit(3)
+    finally:
+        if monitor is not None and thread is not None:
+            monitor.stop()  # gives the lease up, so a standby need not wait for its TTL
+            thread.join(10)
     return 0

@@ -90,6 +90,7 @@ from naq_resilience.jetstream.connection import (
     while_jetstream_starts,
 )
 from naq_resilience.jetstream.heartbeat import Heartbeats
+from naq_resilience.jetstream.incidents import IncidentRecorder
 from naq_resilience.jetstream.observers import JobObserver, Observers
 from naq_resilience.jetstream.presence import LIBRARY_VERSION, announce, worker_bucket
 from naq_resilience.jetstream.project import NO_MODULES_WARNING, import_sources
@@ -314,7 +315,9 @@ class Worker:
     `functions`. Durations are seconds or `timedelta`s. `format` is what results are
     stored as: by default what `NAQ_JOB_SERIALIZER` says (json when unset; `pickle` is
     refused here, at start). `observers` are told of every change of a job's state and
-    every failed attempt (`JobObserver`): metrics, counters, logs.
+    every failed attempt (`JobObserver`): metrics, counters, logs. With `incidents`
+    (the default), a job that fails with a critical error opens an incident in
+    `naq-incidents`, or adds to the open one of the same error (`IncidentRecorder`).
     """
 
     def __init__(
@@ -336,6 +339,7 @@ class Worker:
         worker_id: str | None = None,
         unroutable_after: Duration | None = None,
         observers: Iterable[JobObserver] = (),
+        incidents: bool = True,
     ) -> None:
         names = [queues] if isinstance(queues, str) else list(queues)
         if not names:
@@ -390,6 +394,10 @@ class Worker:
         self._log_unroutable = _Every(LOG_EVERY)
         self.observers = Observers(tuple(observers))
         self._started_at = time.time()
+        self._incidents: IncidentRecorder | None = None
+        if incidents:
+            self._incidents = IncidentRecorder(self.worker_id, self._storage)
+            self.observers.add(self._incidents)
         self.processed = 0
         self.failed = 0
 
@@ -428,6 +436,9 @@ class Worker:
             self._publisher = Publisher(nc)
             await self._publisher.start()
             stack.push_async_callback(self._publisher.close)
+            if self._incidents is not None:
+                self._incidents.bind(js)
+                stack.push_async_callback(self._incidents.close)
             breakers = BreakerSync(self._buckets.breakers, self.worker_id)
             await breakers.start()
             stack.push_async_callback(breakers.stop)

@@ -204,10 +204,12 @@ class IncidentBook:
         severity: Severity = Severity.CRITICAL,
         job_id: str | None = None,
         source: str = "",
+        same_as: str | None = None,
     ) -> tuple[Incident, bool]:
         """Add this error to its open incident, or open one; the incident and whether it
-        was opened now (the paging hooks have run then)."""
-        fp = fingerprint(error_type, where)
+        was opened now (the paging hooks have run then). Errors are the same incident
+        when their `error_type` and `where` are, or, when given, their `same_as`."""
+        fp = fingerprint(error_type, where if same_as is None else same_as)
         index = layout.open_incident_key(fp)
         for _ in range(_TRIES):
             now = self._clock()

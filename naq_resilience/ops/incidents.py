@@ -75,14 +75,18 @@ async def handle_critical_error_async(
     it opens, alert: the `on_incident` hooks, then each of `sinks`. The incident.
 
     `error` is an exception (its class, message, where it was raised and its
-    `error_context` are recorded) or a description. `context` is added to the record.
+    `error_context` are recorded; the class and the place make it the same incident) or
+    a description (the same text makes it the same incident). `context` is added to the
+    record.
     """
+    same_as = None
     if isinstance(error, BaseException):
         error_type, message = qualified_name(type(error)), str(error)
         where = where_of_exception(error)
         merged = {**context_of(error), **(context or {})}
     else:
         error_type, message, where, merged = "message", str(error), "", dict(context or {})
+        same_as = message
     book = await IncidentBook.of(client)
     incident, opened = await book.report(
         error_type=error_type,
@@ -92,6 +96,7 @@ async def handle_critical_error_async(
         severity=severity_of(severity),
         job_id=job_id,
         source=_source(),
+        same_as=same_as,
     )
     if opened:
         alert = Alert(

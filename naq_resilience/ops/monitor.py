@@ -221,7 +221,7 @@ class Monitor:
     async def _keep_lease(self) -> None:
         assert self._lease is not None
         lease = self._lease
-        was_leader = False
+        was_leader: bool | None = None  # the first outcome is logged either way
         while True:
             held = await lease.keep()
             if held != was_leader:

@@ -166,7 +166,10 @@ def _post(url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> 
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return int(response.status)
     except urllib.error.HTTPError as err:
-        text = err.read(300).decode("utf-8", "replace").strip()
+        try:
+            text = err.read(300).decode("utf-8", "replace").strip()
+        finally:
+            err.close()  # it holds the response's socket
         said = f"webhook {_safe(url)} answered {err.code} {err.reason}" + (
             f": {text}" if text else ""
         )

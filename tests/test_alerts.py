@@ -366,3 +366,37 @@ def test_config_mistakes_are_one_line_naming_where(tmp_path: Path, text: str, er
     with pytest.raises(ValueError, match=error) as raised:
         load_monitor_config(config)
     assert str(config) in str(raised.value)
+
+
+def naq(capsys: pytest.CaptureFixture[str], url: str, *argv: str) -> tuple[int, str, str]:
+    from naq_resilience import cli
+
+    code = cli.main([*argv, "--nats-url", url])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_naq_monitor_once_and_status(
+    nats_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    asyncio.run(write(nats_url, [letter(n) for n in range(4)]))
+    code, out, err = naq(capsys, nats_url, "monitor", "--status")
+    assert (code, out) == (
+        1,
+        "no monitor leads now (none runs, or the leader died less than a lease ago)\n",
+    )
+    args = ("monitor", "--once", "--dlq-threshold", "1", "--dlq", "billing.dead", "--dlq", "mail")
+    code, out, _ = naq(capsys, nats_url, *args)
+    assert code == 0
+    sent = [msgspec.json.decode(line, type=Alert) for line in out.splitlines()]
+    assert [(a.rule, a.key, a.value) for a in sent] == [
+        ("dead-letters-billing.dead,mail", "billing.dead", 2.0)
+    ]
+    code, out, _ = naq(capsys, nats_url, *args)  # cooling down: nothing
+    assert (code, out) == (0, "")
+
+    config = tmp_path / "bad.toml"
+    config.write_text('[[rules]]\ntype = "breaker_open"\nbreaker = ["x"]\n')
+    code, out, err = naq(capsys, nats_url, "monitor", "--once", "--config", str(config))
+    assert code == 2
+    assert "did you mean 'breakers'" in err

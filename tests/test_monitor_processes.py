@@ -21,6 +21,8 @@ import pytest
 from naq_resilience import Client
 from naq_resilience.models import Alert, BreakerRecord
 
+from processes import WorkerProcess
+
 ROOT = Path(__file__).resolve().parents[1]
 WAIT = 60.0
 
@@ -150,3 +152,27 @@ def test_one_monitor_alerts_and_the_standby_takes_over_when_it_is_killed(
         for process in monitors:
             process.close()
     assert [(a.key, a.monitor) for a in alerts] == [("billing-api", "first"), ("search", "second")]
+
+
+@pytest.mark.usefixtures("clean_jetstream")
+def test_a_worker_started_with_monitor_alerts_too(
+    nats_url: str, tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    config = tmp_path / "monitor.toml"
+    config.write_text(CONFIG)
+
+    async def main() -> Alert:
+        async with Client(nats_url) as client:
+            nc = client._nc
+            assert nc is not None
+            sub = await nc.subscribe("test.monitor.alerts")
+            await open_breaker(client, "billing-api")
+            workers.append(WorkerProcess(nats_url, tmp_path, "--monitor", str(config)))
+            msg = await sub.next_msg(timeout=WAIT)
+            return msgspec.json.decode(msg.data, type=Alert)
+
+    alert = asyncio.run(main())
+    assert alert.key == "billing-api"
+    assert str(workers[0].proc.pid) in alert.monitor
+    assert workers[0].terminate() == 0
+    assert f"monitor {alert.monitor} stopped after" in workers[0].log()  # cleanly, lease given up

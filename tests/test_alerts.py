@@ -377,8 +377,15 @@ def naq(capsys: pytest.CaptureFixture[str], url: str, *argv: str) -> tuple[int, 
 
 
 def test_naq_monitor_once_and_status(
-    nats_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    nats_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from naq_resilience.ops import logging as naq_logging
+
+    # A command sets up the process's logging; here the process is the test session.
+    monkeypatch.setattr(naq_logging, "setup_logging", lambda *args, **kwargs: None)
     asyncio.run(write(nats_url, [letter(n) for n in range(4)]))
     code, out, err = naq(capsys, nats_url, "monitor", "--status")
     assert (code, out) == (

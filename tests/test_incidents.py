@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from naq_resilience import Client, SecurityError, Worker, cli
+from naq_resilience.jetstream.client import _close_sync_clients
 from naq_resilience.jetstream.incidents import (
     IncidentBook,
     IncidentNotFoundError,
@@ -33,6 +35,14 @@ from naq_resilience.ops.sinks import CallbackSink
 import worker_jobs
 
 pytestmark = pytest.mark.usefixtures("clean_jetstream")
+
+
+@pytest.fixture(autouse=True)
+def _close_shared_clients() -> Iterator[None]:
+    """The sync functions share a client per URL; closed after each test, so none is
+    left connected when the session's server stops."""
+    yield
+    _close_sync_clients()
 
 
 def corrupt(row: int) -> None:

@@ -41,8 +41,8 @@ def add_incidents_command(commands: argparse._SubParsersAction[argparse.Argument
     listing.set_defaults(handler=exits(_list))
 
     show = actions.add_parser("show", help="every field of one incident")
-    show.add_argument("id", metavar="ID")
-    show.add_argument("--json", action="store_true")
+    show.add_argument("id", metavar="ID", help="the incident's id (see `naq incidents list`)")
+    show.add_argument("--json", action="store_true", help="the record as JSON, for scripts")
     show.set_defaults(handler=exits(_show))
 
     for name, helptext in (
@@ -50,10 +50,10 @@ def add_incidents_command(commands: argparse._SubParsersAction[argparse.Argument
         ("resolve", "close it: the same error afterwards opens a new incident"),
     ):
         action = actions.add_parser(name, help=helptext)
-        action.add_argument("id", metavar="ID")
+        action.add_argument("id", metavar="ID", help="the incident's id")
         action.add_argument("--by", default=None, help="who (default: your login name)")
         action.add_argument("--note", default=None, help="a line for the record")
-        action.add_argument("--json", action="store_true")
+        action.add_argument("--json", action="store_true", help="the new record as JSON")
         action.set_defaults(handler=exits(_ack if name == "ack" else _resolve))
     for sub in actions.choices.values():
         sub.add_argument("--nats-url", default=None, help="default: $NAQ_NATS_URL")

@@ -67,7 +67,9 @@ def add_monitor_command(commands: argparse._SubParsersAction[argparse.ArgumentPa
     )  # fmt: skip
     mode.add_argument("--status", action="store_true", help="print which monitor leads, and exit")
     parser.add_argument("--nats-url", default=None, help="default: $NAQ_NATS_URL")
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument(
+        "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default: %(default)s)"
+    )
     parser.add_argument("--log-json", action="store_true", help="one JSON object per log line")
     parser.set_defaults(handler=exits(_run))
 

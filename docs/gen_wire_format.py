@@ -50,20 +50,26 @@ from naq_resilience.jetstream.worker import (  # noqa: E402
 )
 from naq_resilience.models import (  # noqa: E402
     ENVELOPE_VERSION,
+    Alert,
     BreakerRecord,
     DeadLetter,
     ExceptionRecord,
     FailureRecord,
+    Incident,
+    IncidentStatus,
     JobEnvelope,
     JobRecord,
     JobResult,
     JobStatus,
     Ledger,
     LogRecord,
+    MonitorLease,
     PatternRecord,
     ReplayRecord,
+    RuleState,
     SagaLogRecord,
     ScheduleRecord,
+    Severity,
     WorkerInfo,
 )
 
@@ -146,6 +152,9 @@ def created_layout() -> RecordingJetStream:
 
     async def create() -> None:
         await streams.ensure_layout(js)
+        # The operations floor's buckets, which their users create when first needed.
+        await streams.ensure_monitor_bucket(js)
+        await streams.ensure_incident_bucket(js)
         worker = Worker("default")  # the consumer it creates for each queue, without a server
         await js.add_consumer(layout.JOB_STREAM, worker._consumer_config("<queue>"))
 
@@ -598,6 +607,67 @@ EXAMPLES[ScheduleRecord] = [
 ]
 
 
+INCIDENT = Incident(
+    id="20260101-4f9a2c",
+    status=IncidentStatus.ACKNOWLEDGED,
+    severity=Severity.CRITICAL,
+    error_type="naq_resilience:DataCorruptionError",
+    message="ledger row 9812 checksum mismatch",
+    fingerprint="9c1d0a7e5b3f2468",
+    where="billing/ledger.py:post_entry",
+    opened_at=T0 + 120.0,
+    last_seen=T0 + 900.0,
+    count=3,
+    context={"queue": "billing", "function": "billing.jobs:post", "account": 42},
+    job_ids=[JOB_ID, "a1b2c3d4e5f60718293a4b5c6d7e8f90"],
+    sources=["worker-7:4242:a1b2c3"],
+    acknowledged_by="ada",
+    acknowledged_at=T0 + 300.0,
+    note="restoring row 9812 from last night's backup",
+)
+EXAMPLES[Alert] = [
+    (
+        "A dead-letter queue over its threshold, as a webhook receives it.",
+        Alert(
+            id="0f1e2d3c4b5a69788796a5b4c3d2e1f0",
+            rule="dead-letters-emails.dead",
+            severity=Severity.WARNING,
+            title="120 dead letters in dead-letter queue emails.dead",
+            message=(
+                "dead-letter queue emails.dead holds 120 dead letters, more than 100; see "
+                "`naq dlq list --dlq emails.dead`."
+            ),
+            fired_at=T0 + 60.0,
+            key="emails.dead",
+            value=120.0,
+            threshold=100.0,
+            details={"dead_letter_queue": "emails.dead"},
+            monitor="ops-1:812:9a8b7c",
+        ),
+    )
+]
+EXAMPLES[MonitorLease] = [
+    (
+        "The lease of the monitor that evaluates the rules (the key expires 15 s after "
+        "`renewed_at` unless renewed).",
+        MonitorLease(
+            holder="ops-1:812:9a8b7c", acquired_at=T0, renewed_at=T0 + 3600.0, ttl=15.0
+        ),
+    )
+]
+EXAMPLES[RuleState] = [
+    (
+        "A breaker rule that alerted on two breakers.",
+        RuleState(
+            rule="breaker-open", fired={"billing-api": T0 + 60.0, "search": T0 + 300.0}
+        ),
+    )
+]
+EXAMPLES[Incident] = [
+    ("A critical error seen three times, acknowledged by the on-call.", INCIDENT)
+]
+
+
 def checked_example(record: Any) -> bytes:
     """The record as the codec writes it; it must read back as itself."""
     data = codec.encode(record)
@@ -900,6 +970,32 @@ def section_subjects(c: Code) -> list[str]:
             "`error_patterns`, for what a pattern is, when it was first and last seen, "
             "and sample job ids",
         ),
+        (
+            f"$KV.{layout.MONITOR_BUCKET}.{layout.LEADER_KEY}",
+            "MonitorLease",
+            "the monitor that leads (compare-and-set, a per-message TTL of `ttl` seconds)",
+            "every monitor (`naq monitor`, `naq worker --monitor`), `naq monitor --status`",
+        ),
+        (
+            f"$KV.{layout.MONITOR_BUCKET}.{layout.rule_state_key('x')[:-1]}<rule>",
+            "RuleState",
+            "the monitor about to send a rule's alerts (compare-and-set, before sending)",
+            "every monitor, for the rule's cooldowns",
+        ),
+        (
+            f"$KV.{layout.INCIDENT_BUCKET}.{layout.incident_key('<incident_id>')}",
+            "Incident",
+            "workers (a job failed with a critical error), `handle_critical_error`, "
+            "`naq incidents ack|resolve` (compare-and-set)",
+            "`naq incidents`, the monitor's incident rule",
+        ),
+        (
+            f"$KV.{layout.INCIDENT_BUCKET}.{layout.open_incident_key('<fingerprint>')}",
+            "",
+            "whoever opens an incident (the incident's id, as text); removed when it is "
+            "resolved",
+            "whoever reports an error, to add to its open incident",
+        ),
     ]
     add("## Subjects")
     add(
@@ -916,11 +1012,23 @@ def section_subjects(c: Code) -> list[str]:
             if " " in record_name
             else anchor(record_name)
         )
+        if record_name:
+            message = anchor(record_name)
+        elif subject.startswith("$KV."):
+            message = "an incident id, as text"
+        else:
+            message = "the job's message, byte for byte as it was in the job stream"
         table.append(
             f"| `{subject}` | {stream_of(subject, created.streams)} | {message} | "
             f"{cell(writer)} | {cell(reader)} |"
         )
     add("\n".join(table))
+    add(
+        f"Alerts are also published, as {anchor('Alert')} JSON, on the subject a monitor's "
+        f"NATS sink names (`{layout.ALERT_SUBJECT}` unless configured): plain NATS, no "
+        "stream stores them unless you make one on that subject. A webhook sink POSTs the "
+        "same JSON."
+    )
     return out
 
 
@@ -991,6 +1099,18 @@ def section_buckets(c: Code) -> list[str]:
         layout.ATTEMPT_BUCKET: (
             "the job id; each entry expires after 7 days (a per-message TTL)",
             anchor("Ledger"),
+        ),
+        layout.MONITOR_BUCKET: (
+            f"`{layout.LEADER_KEY}`; `{layout.rule_state_key('x')[:-1]}<rule>` (the rule's name "
+            "with every character other than a letter, digit, `-`, `_` or `=` replaced by "
+            "`_`), expiring 60 s after the rule's cooldown",
+            f"{anchor('MonitorLease')}, {anchor('RuleState')}",
+        ),
+        layout.INCIDENT_BUCKET: (
+            f"`{layout.incident_key('<incident_id>')}`; "
+            f"`{layout.open_incident_key('<fingerprint>')}` while it is open; a resolved "
+            "incident expires after `incidents_max_age` (90 days)",
+            f"{anchor('Incident')}; the open incident's id as text",
         ),
     }
     add("## Key-value buckets")
@@ -1065,6 +1185,17 @@ def section_records(c: Code) -> list[str]:
     for status in JobStatus:
         table.append(f"| `{status.value}` | {cell(status_docs.get(status.name, ''))} |")
     add("\n".join(table))
+    incident_docs = model_docs.get("IncidentStatus", {})
+    add("### IncidentStatus")
+    add(inspect.cleandoc(IncidentStatus.__doc__ or ""))
+    table = ["| Value | Meaning |", "|---|---|"]
+    for incident_status in IncidentStatus:
+        meaning = incident_docs.get(incident_status.name, "")
+        table.append(f"| `{incident_status.value}` | {cell(meaning)} |")
+    add("\n".join(table))
+    add("### Severity")
+    add(inspect.cleandoc(Severity.__doc__ or ""))
+    add(", ".join(f"`{severity.value}`" for severity in Severity) + ", least urgent first.")
     return out
 
 

@@ -124,6 +124,11 @@ if TYPE_CHECKING:
         ReplayReport,
         analyze_failure,
     )
+    from naq_resilience.jetstream.incidents import (
+        IncidentNotFoundError,
+        on_incident,
+        remove_incident_hook,
+    )
     from naq_resilience.jetstream.publisher import PublishTimeoutError, StreamFullError
     from naq_resilience.jetstream.registry import UnroutableJob
     from naq_resilience.jetstream.schedules import (
@@ -159,15 +164,48 @@ if TYPE_CHECKING:
         current_job,
     )
     from naq_resilience.models import (
+        Alert,
         DeadLetter,
         FailureRecord,
+        Incident,
+        IncidentStatus,
         JobEnvelope,
         JobRecord,
         JobStatus,
         PatternRecord,
+        Severity,
+    )
+    from naq_resilience.ops.alerts import (
+        AlertRule,
+        BreakerOpenRule,
+        BudgetBurnRule,
+        DeadLetterDepthRule,
+        ErrorPatternRule,
+        ErrorRateRule,
+        IncidentRule,
+        Rule,
+        RuleUnavailable,
     )
     from naq_resilience.ops.budget import ErrorBudget
+    from naq_resilience.ops.incidents import (
+        acknowledge_incident,
+        get_incident,
+        handle_critical_error,
+        handle_critical_error_async,
+        list_incidents,
+        resolve_incident,
+    )
     from naq_resilience.ops.logging import setup_logging
+    from naq_resilience.ops.monitor import (
+        Monitor,
+    )
+    from naq_resilience.ops.sinks import (
+        CallbackSink,
+        LoggingSink,
+        NatsSink,
+        Sink,
+        WebhookSink,
+    )
 
 _LIVE = frozenset({"RETRYABLE_ERRORS", "NON_RETRYABLE_ERRORS", "CRITICAL_ERRORS"})
 
@@ -253,6 +291,34 @@ _LAZY = {
     "error_rate": "naq_resilience.jetstream.client",
     "ErrorBudget": "naq_resilience.ops.budget",
     "PatternRecord": "naq_resilience.models",
+    "IncidentNotFoundError": "naq_resilience.jetstream.incidents",
+    "on_incident": "naq_resilience.jetstream.incidents",
+    "remove_incident_hook": "naq_resilience.jetstream.incidents",
+    "Alert": "naq_resilience.models",
+    "Incident": "naq_resilience.models",
+    "IncidentStatus": "naq_resilience.models",
+    "Severity": "naq_resilience.models",
+    "AlertRule": "naq_resilience.ops.alerts",
+    "BreakerOpenRule": "naq_resilience.ops.alerts",
+    "BudgetBurnRule": "naq_resilience.ops.alerts",
+    "DeadLetterDepthRule": "naq_resilience.ops.alerts",
+    "ErrorPatternRule": "naq_resilience.ops.alerts",
+    "ErrorRateRule": "naq_resilience.ops.alerts",
+    "IncidentRule": "naq_resilience.ops.alerts",
+    "Rule": "naq_resilience.ops.alerts",
+    "RuleUnavailable": "naq_resilience.ops.alerts",
+    "acknowledge_incident": "naq_resilience.ops.incidents",
+    "get_incident": "naq_resilience.ops.incidents",
+    "handle_critical_error": "naq_resilience.ops.incidents",
+    "handle_critical_error_async": "naq_resilience.ops.incidents",
+    "list_incidents": "naq_resilience.ops.incidents",
+    "resolve_incident": "naq_resilience.ops.incidents",
+    "Monitor": "naq_resilience.ops.monitor",
+    "CallbackSink": "naq_resilience.ops.sinks",
+    "LoggingSink": "naq_resilience.ops.sinks",
+    "NatsSink": "naq_resilience.ops.sinks",
+    "Sink": "naq_resilience.ops.sinks",
+    "WebhookSink": "naq_resilience.ops.sinks",
 }
 
 
@@ -410,4 +476,32 @@ __all__ = [
     "UnroutableJob",
     "Worker",
     "WorkerConnectionLost",
+    "IncidentNotFoundError",
+    "on_incident",
+    "remove_incident_hook",
+    "Alert",
+    "Incident",
+    "IncidentStatus",
+    "Severity",
+    "AlertRule",
+    "BreakerOpenRule",
+    "BudgetBurnRule",
+    "DeadLetterDepthRule",
+    "ErrorPatternRule",
+    "ErrorRateRule",
+    "IncidentRule",
+    "Rule",
+    "RuleUnavailable",
+    "acknowledge_incident",
+    "get_incident",
+    "handle_critical_error",
+    "handle_critical_error_async",
+    "list_incidents",
+    "resolve_incident",
+    "Monitor",
+    "CallbackSink",
+    "LoggingSink",
+    "NatsSink",
+    "Sink",
+    "WebhookSink",
 ]

@@ -20,24 +20,30 @@ import msgspec
 from naq_resilience.policies.delays import STRATEGIES
 
 __all__ = [
-    "ENVELOPE_VERSION",
+    "Alert",
     "BreakerRecord",
     "DeadLetter",
+    "ENVELOPE_VERSION",
     "EXCEPTION_TAG",
     "EXCEPTION_TAG_FIELD",
     "ExceptionRecord",
     "FailureRecord",
+    "Incident",
+    "IncidentStatus",
     "JobEnvelope",
     "JobRecord",
     "JobResult",
     "JobStatus",
     "Ledger",
     "LogRecord",
+    "MonitorLease",
     "PatternRecord",
     "ReplayRecord",
+    "RuleState",
     "SagaLogRecord",
-    "WorkerInfo",
     "ScheduleRecord",
+    "Severity",
+    "WorkerInfo",
 ]
 
 ENVELOPE_VERSION: Final = 1
@@ -657,3 +663,160 @@ class LogRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     since the last such record."""
     cut: list[str] = []
     """What was shortened to fit: "message", "traceback", "fields"."""
+
+
+class Severity(enum.StrEnum):
+    """How urgent an alert or an incident is; the names of Python's logging levels, as
+    NAQ's guide writes them (`level="WARNING"`, `"severity": "CRITICAL"`)."""
+
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+    CRITICAL = "CRITICAL"
+
+    @property
+    def rank(self) -> int:
+        """For comparing: INFO 0 < WARNING 1 < ERROR 2 < CRITICAL 3."""
+        return _SEVERITY_RANK[self]
+
+
+_SEVERITY_RANK: Final = {s: i for i, s in enumerate(Severity)}
+
+
+class Alert(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What an alert rule found, as every sink receives it.
+
+    Sent by the one monitor that holds the `naq-monitor` lease: the JSON body of a
+    webhook POST, the payload of the NATS sink (`naq.alerts` unless configured), the
+    argument of a callback sink, a log line. A rule fires at most once per `key` in its
+    cooldown, fleet-wide.
+    """
+
+    version: int = _written(1)
+    """Record format version."""
+    id: str
+    """Unique per alert (32 hex digits)."""
+    rule: str
+    """The name of the rule that fired."""
+    severity: Severity
+    """How urgent: "INFO", "WARNING", "ERROR" or "CRITICAL"."""
+    title: str
+    """One line for a person (a chat message, a page's subject)."""
+    message: str
+    """What was found and what it was compared with, in a sentence or two."""
+    fired_at: float
+    """When the rule fired, unix time in seconds."""
+    key: str = ""
+    """What the alert is about within its rule (a breaker's name, a dead-letter queue, an
+    incident id); the cooldown is kept per rule and key. Empty for a rule about one thing."""
+    value: float | None = None
+    """The measured value (a count, a rate), when the rule measures one."""
+    threshold: float | None = None
+    """The value it was compared with, when there is one."""
+    details: dict[str, Any] = {}
+    """Rule-specific facts as JSON values (e.g. a breaker's `opened_at`, an incident's
+    `error_type`)."""
+    monitor: str = ""
+    """The monitor that sent it (`host:pid:random` unless named)."""
+
+
+class MonitorLease(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Which monitor evaluates the alert rules now: the `leader` key of `naq-monitor`.
+
+    Created with compare-and-set (only when the key is absent) and renewed with
+    compare-and-set on its revision, every third of `ttl`, each write carrying a
+    per-message TTL of `ttl` seconds: when the holder dies the key expires and a standby
+    monitor creates it.
+    """
+
+    version: int = _written(1)
+    """Record format version."""
+    holder: str
+    """The monitor holding the lease (`host:pid:random` unless named)."""
+    acquired_at: float
+    """When it took the lease, unix time in seconds."""
+    renewed_at: float
+    """When it last renewed the lease, unix time in seconds."""
+    ttl: float
+    """Seconds the lease lasts after each renewal unless renewed again."""
+
+
+class RuleState(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """When an alert rule last fired, per alert key: the `rule.<rule>` key of `naq-monitor`.
+
+    Written with compare-and-set by the monitor about to send the alerts, before it
+    sends them, so two monitors never both send one alert and a new leader keeps the
+    cooldowns of the old one. Entries older than the rule's cooldown whose condition is
+    gone are dropped; the key expires once no entry can matter.
+    """
+
+    version: int = _written(1)
+    """Record format version."""
+    rule: str
+    """The rule's name."""
+    fired: dict[str, float] = {}
+    """Alert key (see `Alert.key`) to when it last fired, unix time in seconds."""
+
+
+class IncidentStatus(enum.StrEnum):
+    """Where an incident is in its life, as NAQ's guide writes it (`"status": "OPEN"`)."""
+
+    OPEN = "OPEN"
+    """Opened by a critical error; nobody has said they are on it."""
+    ACKNOWLEDGED = "ACKNOWLEDGED"
+    """Someone is on it (`naq incidents ack`). The same error still adds to it."""
+    RESOLVED = "RESOLVED"
+    """Over (`naq incidents resolve`): the same error again opens a new incident."""
+
+
+class Incident(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A critical error that needs a person: the `inc.<id>` key of `naq-incidents`.
+
+    Opened by a worker when a job fails with a critical error, or by
+    `handle_critical_error`. While it is open (or acknowledged), the same error (same
+    `fingerprint`) adds to it, with compare-and-set on its revision, instead of opening
+    another: `open.<fingerprint>` holds its id until it is resolved.
+    """
+
+    version: int = _written(1)
+    """Record format version."""
+    id: str
+    """The incident's id: the day it opened and 6 hex digits (`20261130-4f9a2c`)."""
+    status: IncidentStatus
+    """"OPEN", "ACKNOWLEDGED" or "RESOLVED"."""
+    severity: Severity
+    """How urgent: "CRITICAL" for a critical error unless the caller says otherwise."""
+    error_type: str
+    """The error's class, `module:qualname`."""
+    message: str
+    """The first error's message (at most 4 KiB)."""
+    fingerprint: str
+    """What makes two errors the same incident: 16 hex digits of a hash of `error_type`
+    and `where`."""
+    opened_at: float
+    """When it opened, unix time in seconds."""
+    last_seen: float
+    """When the error last happened, unix time in seconds."""
+    where: str = ""
+    """Where the error was raised: the innermost frame of its traceback as
+    `<dir>/<file>:<function>` (no line number, so a deploy does not change it); empty
+    when there was no traceback."""
+    count: int = 1
+    """How many times the error happened while the incident was open."""
+    context: dict[str, Any] = {}
+    """The first error's context (`error_context`, the caller's `context`, the job's
+    queue and function); values that are not JSON become their `repr`."""
+    job_ids: list[str] = []
+    """The first jobs that failed with it (at most 20), when jobs did."""
+    sources: list[str] = []
+    """Who reported it (worker ids, `handle_critical_error` callers), the first 20."""
+    acknowledged_by: str | None = None
+    """Who acknowledged it, as they said (`naq incidents ack --by NAME`)."""
+    acknowledged_at: float | None = None
+    """When it was acknowledged, unix time in seconds."""
+    resolved_by: str | None = None
+    """Who resolved it."""
+    resolved_at: float | None = None
+    """When it was resolved, unix time in seconds."""
+    note: str | None = None
+    """What the person who acknowledged or resolved it wrote."""

@@ -121,7 +121,11 @@ def test_a_workers_lines_are_json_with_the_job_and_what_became_of_it(
     (refused,) = [line for line in by_job[invalid] if line["level"] != "DEBUG"]
     assert (refused["level"], refused["classification"]) == ("ERROR", "non_retryable")
     assert "traceback" not in refused
-    (critical,) = [line for line in by_job[breach] if line["level"] != "DEBUG"]
+    # The worker's CRITICAL line, and the incident it opened (its own CRITICAL line).
+    (critical,) = [
+        line for line in by_job[breach] if line["level"] != "DEBUG" and "incident_id" not in line
+    ]
+    assert any(line.get("incident_id") for line in lines)
     assert critical["level"] == "CRITICAL"
     assert critical["error_type"] == "naq_resilience:SecurityError"
     assert "revoked key" in critical["traceback"]
@@ -143,14 +147,16 @@ def test_a_workers_lines_are_json_with_the_job_and_what_became_of_it(
     warned = json_lines(warnings.stdout)
     assert [r["level"] for r in warned] == ["WARNING", "ERROR"]
     assert warned[0]["fields"]["next_retry_at"] == retried["next_retry_at"]
+    # The worker's own lines, and the incident the critical error opened.
     every = json_lines(naq(url, "worker-logs", "--level", "error", "--json").stdout)
-    assert sorted(r["level"] for r in every) == ["CRITICAL", "ERROR", "ERROR", "ERROR"]
+    assert sorted(r["level"] for r in every) == ["CRITICAL", "CRITICAL", "ERROR", "ERROR", "ERROR"]
     assert {r["worker_id"] for r in every} == {info["worker_id"]}
     people = naq(url, "worker-logs", "--worker", info["worker_id"], "--level", "CRITICAL")
-    (line, *traceback) = people.stdout.splitlines()
+    (line, *rest) = people.stdout.splitlines()
     assert f" CRITICAL {info['worker_id']} naq_resilience.worker: job {breach} " in line
-    assert traceback[-1].strip().endswith("revoked key")
-    assert people.stderr.startswith("1 log lines at CRITICAL or above, since ")
+    assert any(text.strip().endswith("revoked key") for text in rest)
+    assert any(" INCIDENT " in text for text in rest)
+    assert people.stderr.startswith("2 log lines at CRITICAL or above, since ")
 
 
 class Lines:

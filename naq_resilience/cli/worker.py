@@ -1,5 +1,6 @@
 """`naq worker QUEUE... [--concurrency N] [--import MODULE]... [--strict]
-[--unroutable-after SECONDS] [--log-level LEVEL] [--log-json] [--no-publish-logs]`.
+[--unroutable-after SECONDS] [--monitor FILE] [--no-incidents] [--log-level LEVEL]
+[--log-json] [--no-publish-logs]`.
 
 `--log-level` and `--log-json` configure logging for the whole process (the root
 logger), so the job code's own `logging` calls come out at that level, in that format,
@@ -76,6 +77,15 @@ def add_worker_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
         "(default: $NAQ_REPLICAS or 1; 3 in a 3-node cluster)",
     )  # fmt: skip
     parser.add_argument(
+        "--monitor", metavar="FILE", default=None,
+        help="also run an alert monitor with this config (TOML, as `naq monitor --config`): "
+        "it contends for the fleet's monitor lease, so one process alerts however many run",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-incidents", action="store_true",
+        help="do not open incidents for jobs that fail with a critical error",
+    )  # fmt: skip
+    parser.add_argument(
         "--log-level", default="INFO", metavar="LEVEL",
         help="DEBUG, INFO, WARNING, ERROR or CRITICAL, for the whole process: the worker, "
         "the jobs' own logging, nats-py (default: %(default)s)",
@@ -134,12 +144,19 @@ def _run(args: argparse.Namespace) -> int:
             storage=StorageSettings.from_env().with_replicas(args.replicas),
             strict=args.strict,
             publish_logs=args.publish_logs,
+            incidents=not args.no_incidents,
         )
-    except (ImportError, ValueError) as exc:
+        monitor = None
+        if args.monitor:
+            from naq_resilience.cli.monitor import build_monitor
+
+            monitor = build_monitor(argparse.Namespace(config=args.monitor, nats_url=args.nats_url))
+    except (ImportError, AttributeError, TypeError, ValueError) as exc:
         say(logging.ERROR, str(exc))
         return 2
     if not worker.has_jobs and not args.log_json:  # the worker logs it as it starts
         say(logging.WARNING, f"warning: {NO_MODULES_WARNING}")
+    thread = monitor.start_in_thread() if monitor is not None else None
     try:
         worker.run_forever()
     except (NatsUnavailableError, JetStreamUnavailableError) as exc:
@@ -151,4 +168,8 @@ def _run(args: argparse.Namespace) -> int:
         say(logging.ERROR, f"{exc}; exiting so a supervisor restarts it")
         logging.shutdown()
         os._exit(3)
+    finally:
+        if monitor is not None and thread is not None:
+            monitor.stop()  # gives the lease up, so a standby need not wait for its TTL
+            thread.join(10)
     return 0

@@ -12,6 +12,7 @@ import re
 from typing import Final
 
 __all__ = [
+    "ALERT_SUBJECT",
     "ATTEMPT_BUCKET",
     "WORKER_BUCKET",
     "BREAKER_BUCKET",
@@ -19,10 +20,13 @@ __all__ = [
     "DEAD_STREAM",
     "FAILURE_STREAM",
     "HISTORY_STREAM",
+    "INCIDENT_BUCKET",
     "JOB_STREAM",
     "LOG_STREAM",
 
     "PATTERN_STREAM",
+    "LEADER_KEY",
+    "MONITOR_BUCKET",
     "RESULT_BUCKET",
     "SAGA_BUCKET",
     "SCHEDULE_STREAM",
@@ -34,14 +38,18 @@ __all__ = [
     "dead_subject",
     "failure_subject",
     "history_subject",
+    "incident_key",
+    "kv_key",
     "job_subject",
     "log_filter",
     "log_level_token",
     "log_subject",
     "log_token",
+    "open_incident_key",
     "original_subject",
     "pattern_subject",
     "queue_of_subject",
+    "rule_state_key",
     "run_subject",
     "schedule_filter",
     "schedule_subject",
@@ -111,6 +119,20 @@ WORKER_TTL: Final = 30.0
 ATTEMPT_BUCKET: Final = "naq-attempts"
 """How a redelivered job's earlier deliveries ended (`Ledger`), so a worker tells a crash
 from a failed attempt, a breaker deferral or a hand-back."""
+
+MONITOR_BUCKET: Final = "naq-monitor"
+"""The alert monitors' election and memory: `leader` holds the lease of the one monitor
+that evaluates the rules (a `MonitorLease` with a per-key TTL, so it goes when its holder
+dies), and `rule.<rule>` each rule's `RuleState` (when it last fired, per alert key), so a
+cooldown survives a change of leader."""
+LEADER_KEY: Final = "leader"
+INCIDENT_BUCKET: Final = "naq-incidents"
+"""Incidents opened by critical errors: `inc.<id>` holds an `Incident`; `open.<fingerprint>`
+holds the id of the incident still open for that error, so the same error again adds to
+it. A resolved incident expires after `StorageSettings.incidents_max_age`."""
+ALERT_SUBJECT: Final = "naq.alerts"
+"""Where the NATS alert sink publishes each `Alert` unless told otherwise (plain NATS: a
+subscriber sees it, nothing stores it unless a stream is made to)."""
 
 QUEUE_PATTERN: Final = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
@@ -242,3 +264,23 @@ def count_subject(tier: str, bucket: int | str, scope: str) -> str:
 def pattern_subject(queue: str, fingerprint: str, which: str) -> str:
     """The first (`first`) or latest (`last`) `PatternRecord` of a pattern of `queue`."""
     return f"naq.patterns.{queue}.{fingerprint}.{which}"
+
+
+def kv_key(name: str) -> str:
+    """`name` as a KV key token: every character but `[-_=a-zA-Z0-9]` becomes `_`."""
+    return "".join(c if c.isascii() and (c.isalnum() or c in "-_=") else "_" for c in name)
+
+
+def rule_state_key(rule: str) -> str:
+    """A rule's `RuleState` in `naq-monitor`."""
+    return f"rule.{kv_key(rule)}"
+
+
+def incident_key(incident_id: str) -> str:
+    """An `Incident` in `naq-incidents`."""
+    return f"inc.{incident_id}"
+
+
+def open_incident_key(fingerprint: str) -> str:
+    """The id of the open incident of an error fingerprint, in `naq-incidents`."""
+    return f"open.{fingerprint}"

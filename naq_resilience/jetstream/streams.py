@@ -46,6 +46,8 @@ __all__ = [
     "StorageSettings",
     "count_tier_max_age",
     "ensure_layout",
+    "ensure_incident_bucket",
+    "ensure_monitor_bucket",
     "parse_size",
     "read_messages",
 ]
@@ -128,6 +130,12 @@ class StorageSettings:
     """Attempt ledgers of redelivered jobs (`naq-attempts`)."""
     breakers_max_bytes: int = 16 * _MiB
     """Shared circuit-breaker states."""
+    monitor_max_bytes: int = 16 * _MiB
+    """The alert monitors' lease and rule cooldowns (`naq-monitor`)."""
+    incidents_max_bytes: int = 64 * _MiB
+    """Incidents (`naq-incidents`); when reached, new incidents are refused (logged)."""
+    incidents_max_age: SecondsField = SecondsField(90 * _DAY, positive=True)
+    """How long a resolved incident is kept (open ones are kept until resolved)."""
     history_max_age: SecondsField = SecondsField(7 * _DAY, positive=True)
     """How long a job's record (`get_job`, `Job.status()`, `get_jobs_in_timeframe`) is
     kept after its last change."""
@@ -426,3 +434,28 @@ async def ensure_layout(
                 per_key_ttl=True),
     )  # fmt: skip
     return Buckets(breakers, sagas, results, attempts)
+
+
+# The buckets of the operations floor are opened by what uses them (a monitor, the first
+# critical error), not by `ensure_layout`: a worker that never meets a critical error
+# and a fleet without a monitor pay nothing for them.
+
+
+async def ensure_monitor_bucket(
+    js: JetStreamContext, settings: StorageSettings | None = None
+) -> KeyValue:
+    """`naq-monitor`, created when missing; per-key TTLs carry the leader's lease."""
+    settings = settings if settings is not None else StorageSettings.from_env()
+    return await _bucket(
+        js, layout.MONITOR_BUCKET, settings, settings.monitor_max_bytes, per_key_ttl=True
+    )
+
+
+async def ensure_incident_bucket(
+    js: JetStreamContext, settings: StorageSettings | None = None
+) -> KeyValue:
+    """`naq-incidents`, created when missing; resolved incidents expire by per-key TTL."""
+    settings = settings if settings is not None else StorageSettings.from_env()
+    return await _bucket(
+        js, layout.INCIDENT_BUCKET, settings, settings.incidents_max_bytes, per_key_ttl=True
+    )

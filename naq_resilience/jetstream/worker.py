@@ -96,10 +96,11 @@ from naq_resilience.jetstream.connection import (
     while_jetstream_starts,
 )
 from naq_resilience.jetstream.heartbeat import Heartbeats
+from naq_resilience.jetstream.incidents import IncidentRecorder
 from naq_resilience.jetstream.logstream import LogPublisher, publish_logs_from_env
 from naq_resilience.jetstream.observers import JobObserver, Observers
 from naq_resilience.jetstream.outcomes import OutcomeRecorder, fingerprint_of, where_of
-from naq_resilience.jetstream.presence import LIBRARY_VERSION, announce, worker_bucket
+from naq_resilience.jetstream.presence import LIBRARY_VERSION, announce
 from naq_resilience.jetstream.project import NO_MODULES_WARNING, import_sources
 from naq_resilience.jetstream.publisher import Publisher, StreamFullError
 from naq_resilience.jetstream.puller import Puller
@@ -378,6 +379,9 @@ class Worker:
     `error_budget` (`outcomes`, an `OutcomeRecorder`, sending its counts once a second);
     `record_outcomes=False` (default: `NAQ_RECORD_OUTCOMES`, on unless `0`) leaves them
     out.
+    With `incidents`
+    (the default), a job that fails with a critical error opens an incident in
+    `naq-incidents`, or adds to the open one of the same error (`IncidentRecorder`).
     """
 
     def __init__(
@@ -401,6 +405,7 @@ class Worker:
         observers: Iterable[JobObserver] = (),
         publish_logs: bool | None = None,
         record_outcomes: bool | None = None,
+        incidents: bool = True,
     ) -> None:
         names = [queues] if isinstance(queues, str) else list(queues)
         if not names:
@@ -465,6 +470,10 @@ class Worker:
         self.observers = Observers(
             (*observers, self.outcomes) if self.outcomes is not None else tuple(observers)
         )
+        self._incidents: IncidentRecorder | None = None
+        if incidents:
+            self._incidents = IncidentRecorder(self.worker_id, self._storage)
+            self.observers.add(self._incidents)
         self.processed = 0
         """Jobs that completed."""
         self.failed = 0
@@ -530,12 +539,16 @@ class Worker:
                 await self.outcomes.start(self._publisher)
                 # Before the publisher closes, after the last jobs were settled.
                 stack.push_async_callback(self.outcomes.stop)
+            if self._incidents is not None:
+                self._incidents.bind(js)
+                stack.push_async_callback(self._incidents.close)
             breakers = BreakerSync(self._buckets.breakers, self.worker_id)
             await breakers.start()
             stack.push_async_callback(breakers.stop)
-            presence = await worker_bucket(js, self._storage.replicas)
             gone = asyncio.Event()
-            announcer = asyncio.create_task(announce(presence, self._info, gone))
+            announcer = asyncio.create_task(
+                announce(js, self._storage.replicas, self._info, gone)
+            )
             stack.push_async_callback(_finish, announcer, gone)
             heartbeats = Heartbeats(
                 self._settings,

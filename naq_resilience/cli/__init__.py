@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from naq_resilience.cli.breakers import add_breakers_command
+from naq_resilience.cli.demo import add_demo_command
 from naq_resilience.cli.dlq import add_dlq_command
 from naq_resilience.cli.errors import add_errors_command
 from naq_resilience.cli.incidents import add_incidents_command
@@ -31,6 +32,7 @@ AddCommand = Callable[["Subparsers[argparse.ArgumentParser]"], None]
 Handler = Callable[[argparse.Namespace], int]
 
 COMMANDS: tuple[AddCommand, ...] = (
+    add_demo_command,
     add_server_command,
     add_worker_command,
     add_worker_logs_command,

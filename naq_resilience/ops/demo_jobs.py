@@ -87,6 +87,6 @@ def book_trip(trip: str) -> str:
 
 
 def import_row(row: int) -> str:
-    if row % 10 == 7:
+    if row % 20 == 19:
         raise DataValidationError(f"row {row}: the email column is empty")
     return f"imported row {row}"

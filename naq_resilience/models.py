@@ -792,15 +792,16 @@ class Incident(msgspec.Struct, kw_only=True, omit_defaults=True):
     """The first error's message (at most 4 KiB)."""
     fingerprint: str
     """What makes two errors the same incident: 16 hex digits of a hash of `error_type`
-    and `where`."""
+    and `where`, the same as the error pattern's (`FailureRecord.fingerprint`)."""
     opened_at: float
     """When it opened, unix time in seconds."""
     last_seen: float
     """When the error last happened, unix time in seconds."""
     where: str = ""
-    """Where the error was raised: the innermost frame of its traceback as
-    `<dir>/<file>:<function>` (no line number, so a deploy does not change it); empty
-    when there was no traceback."""
+    """Where the error was raised, as error analytics names it (`FailureRecord.where`):
+    the innermost frame of its traceback as `<file>:<function>`, the file relative to
+    the `sys.path` entry it was imported from (no line number, so a deploy does not
+    change it); empty when there was no traceback."""
     count: int = 1
     """How many times the error happened while the incident was open."""
     context: dict[str, Any] = {}

@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import analytics_jobs
 import msgspec
 import pytest
 from test_dead_letters import letter, write
+from test_error_analytics import HOUR, run_jobs
 
 from naq_resilience import Client, SecurityError
 from naq_resilience.jetstream import layout
+from naq_resilience.jetstream.analytics import ErrorPattern
 from naq_resilience.jetstream.leases import Lease
 from naq_resilience.jetstream.streams import ensure_monitor_bucket
 from naq_resilience.models import Alert, BreakerRecord, Severity
@@ -235,29 +240,116 @@ def test_incident_rule_pages_until_acknowledged(nats_url: str) -> None:
     assert after == []
 
 
-def test_analytics_rules_import_and_say_what_they_lack(
+class Lacking(Rule):
+    """Needs something this deployment does not have."""
+
+    async def evaluate(self, client: Client) -> list[Alert]:
+        raise RuleUnavailable(f"rule {self.name!r} needs a thing this deployment lacks")
+
+
+def test_a_rule_that_cannot_run_is_logged_once_and_the_others_still_run(
     nats_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    rules: list[AlertRule] = [
-        ErrorRateRule(0.05, 3600, queue="emails"),
-        ErrorPatternRule(10, 3600),
-        BudgetBurnRule(0.999, 30 * 86400, burn_rate=14.4),
-    ]
-    assert all(isinstance(rule, AlertRule) for rule in rules)
-
     async def main() -> list[Alert]:
         async with Client(nats_url) as client:
-            if hasattr(client, "error_rate"):
-                pytest.skip("error analytics exists now: test these rules against it")
-            with pytest.raises(RuleUnavailable, match=r"Client\.error_rate"):
-                await rules[0].evaluate(client)
-            watcher = Monitor([*rules, Firing(["x"])], [Flaky(0)], client=client, clock=Clock())
-            return await watcher.evaluate_once()
+            watcher = Monitor(
+                [Lacking(name="lacking"), Firing(["x"])], [Flaky(0)], client=client, clock=Clock()
+            )
+            sent = await watcher.evaluate_once()
+            await watcher.evaluate_once()
+            return sent
 
     with caplog.at_level(logging.ERROR, logger="naq_resilience.monitor"):
         sent = asyncio.run(main())
-    assert [a.key for a in sent] == ["x"]  # the other rules still run
-    assert sum("cannot run" in r.getMessage() for r in caplog.records) == 3
+    assert [a.key for a in sent] == ["x"]
+    assert sum("cannot run" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_analytics_rules_fire_above_their_thresholds_on_a_real_workers_outcomes(
+    nats_url: str,
+) -> None:
+    """5 jobs complete, 5 fail for good (3 in import_csv, 2 in import_json: two error
+    patterns of one type): half the jobs failed, in the last minute."""
+
+    async def enqueue(client: Client) -> list[Any]:
+        jobs = [await client.enqueue(analytics_jobs.ok, i) for i in range(5)]
+        jobs += [await client.enqueue(analytics_jobs.import_csv, f"r{i}") for i in range(3)]
+        return jobs + [await client.enqueue(analytics_jobs.import_json, f"d{i}") for i in range(2)]
+
+    run_jobs(nats_url, ["default"], enqueue)
+
+    async def main() -> tuple[dict[str, list[Alert]], list[ErrorPattern]]:
+        async with Client(nats_url) as client:
+            for _ in range(1500):  # a stopped worker has sent its counts; poll in case they lag
+                if (await client.error_rate(HOUR)).total == 10:
+                    break
+                await asyncio.sleep(0.02)
+            rate = await client.error_rate(HOUR)
+            assert (rate.total, rate.failed) == (10, 5)
+            patterns = await client.error_patterns(HOUR)
+            assert [p.count for p in patterns] == [3, 2]
+            rules: dict[str, AlertRule] = {
+                "rate": ErrorRateRule(0.3, HOUR),
+                "rate-below": ErrorRateRule(0.5, HOUR),  # at the threshold is not above it
+                "rate-too-few": ErrorRateRule(0.3, HOUR, min_jobs=11),
+                "rate-function": ErrorRateRule(0.9, timedelta(hours=1), min_jobs=3,
+                                               function=analytics_jobs.import_csv),
+                "rate-function-too-few": ErrorRateRule(0.9, HOUR,
+                                                       function="analytics_jobs:import_csv"),
+                "rate-quiet-queue": ErrorRateRule(0.0, HOUR, queue="reports", min_jobs=0),
+                "patterns": ErrorPatternRule(1, HOUR),
+                "patterns-above-2": ErrorPatternRule(2, HOUR),
+                "patterns-below": ErrorPatternRule(3, HOUR),
+                "burn": BudgetBurnRule(0.99),
+                "burn-window": BudgetBurnRule(0.99, burn_rate=10, multiwindow=False),
+                "burn-below": BudgetBurnRule(0.4, burn_rate=1.0),  # 0.5 / 0.6: 0.83x
+                "burn-too-few": BudgetBurnRule(0.99, min_jobs=11, burn_rate=1.0),
+            }  # fmt: skip
+            return {name: await rule.evaluate(client) for name, rule in rules.items()}, patterns
+
+    found, patterns = asyncio.run(main())
+    [rate] = found["rate"]
+    assert (rate.rule, rate.key, rate.value, rate.threshold) == ("error-rate-all", "", 0.5, 0.3)
+    assert (rate.details["total"], rate.details["failed"]) == (10, 5)
+    assert rate.title == "error rate 50.0% over 1h"
+    [csv] = found["rate-function"]
+    assert (csv.key, csv.value) == ("analytics_jobs:import_csv", 1.0)
+    assert "3 of 3 jobs on analytics_jobs:import_csv failed" in csv.message
+    csv_fp, json_fp = (p.fingerprint for p in patterns)
+    assert [(a.key, a.value) for a in found["patterns"]] == [(csv_fp, 3.0), (json_fp, 2.0)]
+    assert found["patterns"][0].details["where"] == "analytics_jobs.py:import_csv"
+    assert found["patterns"][1].details["where"] == "analytics_jobs.py:import_json"
+    assert [a.key for a in found["patterns-above-2"]] == [csv_fp]
+    burn = {a.key: a for a in found["burn"]}
+    assert set(burn) == {"fast", "slow"}  # half the jobs failed: 50x a 1% budget, everywhere
+    assert burn["fast"].value == 50.0
+    assert burn["fast"].threshold == 14.4
+    assert burn["fast"].severity is Severity.ERROR
+    assert [b["name"] for b in burn["fast"].details["burn_rates"]] == ["fast", "slow"]
+    msgspec.json.encode(burn["fast"])  # details are plain JSON for the sinks
+    [window] = found["burn-window"]
+    assert (window.key, window.value, window.threshold) == ("window", 50.0, 10.0)
+    for quiet in ("rate-below", "rate-too-few", "rate-function-too-few", "rate-quiet-queue",
+                  "patterns-below", "burn-below", "burn-too-few"):  # fmt: skip
+        assert found[quiet] == [], quiet
+
+
+@pytest.mark.parametrize(
+    ("make", "error"),
+    [
+        (lambda: ErrorRateRule(1.5), "threshold"),
+        (lambda: ErrorRateRule(0.1, min_jobs=-1), "min_jobs"),
+        (lambda: ErrorPatternRule(-1), "count"),
+        (lambda: ErrorPatternRule(1, limit=0), "limit"),
+        (lambda: BudgetBurnRule(1.0), "target_success_rate"),
+        (lambda: BudgetBurnRule(0.99, burn_rate=0), "burn_rate"),
+        (lambda: BudgetBurnRule(0.99, multiwindow=False), "nothing would alert"),
+        (lambda: BudgetBurnRule(0.99, window=0), "window"),
+    ],
+)
+def test_analytics_rules_refuse_what_cannot_work(make: Callable[[], Rule], error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        make()
 
 
 def test_a_lease_has_one_holder_and_passes_on_when_released(nats_url: str) -> None:

@@ -22,6 +22,7 @@ from naq_resilience.jetstream.incidents import (
     where_of_exception,
     where_of_traceback,
 )
+from naq_resilience.jetstream.outcomes import fingerprint_of, where_of
 from naq_resilience.models import Incident, IncidentStatus, Severity
 from naq_resilience.ops.incidents import (
     acknowledge_incident_async,
@@ -68,8 +69,11 @@ def test_where_and_fingerprint_ignore_line_numbers_and_hosts() -> None:
     moved = text.replace("line 31", "line 47").replace("/home/ci/build", "/opt/deploy")
     assert where_of_traceback(text) == "billing/jobs.py:charge"
     assert where_of_traceback(moved) == where_of_traceback(text)
-    assert where_of_exception(caught()) == "tests/test_incidents.py:corrupt"
+    error = caught()
+    assert where_of_exception(error).endswith("test_incidents.py:corrupt")
+    assert where_of_exception(error) == where_of(error)  # as error analytics names it
     assert fingerprint("a:B", "x.py:f") == fingerprint("a:B", "x.py:f") != fingerprint("a:B", "")
+    assert fingerprint("a:B", "x.py:f") == fingerprint_of("a:B", "x.py:f")
 
 
 def test_lifecycle_same_error_adds_ack_keeps_adding_resolve_then_new(nats_url: str) -> None:
@@ -196,6 +200,40 @@ def test_a_worker_opens_an_incident_for_a_critical_failure(nats_url: str) -> Non
     assert ":" in incident.sources[0]  # the worker's id
 
 
+def test_a_critical_failures_incident_and_error_pattern_name_it_alike(nats_url: str) -> None:
+    """One failure, two readers: its incident and its error pattern have one fingerprint
+    and one `where` (the failure record's), so an alert on either names the same error."""
+
+    async def main() -> tuple[Incident, list[Any], Any]:
+        worker = Worker("default", nats_url=nats_url, imports=["worker_jobs"])
+        task = asyncio.create_task(worker.run())
+        try:
+            async with Client(nats_url) as client:
+                job = await client.enqueue(worker_jobs.raises, "security")
+                for _ in range(1500):
+                    incidents = await list_incidents_async(client)
+                    if incidents:
+                        break
+                    await asyncio.sleep(0.02)
+        finally:
+            worker.stop()
+            await task  # a stopping worker sends its last counts
+        async with Client(nats_url) as client:
+            for _ in range(1500):  # the counts are sent by then; poll in case they lag
+                patterns = await client.error_patterns(3600)
+                if patterns:
+                    break
+                await asyncio.sleep(0.02)
+            record = (await client.get_dead_letter(job.job_id)).failures[-1]
+        return incidents[0], patterns, record
+
+    incident, patterns, record = asyncio.run(main())
+    [pattern] = patterns
+    assert incident.error_type == pattern.error_type == "naq_resilience:SecurityError"
+    assert incident.where == pattern.where == record.where == "worker_jobs.py:raises"
+    assert incident.fingerprint == pattern.fingerprint == record.fingerprint
+
+
 def naq(capsys: pytest.CaptureFixture[str], url: str, *argv: str) -> tuple[int, str, str]:
     code = cli.main([*argv, "--nats-url", url])
     out, err = capsys.readouterr()
@@ -214,7 +252,7 @@ def test_naq_incidents_list_show_ack_resolve(
 
     code, out, _ = naq(capsys, nats_url, "incidents", "show", incident_id)
     assert "where:" in out
-    assert "tests/test_incidents.py:corrupt" in out
+    assert "test_incidents.py:corrupt" in out
     code, out, _ = naq(capsys, nats_url, "incidents", "ack", incident_id, "--by", "ada")
     assert (code, out) == (0, f"incident {incident_id} acknowledged by ada\n")
     code, out, _ = naq(capsys, nats_url, "incidents", "list", "--status", "open")

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import inspect
 import logging
 import os
@@ -30,7 +29,6 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -41,6 +39,7 @@ from nats.js.kv import KeyValue
 from naq_resilience.codec import decode
 from naq_resilience.jetstream import layout
 from naq_resilience.jetstream.leases import cas_write, read_entry
+from naq_resilience.jetstream.outcomes import fingerprint_of, where_of
 from naq_resilience.jetstream.streams import (
     StorageSettings,
     ensure_incident_bucket,
@@ -124,7 +123,8 @@ def _short(path: str) -> str:
 
 
 def where_of_traceback(text: str) -> str:
-    """`<dir>/<file>:<function>` of the innermost frame of a formatted traceback."""
+    """`<dir>/<file>:<function>` of the innermost frame of a formatted traceback: where a
+    failure record without `where` (one written before workers set it) was raised."""
     frames = _FRAME.findall(text)
     if not frames:
         return ""
@@ -132,20 +132,13 @@ def where_of_traceback(text: str) -> str:
     return f"{_short(path)}:{func}"
 
 
-def where_of_exception(exc: BaseException) -> str:
-    """`<dir>/<file>:<function>` of the frame that raised `exc`; empty if never raised."""
-    tb: TracebackType | None = exc.__traceback__
-    if tb is None:
-        return ""
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    code = tb.tb_frame.f_code
-    return f"{_short(code.co_filename)}:{code.co_name}"
+where_of_exception = where_of
+"""Where `exc` was raised, named as error analytics names it (`outcomes.where_of`): an
+incident and the error pattern of the same failure have the same `where`."""
 
-
-def fingerprint(error_type: str, where: str) -> str:
-    """16 hex digits naming "this error, raised there"; the same in every process."""
-    return hashlib.blake2b(f"{error_type}|{where}".encode(), digest_size=8).hexdigest()
+fingerprint = fingerprint_of
+"""16 hex digits naming "this error, raised there", the same in every process and the
+same as the error pattern's (`outcomes.fingerprint_of`, `FailureRecord.fingerprint`)."""
 
 
 def _new_id(now: float) -> str:
@@ -443,7 +436,7 @@ class IncidentRecorder:
         return await self._book.report(
             error_type=failure.error_type,
             message=failure.message,
-            where=where_of_traceback(failure.traceback),
+            where=failure.where or where_of_traceback(failure.traceback),
             context=context,
             job_id=failure.job_id,
             source=failure.worker_id or self.source,

@@ -14,9 +14,8 @@ breaker does not silence another.
 
 The rules that read error analytics (`ErrorRateRule`, `ErrorPatternRule`,
 `BudgetBurnRule`) call `Client.error_rate`, `Client.error_patterns` and
-`Client.error_budget`. They are looked up when the rule is evaluated, not imported, so
-these classes import and construct on a version of the library without those methods;
-evaluating one there raises `RuleUnavailable`, which the monitor logs once.
+`Client.error_budget` (jetstream/analytics.py). `RuleUnavailable` is for a rule that
+needs something a deployment does not have; the monitor logs it once per rule.
 """
 
 from __future__ import annotations
@@ -24,10 +23,13 @@ from __future__ import annotations
 import fnmatch
 import os
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+import msgspec
+
+from naq_resilience.jetstream.registry import function_name
 from naq_resilience.models import Alert, IncidentStatus, Severity
 from naq_resilience.policies.durations import Duration, seconds
 
@@ -290,18 +292,8 @@ class IncidentRule(Rule):
 
 
 # ----------------------------------------------------------------------------- analytics
-# These read `Client.error_rate`, `Client.error_patterns` and `Client.error_budget`,
-# looked up when evaluated, so the classes exist before those methods do.
-
-
-def _analytics(client: Client, method: str, rule: Rule) -> Callable[..., Awaitable[Any]]:
-    found = getattr(client, method, None)
-    if found is None:
-        raise RuleUnavailable(
-            f"rule {rule.name!r} needs Client.{method} (error analytics), which this "
-            "version of naq-resilience does not have"
-        )
-    return found  # type: ignore[no-any-return]
+# These read `Client.error_rate`, `Client.error_patterns` and `Client.error_budget`
+# (jetstream/analytics.py): a few dozen counters per evaluation, however many jobs ran.
 
 
 def _window(value: Duration) -> timedelta:
@@ -316,9 +308,17 @@ def _described(window: timedelta) -> str:
     return f"{total:g}s"
 
 
+def _min_jobs(value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"min_jobs must be a whole number >= 0, got {value!r}")
+    return value
+
+
 class ErrorRateRule(Rule):
     """Alerts when the share of failed jobs over `window` is above `threshold` (0.05 for
-    5%), once at least `min_jobs` jobs ran, optionally for one queue or function."""
+    5%), once at least `min_jobs` jobs ended in it, optionally for one queue and/or
+    function (`module:qualname` or the function). "Failed" is failed for good (a dead
+    letter); a retried attempt is not a failed job (`ErrorRate`)."""
 
     def __init__(
         self,
@@ -326,39 +326,46 @@ class ErrorRateRule(Rule):
         window: Duration = 3600.0,
         *,
         queue: str | None = None,
-        function: str | None = None,
+        function: str | Callable[..., Any] | None = None,
         min_jobs: int = 10,
         name: str | None = None,
         severity: Severity | str = Severity.WARNING,
         cooldown: Duration = DEFAULT_COOLDOWN,
     ) -> None:
-        if not 0 <= threshold <= 1:
+        if isinstance(threshold, bool) or not 0 <= threshold <= 1:
             raise ValueError(f"threshold is a share of jobs, 0 to 1, got {threshold!r}")
         self.threshold = float(threshold)
         self.window = _window(window)
         self.queue = queue
+        if function is not None and not isinstance(function, str):
+            function = function_name(function)
         self.function = function
-        self.min_jobs = min_jobs
-        scope = queue or function or "all"
-        super().__init__(name=name or f"error-rate-{scope}", severity=severity, cooldown=cooldown)
+        self.min_jobs = _min_jobs(min_jobs)
+        self.scope = "/".join(s for s in (queue, self.function) if s)
+        super().__init__(
+            name=name or f"error-rate-{self.scope or 'all'}", severity=severity, cooldown=cooldown
+        )
 
     async def evaluate(self, client: Client) -> list[Alert]:
-        error_rate = _analytics(client, "error_rate", self)
-        rate = await error_rate(self.window, queue=self.queue, function=self.function)
+        rate = await client.error_rate(self.window, queue=self.queue, function=self.function)
         if rate.total < self.min_jobs or rate.rate <= self.threshold:
             return []
-        scope = f" on {self.queue or self.function}" if self.queue or self.function else ""
+        on = f" on {self.scope}" if self.scope else ""
         return [
             self.alert(
-                f"error rate {rate.rate:.1%}{scope} over {_described(self.window)}",
-                f"{rate.failed} of {rate.total} jobs{scope} failed in the last "
+                f"error rate {rate.rate:.1%}{on} over {_described(self.window)}",
+                f"{rate.failed} of {rate.total} jobs{on} failed in the last "
                 f"{_described(self.window)} ({rate.rate:.2%}), above {self.threshold:.2%}.",
-                key=self.queue or self.function or "",
-                value=float(rate.rate),
+                key=self.scope,
+                value=rate.rate,
                 threshold=self.threshold,
                 details={
                     "total": rate.total,
                     "failed": rate.failed,
+                    "completed": rate.completed,
+                    "retried": rate.retried,
+                    "queue": rate.queue,
+                    "function": rate.function,
                     "since": rate.since,
                     "until": rate.until,
                 },
@@ -367,8 +374,10 @@ class ErrorRateRule(Rule):
 
 
 class ErrorPatternRule(Rule):
-    """Alerts for each error pattern (an error type raised at one place) seen more than
-    `count` times over `window`; key: the pattern's fingerprint."""
+    """Alerts for each error pattern (an error type raised at one place) that failed
+    more than `count` attempts over `window` (retried attempts included, as
+    `ErrorPattern.count`); key: the pattern's fingerprint, the same as the failure
+    records' and the incidents' (`outcomes.fingerprint_of`)."""
 
     def __init__(
         self,
@@ -383,6 +392,8 @@ class ErrorPatternRule(Rule):
     ) -> None:
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             raise ValueError(f"count must be a whole number >= 0, got {count!r}")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be a whole number >= 1, got {limit!r}")
         self.count = count
         self.window = _window(window)
         self.queue = queue
@@ -392,27 +403,31 @@ class ErrorPatternRule(Rule):
         )
 
     async def evaluate(self, client: Client) -> list[Alert]:
-        error_patterns = _analytics(client, "error_patterns", self)
-        patterns = await error_patterns(self.window, queue=self.queue, limit=self.limit)
+        patterns = await client.error_patterns(self.window, queue=self.queue, limit=self.limit)
         alerts = []
         for pattern in patterns:
             if pattern.count <= self.count:
                 continue
             at = f" at {pattern.where}" if pattern.where else ""
+            trend = "" if pattern.trend is None else f", {pattern.trend:.1f}x the window before"
             alerts.append(
                 self.alert(
                     f"{pattern.error_type}{at}: {pattern.count} in {_described(self.window)}",
-                    f"{pattern.error_type}{at} failed {pattern.count} jobs in the last "
-                    f"{_described(self.window)} ({pattern.share:.0%} of failures, trend "
-                    f"{pattern.trend}), more than {self.count}.",
+                    f"{pattern.error_type}{at} failed {pattern.count} attempts in the last "
+                    f"{_described(self.window)} ({pattern.share:.0%} of failures{trend}), "
+                    f"more than {self.count}.",
                     key=pattern.fingerprint,
                     value=float(pattern.count),
                     threshold=float(self.count),
                     details={
                         "error_type": pattern.error_type,
                         "where": pattern.where,
+                        "function": pattern.function,
+                        "message": pattern.message,
+                        "queues": list(pattern.queues),
                         "share": pattern.share,
                         "trend": pattern.trend,
+                        "previous_count": pattern.previous_count,
                         "first_seen": pattern.first_seen,
                         "last_seen": pattern.last_seen,
                         "sample_job_ids": list(pattern.sample_job_ids),
@@ -423,29 +438,46 @@ class ErrorPatternRule(Rule):
 
 
 class BudgetBurnRule(Rule):
-    """Alerts when the error budget of `target_success_rate` over `window` burns faster
-    than `burn_rate` times the sustainable pace (1.0 spends it exactly by the window's
-    end; 14.4 over an hour is the usual page for a 30-day budget)."""
+    """Alerts when the error budget of `target_success_rate` (0.999: one job in a
+    thousand may fail for good) burns too fast. Each of these is its own alert (key):
+
+    - `"fast"` and `"slow"`: the SRE workbook's multi-window burn-rate alerts
+      (`BudgetStatus.burn_rates`): the last hour and the last 5 minutes both burn the
+      budget at least 14.4 times as fast as it allows; the last 6 hours and the last 30
+      minutes both at least 6 times. Off with `multiwindow=False`.
+    - `"window"`: the burn rate over `window` is above `burn_rate` (1.0: the budget of
+      the window is spent by its end), when `burn_rate` is given.
+
+    Quiet while fewer than `min_jobs` jobs ended in `window` (a first failure is not a
+    burn). `window` can be no longer than the outcome counters are kept
+    (`NAQ_COUNTS_MAX_AGE`, 8 days unless set).
+    """
 
     def __init__(
         self,
         target_success_rate: float,
-        window: Duration = 30 * 86400.0,
+        window: Duration = 86400.0,
         *,
-        burn_rate: float = 1.0,
+        burn_rate: float | None = None,
+        multiwindow: bool = True,
+        min_jobs: int = 10,
         name: str | None = None,
         severity: Severity | str = Severity.ERROR,
         cooldown: Duration = DEFAULT_COOLDOWN,
     ) -> None:
-        if not 0 < target_success_rate < 1:
+        if isinstance(target_success_rate, bool) or not 0 < target_success_rate < 1:
             raise ValueError(
                 f"target_success_rate is a share below 1 (0.999), got {target_success_rate!r}"
             )
-        if burn_rate <= 0:
+        if burn_rate is not None and (isinstance(burn_rate, bool) or not burn_rate > 0):
             raise ValueError(f"burn_rate must be > 0, got {burn_rate!r}")
+        if burn_rate is None and not multiwindow:
+            raise ValueError("give a burn_rate, or leave multiwindow on: nothing would alert")
         self.target_success_rate = float(target_success_rate)
         self.window = _window(window)
-        self.burn_rate = float(burn_rate)
+        self.burn_rate = None if burn_rate is None else float(burn_rate)
+        self.multiwindow = bool(multiwindow)
+        self.min_jobs = _min_jobs(min_jobs)
         super().__init__(
             name=name or f"budget-burn-{self.target_success_rate:g}",
             severity=severity,
@@ -453,26 +485,54 @@ class BudgetBurnRule(Rule):
         )
 
     async def evaluate(self, client: Client) -> list[Alert]:
-        error_budget = _analytics(client, "error_budget", self)
-        status = await error_budget(self.target_success_rate, self.window)
-        burn = float(status.burn_rate)
-        if burn <= self.burn_rate:
+        status = await client.error_budget(self.target_success_rate, self.window)
+        if status.total < self.min_jobs:
             return []
-        rates = getattr(status, "burn_rates", None)
-        if isinstance(rates, Mapping):  # keys may be windows (timedeltas): JSON wants text
-            rates = {str(window): rate for window, rate in rates.items()}
-        return [
-            self.alert(
-                f"error budget burning {burn:.1f}x (target {self.target_success_rate:.3%})",
-                f"the error budget of {self.target_success_rate:.3%} success over "
-                f"{_described(self.window)} is burning {burn:.2f} times the sustainable "
-                f"pace, above {self.burn_rate:g}.",
-                value=burn,
-                threshold=self.burn_rate,
-                details={
-                    "target_success_rate": self.target_success_rate,
-                    "window": self.window.total_seconds(),
-                    "burn_rates": rates,
-                },
+        target = f"{self.target_success_rate:.3%}"
+        details: dict[str, Any] = {
+            "target_success_rate": status.target,
+            "window": status.window,
+            "total": status.total,
+            "failed": status.failed,
+            "error_rate": status.error_rate,
+            "remaining": status.remaining,
+            "burn_rate": status.burn_rate,
+            "burn_rates": msgspec.to_builtins(status.burn_rates),
+        }
+        alerts = []
+        if self.multiwindow:
+            for alarm in status.burn_rates:
+                if not alarm.fires:
+                    continue
+                burn = min(alarm.long_burn, alarm.short_burn)
+                long, short = (
+                    _described(timedelta(seconds=w))
+                    for w in (alarm.long_window, alarm.short_window)
+                )
+                alerts.append(
+                    self.alert(
+                        f"error budget burning {burn:.1f}x ({alarm.name}, target {target})",
+                        f"the last {long} and the last {short} burn the error budget of "
+                        f"{target} success {alarm.long_burn:.1f} and {alarm.short_burn:.1f} "
+                        f"times as fast as it allows, at or above {alarm.threshold:g}.",
+                        key=alarm.name,
+                        value=burn,
+                        threshold=alarm.threshold,
+                        details=details,
+                    )
+                )
+        if self.burn_rate is not None and status.burn_rate > self.burn_rate:
+            alerts.append(
+                self.alert(
+                    f"error budget burning {status.burn_rate:.1f}x over "
+                    f"{_described(self.window)} (target {target})",
+                    f"the error budget of {target} success over {_described(self.window)} "
+                    f"is burning {status.burn_rate:.2f} times the sustainable pace, above "
+                    f"{self.burn_rate:g}: {status.remaining:.0%} of it is left.",
+                    key="window",
+                    value=status.burn_rate,
+                    threshold=self.burn_rate,
+                    details=details,
+                )
             )
-        ]
+        return alerts

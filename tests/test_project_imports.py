@@ -132,3 +132,30 @@ def test_naq_worker_refuses_a_bad_tool_naq_at_start(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 2
     assert done.stderr.startswith(f"naq worker: [tool.naq] in {root}/pyproject.toml has an unknown")
+
+
+@pytest.mark.parametrize(
+    ("given", "hint"),
+    [
+        ("./jobs.py", "write 'jobs'"),
+        ("myapp/tasks.py", "write 'myapp.tasks'"),
+        ("my-app", "dotted"),
+    ],
+)
+def test_a_path_given_as_a_module_says_what_to_write(given: str, hint: str) -> None:
+    with pytest.raises(ValueError, match="takes module names, not files or paths") as caught:
+        import_sources([given])
+    assert hint in str(caught.value)
+
+
+def test_naq_worker_with_a_file_for_import_is_one_line_and_exit_2() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "naq_resilience.cli", "worker", "--import", "./jobs.py",
+         "--nats-url", OFFLINE],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "naq worker: --import takes module names, not files or paths: got './jobs.py'; "
+        "write 'jobs' (run from the folder that holds it, or from the project's root)"
+    ]

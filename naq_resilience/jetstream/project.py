@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -125,5 +126,24 @@ def import_sources(explicit: Iterable[str] = (), start: Path | None = None) -> I
     found = project_imports(pyproject) if pyproject is not None else ()
     if found:
         groups.append((f"{pyproject} [tool.naq]", found))
+    for where, mods in groups:
+        for module in mods:
+            _check_module_name(module, where)
     modules = tuple(dict.fromkeys(m for _, mods in groups for m in mods))
     return ImportSources(modules, tuple(groups), pyproject if found else None)
+
+
+_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+def _check_module_name(module: str, where: str) -> None:
+    """A module name, as `import` takes it: a file path is the likeliest slip."""
+    if _MODULE.match(module):
+        return
+    path = module.removeprefix("./").removesuffix(".py").replace("/", ".").replace("\\", ".")
+    hint = (
+        f"write {path!r} (run from the folder that holds it, or from the project's root)"
+        if _MODULE.match(path)
+        else "write a dotted module name such as 'myapp.jobs'"
+    )
+    raise ValueError(f"{where} takes module names, not files or paths: got {module!r}; {hint}")

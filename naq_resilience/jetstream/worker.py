@@ -57,7 +57,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 import nats.errors
@@ -105,6 +105,7 @@ from naq_resilience.jetstream.registry import (
 from naq_resilience.jetstream.schedules import run_envelope
 from naq_resilience.jetstream.stores import BreakerSync, KVActionLog, load_action_log
 from naq_resilience.jetstream.streams import Buckets, StorageSettings, ensure_layout
+from naq_resilience.jetstream.tracing import job_tracing
 from naq_resilience.models import (
     DeadLetter,
     FailureRecord,
@@ -128,6 +129,9 @@ from naq_resilience.policies.delays import DelaySchedule
 from naq_resilience.policies.durations import Duration, seconds
 from naq_resilience.policies.errors import CircuitBreakerOpenError, NonRetryable
 from naq_resilience.policies.pipeline import qualified_name
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
 
 __all__ = ["ResultTooLargeError", "Worker", "WorkerConnectionLost", "current_job"]
 
@@ -314,7 +318,11 @@ class Worker:
     `functions`. Durations are seconds or `timedelta`s. `format` is what results are
     stored as: by default what `NAQ_JOB_SERIALIZER` says (json when unset; `pickle` is
     refused here, at start). `observers` are told of every change of a job's state and
-    every failed attempt (`JobObserver`): metrics, counters, logs.
+    every failed attempt (`JobObserver`): metrics, counters, logs. `tracing` runs each
+    job in an OpenTelemetry span joined to the trace that enqueued it: by default when
+    the process has configured a tracer provider by the time the worker is built; True
+    (the global provider), False, or a `TracerProvider` of its own
+    (`naq_resilience.jetstream.tracing`).
     """
 
     def __init__(
@@ -336,6 +344,7 @@ class Worker:
         worker_id: str | None = None,
         unroutable_after: Duration | None = None,
         observers: Iterable[JobObserver] = (),
+        tracing: bool | TracerProvider | None = None,
     ) -> None:
         names = [queues] if isinstance(queues, str) else list(queues)
         if not names:
@@ -390,6 +399,10 @@ class Worker:
         self._log_unroutable = _Every(LOG_EVERY)
         self.observers = Observers(tuple(observers))
         self._started_at = time.time()
+        # After the registry: the job modules it imported may have set up OpenTelemetry.
+        self._tracing = job_tracing(tracing)
+        if self._tracing is not None:
+            self.observers.add(self._tracing)  # the records fill in the job's span
         self.processed = 0
         self.failed = 0
 
@@ -678,6 +691,9 @@ class Worker:
             raise
         except Exception as exc:
             await self._backstop(msg, queue, exc)
+        finally:
+            if self._tracing is not None:
+                self._tracing.end()  # the span `_process` started, once the job is settled
 
     async def _process(self, msg: Msg, queue: str) -> None:
         try:
@@ -690,6 +706,8 @@ class Worker:
             # The subject is where the job is: failures and history are filed under it.
             # (Only a hand-written envelope differs, typically by leaving `queue` out.)
             env = msgspec.structs.replace(env, queue=queue)
+        if self._tracing is not None:
+            self._tracing.start(env, queue, msg.headers)
         ledger = _NO_LEDGER
         crashes = 0
         delivered = _delivered(msg)
@@ -944,6 +962,8 @@ class Worker:
         handed = msgspec.structs.replace(ledger, handed_back=ledger.handed_back + 1)
         await self._write_ledger(env.id, handed)
         await msg.nak(delay=delay or None)
+        if self._tracing is not None:
+            self._tracing.outcome("handed_back")
         log.info("job %s handed back (%s)", env.id, why)
 
     async def _defer(
@@ -958,6 +978,8 @@ class Worker:
             env.id, msgspec.structs.replace(ledger, deferred=ledger.deferred + 1)
         )
         await msg.nak(delay=max(delay, 0.001))
+        if self._tracing is not None:
+            self._tracing.outcome("deferred")
         log.debug("job %s deferred %.3fs: breaker %s open", env.id, delay, exc.name or "-")
 
     async def _unroutable(
@@ -1008,6 +1030,8 @@ class Worker:
         )
         await self._write_ledger(env.id, handed)
         await msg.nak(delay=max(delay, 0.001))
+        if self._tracing is not None:
+            self._tracing.outcome("handed_back")
         held = self._log_handed_back(env.function)
         if held is not None:
             log.warning(

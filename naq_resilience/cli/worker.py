@@ -1,5 +1,5 @@
 """`naq worker QUEUE... [--concurrency N] [--import MODULE]... [--strict]
-[--unroutable-after SECONDS] [--log-level LEVEL]`."""
+[--unroutable-after SECONDS] [--metrics-port PORT [--metrics-host HOST]] [--log-level LEVEL]`."""
 
 from __future__ import annotations
 
@@ -7,8 +7,30 @@ import argparse
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING
 
-__all__ = ["add_worker_command"]
+if TYPE_CHECKING:
+    from naq_resilience.ops.metrics import WorkerMetrics
+
+__all__ = ["METRICS_HOST", "add_worker_command"]
+
+METRICS_HOST = "0.0.0.0"
+"""`naq_resilience.ops.metrics.DEFAULT_HOST`, written out so that parsing the command
+line does not need prometheus_client (a test keeps the two equal)."""
+METRICS_MISSING = (
+    "--metrics-port needs prometheus_client, which is not installed: "
+    "pip install 'naq-resilience[metrics]'"
+)
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0 to 65535)")
+    return port
 
 
 def add_worker_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -71,6 +93,18 @@ def add_worker_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
         "(default: $NAQ_REPLICAS or 1; 3 in a 3-node cluster)",
     )  # fmt: skip
     parser.add_argument(
+        "--metrics-port", type=_port, default=None, metavar="PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics: jobs completed, failed, "
+        "retried and dead-lettered, durations, in-flight jobs, breaker states, queue and "
+        "dead-letter depths (needs naq-resilience[metrics]; 0: any free port, logged; "
+        "default: no metrics)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--metrics-host", default=METRICS_HOST, metavar="HOST",
+        help="the address to serve metrics on (default: %(default)s, every interface, for a "
+        "scraper on another host; 127.0.0.1 keeps them to this one)",
+    )  # fmt: skip
+    parser.add_argument(
         "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default: %(default)s)"
     )
     parser.add_argument("--log-json", action="store_true", help="one JSON object per log line")
@@ -87,6 +121,14 @@ def _run(args: argparse.Namespace) -> int:
     from naq_resilience.jetstream.worker import Worker, WorkerConnectionLost
     from naq_resilience.ops.logging import setup_logging
 
+    metrics_class: type[WorkerMetrics] | None = None
+    if args.metrics_port is not None:
+        try:  # before anything starts: a missing extra is a one-line error
+            from naq_resilience.ops import metrics as metrics_module
+        except ImportError:
+            print(f"naq worker: {METRICS_MISSING}", file=sys.stderr)
+            return 2
+        metrics_class = metrics_module.WorkerMetrics
     setup_logging(args.log_level, json=args.log_json)
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
@@ -111,6 +153,18 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     if not worker.has_jobs:
         print(f"naq worker: warning: {NO_MODULES_WARNING}", file=sys.stderr)
+    metrics: WorkerMetrics | None = None
+    if metrics_class is not None:
+        try:
+            metrics = metrics_class(worker).serve(args.metrics_port, args.metrics_host)
+        except OSError as exc:
+            print(
+                f"naq worker: cannot serve metrics on {args.metrics_host} port "
+                f"{args.metrics_port}: {exc.strerror or exc}",
+                file=sys.stderr,
+            )
+            return 2
+        logging.getLogger("naq_resilience.worker").info("serving metrics at %s", metrics.url)
     try:
         worker.run_forever()
     except (NatsUnavailableError, JetStreamUnavailableError) as exc:
@@ -122,4 +176,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"naq worker: {exc}; exiting so a supervisor restarts it", file=sys.stderr)
         logging.shutdown()
         os._exit(3)
+    finally:
+        if metrics is not None:
+            metrics.close()
     return 0

@@ -420,6 +420,21 @@ class Worker:
         """False when no module and no function was given: every job would be refused."""
         return bool(self.registry.modules or self.registry.registered)
 
+    @property
+    def settings(self) -> ConnectionSettings:
+        """How this worker connects (what a metrics reader connects with too)."""
+        return self._settings
+
+    @property
+    def in_flight(self) -> dict[str, int]:
+        """Jobs this worker holds now, by queue. Safe from another thread (a metrics
+        scrape): the running set is copied in one step, as the heartbeat thread does."""
+        counts = dict.fromkeys(self.queues, 0)
+        for msg, _ in self._running.copy().values():
+            queue = layout.queue_of_subject(msg.subject)
+            counts[queue] = counts.get(queue, 0) + 1
+        return counts
+
     # ------------------------------------------------------------------ lifecycle
     async def run(self) -> None:
         """Work until `stop()`; then finish in-flight jobs within `shutdown_grace`.

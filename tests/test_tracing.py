@@ -27,7 +27,7 @@ from opentelemetry.trace import (
     TraceState,
 )
 
-from naq_resilience import Client, FailureRecord, JobRecord, JobStatus, Worker
+from naq_resilience import Client, FailureRecord, JobRecord, JobStatus, SyncClient, Worker
 from naq_resilience.jetstream import layout
 from naq_resilience.jetstream.tracing import TRACEPARENT, TRACESTATE, job_tracing
 
@@ -205,6 +205,36 @@ def test_failed_attempts_record_their_exception_and_outcome(
     assert "ValueError: bad input" in str(event_attributes["exception.stacktrace"])
 
 
+def test_a_message_from_another_language_joins_its_trace(
+    nats_url: str, spans: tuple[TracerProvider, InMemorySpanExporter]
+) -> None:
+    """A hand-written job published with bare nats-py, its trace context spelled as Go's
+    `propagation.HeaderCarrier` (an `http.Header`) writes it: `Traceparent`."""
+    provider, exporter = spans
+    trace_id, span_id = 0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7
+
+    async def enqueue(client: Client) -> list[str]:
+        js, _ = await client._ready()
+        body = b'{"version":1,"id":"from-go-1","function":"worker_jobs:add","args":[1,2]}'
+        await js.publish(
+            layout.job_subject("default"), body,
+            headers={
+                "Nats-Msg-Id": "from-go-1",
+                "Traceparent": f"00-{trace_id:032x}-{span_id:016x}-01",
+                "Tracestate": "rojo=00f067aa0ba902b7",
+            },
+        )  # fmt: skip
+        return ["from-go-1"]
+
+    run_worker(nats_url, provider, enqueue)
+    (span,) = job_spans(exporter, "from-go-1")
+    assert span.context is not None
+    assert span.context.trace_id == trace_id
+    assert span.parent is not None
+    assert span.parent.span_id == span_id
+    assert span.context.trace_state == TraceState([("rojo", "00f067aa0ba902b7")])
+
+
 def stored_headers(url: str, send: Callable[[Client], Any], queue: str) -> list[dict[str, str]]:
     """The headers of the job messages `send` stores on a queue no worker takes."""
 
@@ -251,6 +281,27 @@ def test_the_trace_context_travels_in_the_message_headers(
     assert vendor[TRACEPARENT] == "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     assert vendor[TRACESTATE] == "congo=t61rcWkgMzE"
     assert all("Nats-Msg-Id" in h for h in (plain, first, second, vendor))
+
+
+def test_the_sync_api_carries_the_callers_trace_context(
+    nats_url: str, spans: tuple[TracerProvider, InMemorySpanExporter]
+) -> None:
+    """`SyncClient` runs the enqueue on a loop thread of its own: the caller's span
+    goes with it (a sync web view enqueueing a job)."""
+    provider, _ = spans
+    tracer = provider.get_tracer("the web app")
+    with SyncClient(nats_url) as client, tracer.start_as_current_span("GET /report") as span:
+        client.enqueue(worker_jobs.add, 1, 1, queue_name="synced")
+        context = span.get_span_context()
+
+    async def headers() -> dict[str, str]:
+        async with Client(nats_url) as reader:
+            js, _ = await reader._ready()
+            stored = await js.get_last_msg(layout.JOB_STREAM, layout.job_subject("synced"))
+            return dict(stored.headers or {})
+
+    expected = f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+    assert asyncio.run(headers())[TRACEPARENT] == expected
 
 
 def test_the_size_check_counts_the_trace_headers(

@@ -106,6 +106,21 @@ def job_tracing(setting: bool | TracerProvider | None) -> JobTracing | None:
     return JobTracing(setting.get_tracer(TRACER_NAME))
 
 
+def _w3c_headers(headers: Mapping[str, str]) -> Mapping[str, str] | None:
+    """The trace-context headers as the propagator reads them (lower case), or None.
+
+    NATS header names are case-sensitive and W3C's are not: Go's `propagation.
+    HeaderCarrier`, an `http.Header`, writes `Traceparent`, so that spelling is read too.
+    """
+    if TRACEPARENT in headers:
+        return headers
+    parent = headers.get("Traceparent")
+    if parent is None:
+        return None
+    state = headers.get("Tracestate")
+    return {TRACEPARENT: parent} if state is None else {TRACEPARENT: parent, TRACESTATE: state}
+
+
 class JobTracing:
     """Each job's span, from its decoded envelope to its settlement (worker side).
 
@@ -133,9 +148,10 @@ class JobTracing:
         """Open the job's span, parented to the message's trace context, and make it
         current for the job's code."""
         context = self._context
+        carrier = _w3c_headers(headers) if headers else None
         parent = (
-            _trace_context_propagator().extract(headers)
-            if headers and TRACEPARENT in headers
+            _trace_context_propagator().extract(carrier)
+            if carrier is not None
             else context.Context()  # a root span, not a child of whatever the task held
         )
         span = self._tracer.start_span(

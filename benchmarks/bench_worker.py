@@ -68,9 +68,10 @@ Run from the repository root (the script puts its own checkout first on
 
 ``--profile-dir`` attaches py-spy (250 Hz, collapsed stacks) to the producer and to
 each worker during the timed windows; such a run's timings are perturbed.
-``--metrics`` runs the naq-resilience workers with Prometheus metrics on
-(``--metrics-port``, loopback) and scrapes them once a second throughout, fifteen
-times as often as Prometheus does by default, to measure what metrics cost. The peers
+``--metrics`` adds a case: the same end to end with the worker serving Prometheus
+metrics (``--metrics-port``, loopback), scraped once a second throughout, fifteen
+times as often as Prometheus does by default; it runs in every round beside the
+plain one, so the two are paired against raw nats-py in the same rounds. The peers
 need ``pip install -e '.[bench]'``; without them their rows are ``n/a``.
 """
 
@@ -781,17 +782,17 @@ async def naq_enqueue(ctx: Ctx, n: int) -> Sample:
 
 
 METRICS_PORT: list[int] = []
-"""The port the workers serve metrics on, with --metrics (set once, in run())."""
+"""The port the metrics case's worker serves metrics on, with --metrics (set in run())."""
 
 
-def naq_worker_command() -> list[str]:
+def naq_worker_command(metrics: bool = False) -> list[str]:
     """``python -m naq_resilience.cli worker bench --import bench_jobs --concurrency 256``
-    (``--metrics-port P --metrics-host 127.0.0.1`` added with --metrics)."""
-    metrics = [
-        arg for port in METRICS_PORT
+    (``--metrics-port P --metrics-host 127.0.0.1`` added for the metrics case)."""
+    extra = [
+        arg for port in (METRICS_PORT if metrics else [])
         for arg in ("--metrics-port", str(port), "--metrics-host", "127.0.0.1")
     ]  # fmt: skip
-    return [sys.executable, "-m", "naq_resilience.cli", "worker", *NAQ_WORKER_ARGS, *metrics]
+    return [sys.executable, "-m", "naq_resilience.cli", "worker", *NAQ_WORKER_ARGS, *extra]
 
 
 class Scraper:
@@ -822,8 +823,9 @@ class Scraper:
                 self.answered += 1
 
 
-def _naq_worker(ctx: Ctx) -> WorkerProcess:
-    return ctx.worker("naq-worker", naq_worker_command())
+def _naq_worker(ctx: Ctx, metrics: bool = False) -> WorkerProcess:
+    name = "naq-worker-metrics" if metrics else "naq-worker"
+    return ctx.worker(name, naq_worker_command(metrics))
 
 
 async def _naq_started(ctx: Ctx, client: Any, noop: Any) -> None:
@@ -842,10 +844,10 @@ async def _stream_messages(js: JetStreamContext, stream: str) -> int:
         return 0
 
 
-async def naq_e2e(ctx: Ctx, n: int) -> Sample:
+async def naq_e2e(ctx: Ctx, n: int, metrics: bool = False) -> Sample:
     client_cls, noop, _ = _naq_api()
     await _naq_reset(ctx.js)
-    with running(_naq_worker(ctx)) as worker:
+    with running(_naq_worker(ctx, metrics)) as worker:
         async with client_cls(ctx.url) as client:
             await _naq_started(ctx, client, noop)
             args = [(i,) for i in range(n)]
@@ -862,6 +864,11 @@ async def naq_e2e(ctx: Ctx, n: int) -> Sample:
             raise RuntimeError(f"{dead} no-op jobs ended as dead letters")
     await _naq_reset(ctx.js)
     return sample
+
+
+async def naq_e2e_metrics(ctx: Ctx, n: int) -> Sample:
+    """`naq_e2e` with the worker serving metrics, scraped every second (`Scraper`)."""
+    return await naq_e2e(ctx, n, metrics=True)
 
 
 async def naq_dead(ctx: Ctx, n: int) -> Sample:
@@ -1095,13 +1102,16 @@ PEERS = (TASKIQ, FASTSTREAM)
 GROUPS = {"raw": RAW, "naq": NAQ, "taskiq": TASKIQ, "faststream": FASTSTREAM}
 
 
-def build_cases(groups: Sequence[str] = tuple(GROUPS)) -> list[Case]:
+def build_cases(groups: Sequence[str] = tuple(GROUPS), metrics: bool = False) -> list[Case]:
     """Every timed case of a round, in the order of the first round."""
+    how = "the same, metrics on, scraped every 1 s"
+    with_metrics = [Case("naq.e2e-metrics", NAQ, "e2e", how, naq_e2e_metrics)]
     cases = [
         Case("raw.enqueue", RAW, "enqueue", "publish_async, gather acks", raw_enqueue),
         Case("naq.enqueue", NAQ, "enqueue", "client.enqueue_many", naq_enqueue),
         Case("raw.e2e", RAW, "e2e", "publish_async -> fetch(256) + ack", raw_e2e),
         Case("naq.e2e", NAQ, "e2e", "enqueue_many -> worker, no-op", naq_e2e),
+        *(with_metrics if metrics else []),
         Case("naq.dead", NAQ, "dead", "enqueue_many -> worker, ValueError", naq_dead),
         Case("taskiq.enqueue", TASKIQ, "enqueue", "kiq, gather 256", taskiq_enqueue),
         Case("taskiq.e2e", TASKIQ, "e2e", "kiq -> fetch(256)", taskiq_e2e),
@@ -1323,8 +1333,8 @@ def render(result: RunResult) -> str:
         ),
         *(
             [
-                "METRICS ON: naq-resilience workers served Prometheus metrics, scraped once "
-                f"a second ({meta['metrics_scrapes']:,} scrapes answered)."
+                "METRICS: the e2e-metrics case's worker served Prometheus metrics, scraped "
+                f"once a second ({meta['metrics_scrapes']:,} scrapes answered)."
             ]
             if meta.get("metrics_scrapes") is not None
             else []
@@ -1477,7 +1487,7 @@ async def _run_all(
 def run(args: argparse.Namespace) -> RunResult:
     """Start the server, run every round and the memory case; never raises for a bad case."""
     meta = environment()
-    cases = build_cases(args.cases)
+    cases = build_cases(args.cases, args.metrics)
     store = tempfile.mkdtemp(prefix="bench-worker-")
     log_dir = Path(args.log_dir) if args.log_dir else Path(store) / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -1538,8 +1548,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--metrics",
         action="store_true",
-        help="run the naq-resilience workers with --metrics-port and scrape them every second "
-        "(needs prometheus_client: pip install -e '.[metrics]')",
+        help="add an end-to-end case whose worker serves metrics (--metrics-port), scraped "
+        "every second (needs prometheus_client: pip install -e '.[metrics]')",
     )
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     args = parser.parse_args(argv)

@@ -126,7 +126,7 @@ def test_a_scrape_counts_jobs_by_queue_function_and_error_type(nats_url: str) ->
         def settled_on_the_server(families: Families) -> bool:
             return (
                 value(families, "naq_queue_depth", queue="default") == 0
-                and value(families, "naq_queue_unacknowledged", queue="default") == 0
+                and value(families, "naq_queue_in_flight", queue="default") == 0
                 and value(families, "naq_dead_letter_queue_depth", dead_letter_queue="default.dead")
                 == 1
             )
@@ -168,7 +168,7 @@ def held(tag: str) -> str:
 
 
 def test_in_flight_jobs_and_the_queue_behind_them(nats_url: str) -> None:
-    """One slot, three jobs: one runs (in flight, unacknowledged), two wait in the queue."""
+    """One slot, three jobs: one runs (in flight), two wait in the queue."""
     _release.clear()
     worker = Worker("held", nats_url=nats_url, functions=[held], concurrency=1)
 
@@ -181,7 +181,7 @@ def test_in_flight_jobs_and_the_queue_behind_them(nats_url: str) -> None:
             def one_running_two_waiting(families: Families) -> bool:
                 return (
                     value(families, "naq_jobs_in_flight", queue="held") == 1
-                    and value(families, "naq_queue_unacknowledged", queue="held") == 1
+                    and value(families, "naq_queue_in_flight", queue="held") == 1
                     and value(families, "naq_queue_depth", queue="held") == 2
                 )
 
@@ -194,7 +194,7 @@ def test_in_flight_jobs_and_the_queue_behind_them(nats_url: str) -> None:
             return (
                 value(families, "naq_jobs_completed_total", **done) == 3
                 and value(families, "naq_queue_depth", queue="held") == 0
-                and value(families, "naq_queue_unacknowledged", queue="held") == 0
+                and value(families, "naq_queue_in_flight", queue="held") == 0
             )
 
         families = await scraped_until(metrics.url, all_done, "three jobs done")

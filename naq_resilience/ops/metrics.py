@@ -541,9 +541,10 @@ class _WorkerCollector:
             "naq_queue_depth", "Jobs stored in the queue and not yet delivered to a worker.",
             labels=("queue",),
         )  # fmt: skip
-        unacked = GaugeMetricFamily(
-            "naq_queue_unacknowledged",
-            "Jobs delivered and not yet settled: running on a worker, or waiting for a retry.",
+        fleet_in_flight = GaugeMetricFamily(
+            "naq_queue_in_flight",
+            "Jobs delivered and not yet settled, on any worker: running, or waiting out a "
+            "retry's delay (naq status's in flight).",
             labels=("queue",),
         )
         dead = GaugeMetricFamily(
@@ -553,11 +554,11 @@ class _WorkerCollector:
         if reading is not None:
             for queue, (waiting, delivered) in reading.queues.items():
                 depth.add_metric([queue], waiting)
-                unacked.add_metric([queue], delivered)
+                fleet_in_flight.add_metric([queue], delivered)
             for name, count in reading.dead.items():
                 dead.add_metric([name], count)
         yield depth
-        yield unacked
+        yield fleet_in_flight
         yield dead
 
 

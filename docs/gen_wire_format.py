@@ -37,6 +37,7 @@ from nats.js.errors import BucketNotFoundError, NotFoundError  # noqa: E402
 
 from naq_resilience import codec, models  # noqa: E402
 from naq_resilience.jetstream import layout, streams  # noqa: E402
+from naq_resilience.jetstream.outcomes import fingerprint_of  # noqa: E402
 from naq_resilience.jetstream.registry import UnroutableJob  # noqa: E402
 from naq_resilience.jetstream.stores import _key as breaker_key  # noqa: E402
 from naq_resilience.jetstream.tracing import TRACEPARENT, TRACESTATE  # noqa: E402
@@ -50,18 +51,26 @@ from naq_resilience.jetstream.worker import (  # noqa: E402
 )
 from naq_resilience.models import (  # noqa: E402
     ENVELOPE_VERSION,
+    Alert,
     BreakerRecord,
     DeadLetter,
     ExceptionRecord,
     FailureRecord,
+    Incident,
+    IncidentStatus,
     JobEnvelope,
     JobRecord,
     JobResult,
     JobStatus,
     Ledger,
+    LogRecord,
+    MonitorLease,
+    PatternRecord,
     ReplayRecord,
+    RuleState,
     SagaLogRecord,
     ScheduleRecord,
+    Severity,
     WorkerInfo,
 )
 
@@ -144,6 +153,9 @@ def created_layout() -> RecordingJetStream:
 
     async def create() -> None:
         await streams.ensure_layout(js)
+        # The operations floor's buckets, which their users create when first needed.
+        await streams.ensure_monitor_bucket(js)
+        await streams.ensure_incident_bucket(js)
         worker = Worker("default")  # the consumer it creates for each queue, without a server
         await js.add_consumer(layout.JOB_STREAM, worker._consumer_config("<queue>"))
 
@@ -292,6 +304,8 @@ FAILURE = FailureRecord(
     duration=0.25,
     context={"order_id": 42},
     next_retry_at=T0 + 2.75,
+    where="billing/jobs.py:send_invoice",
+    fingerprint=fingerprint_of("builtins:ConnectionError", "billing/jobs.py:send_invoice"),
 )
 LAST_FAILURE = msgspec.structs.replace(
     FAILURE,
@@ -353,6 +367,22 @@ EXAMPLES: dict[type[msgspec.Struct], list[tuple[str, Any]]] = {
     ExceptionRecord: [('`TimeoutError("Network timeout")`, as an argument.', TIMEOUT)],
     FailureRecord: [("The first of six attempts failed; it will be retried.", FAILURE)],
     ReplayRecord: [("One replay of a dead letter, with more retries.", REPLAY)],
+    PatternRecord: [
+        (
+            "The latest of a pattern: three failed attempts in one second of one worker.",
+            PatternRecord(
+                fingerprint=FAILURE.fingerprint,
+                error_type=FAILURE.error_type,
+                where=FAILURE.where,
+                queue="emails",
+                function=FAILURE.function,
+                message=FAILURE.message,
+                seen_at=T0 + 0.75,
+                count=3,
+                job_ids=[JOB_ID, "0a1b2c3d4e5f60718293a4b5c6d7e8f9", "go-invoice-41"],
+            ),
+        )
+    ],
     DeadLetter: [
         (
             "A job out of attempts, with its whole history (attempts 2 to 5 elided here).",
@@ -493,6 +523,60 @@ EXAMPLES: dict[type[msgspec.Struct], list[tuple[str, Any]]] = {
 }
 
 
+EXAMPLES[LogRecord] = [
+    (
+        "A line a job's own code logged (`log.info(\"charging order %s\", 42, "
+        'extra={"order": 42})`), on '
+        f"`{layout.log_subject('info', FAILURE.worker_id, 'emails', JOB_ID)}`.",
+        LogRecord(
+            time=T0 + 0.6,
+            level="INFO",
+            levelno=20,
+            logger="billing.jobs",
+            message="charging order 42",
+            worker_id=FAILURE.worker_id,
+            host=FAILURE.host,
+            pid=FAILURE.pid,
+            job_id=JOB_ID,
+            function=FAILURE.function,
+            queue="emails",
+            attempt=1,
+            fields={"order": 42},
+        ),
+    ),
+    (
+        "The worker's line about the failed attempt of the FailureRecord above.",
+        LogRecord(
+            time=FAILURE.failed_at,
+            level="WARNING",
+            levelno=30,
+            logger="naq_resilience.worker",
+            message=(
+                f"job {JOB_ID} (billing.jobs:send_invoice) attempt 1 of 6 failed: "
+                "builtins:ConnectionError: smtp.example.com:587 refused the connection; it "
+                "runs again in 2s, at 2026-01-01T10:00:02.750Z"
+            ),
+            worker_id=FAILURE.worker_id,
+            host=FAILURE.host,
+            pid=FAILURE.pid,
+            job_id=JOB_ID,
+            function=FAILURE.function,
+            queue="emails",
+            attempt=1,
+            error_type=FAILURE.error_type,
+            fields={
+                "max_attempts": 6,
+                "error_message": FAILURE.message,
+                "classification": "retryable",
+                "outcome": "retry",
+                "next_retry_at": "2026-01-01T10:00:02.750Z",
+                "context": {"order_id": 42},
+            },
+        ),
+    ),
+]
+
+
 EXAMPLES[ScheduleRecord] = [
     (
         "Run 2 of 3 of `schedule(report, interval=3600, repeat=3)`: the message on "
@@ -524,6 +608,67 @@ EXAMPLES[ScheduleRecord] = [
 ]
 
 
+INCIDENT = Incident(
+    id="20260101-4f9a2c",
+    status=IncidentStatus.ACKNOWLEDGED,
+    severity=Severity.CRITICAL,
+    error_type="naq_resilience:DataCorruptionError",
+    message="ledger row 9812 checksum mismatch",
+    fingerprint="9c1d0a7e5b3f2468",
+    where="billing/ledger.py:post_entry",
+    opened_at=T0 + 120.0,
+    last_seen=T0 + 900.0,
+    count=3,
+    context={"queue": "billing", "function": "billing.jobs:post", "account": 42},
+    job_ids=[JOB_ID, "a1b2c3d4e5f60718293a4b5c6d7e8f90"],
+    sources=["worker-7:4242:a1b2c3"],
+    acknowledged_by="ada",
+    acknowledged_at=T0 + 300.0,
+    note="restoring row 9812 from last night's backup",
+)
+EXAMPLES[Alert] = [
+    (
+        "A dead-letter queue over its threshold, as a webhook receives it.",
+        Alert(
+            id="0f1e2d3c4b5a69788796a5b4c3d2e1f0",
+            rule="dead-letters-emails.dead",
+            severity=Severity.WARNING,
+            title="120 dead letters in dead-letter queue emails.dead",
+            message=(
+                "dead-letter queue emails.dead holds 120 dead letters, more than 100; see "
+                "`naq dlq list --dlq emails.dead`."
+            ),
+            fired_at=T0 + 60.0,
+            key="emails.dead",
+            value=120.0,
+            threshold=100.0,
+            details={"dead_letter_queue": "emails.dead"},
+            monitor="ops-1:812:9a8b7c",
+        ),
+    )
+]
+EXAMPLES[MonitorLease] = [
+    (
+        "The lease of the monitor that evaluates the rules (the key expires 15 s after "
+        "`renewed_at` unless renewed).",
+        MonitorLease(
+            holder="ops-1:812:9a8b7c", acquired_at=T0, renewed_at=T0 + 3600.0, ttl=15.0
+        ),
+    )
+]
+EXAMPLES[RuleState] = [
+    (
+        "A breaker rule that alerted on two breakers.",
+        RuleState(
+            rule="breaker-open", fired={"billing-api": T0 + 60.0, "search": T0 + 300.0}
+        ),
+    )
+]
+EXAMPLES[Incident] = [
+    ("A critical error seen three times, acknowledged by the on-call.", INCIDENT)
+]
+
+
 def checked_example(record: Any) -> bytes:
     """The record as the codec writes it; it must read back as itself."""
     data = codec.encode(record)
@@ -547,6 +692,9 @@ def subject_matches(pattern: str, subject: str) -> bool:
 
 
 def stream_of(subject: str, configs: list[StreamConfig]) -> str:
+    if subject.startswith("naq.counts.<tier>."):
+        tiers = ", ".join(f"`{layout.count_stream(tier)}`" for tier, _ in layout.COUNT_TIERS)
+        return f"`NAQ_COUNTS_<TIER>`: {tiers}"
     for config in configs:
         if any(subject_matches(p, subject) for p in config.subjects or ()):
             return f"`{config.name}`"
@@ -801,10 +949,66 @@ def section_subjects(c: Code) -> list[str]:
             "`naq status`, `Client.fleet_status()`",
         ),
         (
+            layout.log_filter("<level>", "<worker>", QUEUE, JOB),
+            "LogRecord",
+            "every worker, for the log records of its process (`<queue>` and `<job_id>` are "
+            "`-` outside a job), without waiting for an ack",
+            "`naq worker-logs`",
+        ),
+        (
             f"$KV.{layout.ATTEMPT_BUCKET}.{JOB}",
             "Ledger",
             "the worker, before each `nak` (retry, breaker deferral, hand-back)",
             "the worker, when the job is delivered again",
+        ),
+        (
+            layout.count_subject("<tier>", "<bucket>", "<scope>"),
+            "an ADR-49 counter: the server stores `{\"val\":\"<total>\"}`; each write is an "
+            "empty message with `Nats-Incr: +<n>` (and a `Nats-Msg-Id`)",
+            "every worker, once a second, one increment per counter it touched: `<tier>` is "
+            f"{', '.join(f'`{t}`' for t, _ in layout.COUNT_TIERS)}, `<bucket>` the unix time "
+            "divided by the tier's seconds, `<scope>` `all.<outcome>`, "
+            "`q.<queue>.<outcome>`, `f.<queue>.<function>.<outcome>` (the function's `.` "
+            "written `/`: `billing/jobs:charge`), `e.<fingerprint>` or "
+            "`eq.<queue>.<fingerprint>` (failed attempts of one error pattern, in every "
+            "queue or in one); `<outcome>` is `completed`, `failed` or "
+            "`retried`",
+            "`error_rate`, `error_patterns`, `error_budget`, `naq errors` (batched direct "
+            "gets, `multi_last`)",
+        ),
+        (
+            layout.pattern_subject(QUEUE, "<fingerprint>", "last"),
+            "PatternRecord",
+            "every worker, after each flush in which it saw the pattern (and once to "
+            "`.first`, with `Nats-Expected-Last-Subject-Sequence: 0`, so the first stays)",
+            "`error_patterns`, for what a pattern is, when it was first and last seen, "
+            "and sample job ids",
+        ),
+        (
+            f"$KV.{layout.MONITOR_BUCKET}.{layout.LEADER_KEY}",
+            "MonitorLease",
+            "the monitor that leads (compare-and-set, a per-message TTL of `ttl` seconds)",
+            "every monitor (`naq monitor`, `naq worker --monitor`), `naq monitor --status`",
+        ),
+        (
+            f"$KV.{layout.MONITOR_BUCKET}.{layout.rule_state_key('x')[:-1]}<rule>",
+            "RuleState",
+            "the monitor about to send a rule's alerts (compare-and-set, before sending)",
+            "every monitor, for the rule's cooldowns",
+        ),
+        (
+            f"$KV.{layout.INCIDENT_BUCKET}.{layout.incident_key('<incident_id>')}",
+            "Incident",
+            "workers (a job failed with a critical error), `handle_critical_error`, "
+            "`naq incidents ack|resolve` (compare-and-set)",
+            "`naq incidents`, the monitor's incident rule",
+        ),
+        (
+            f"$KV.{layout.INCIDENT_BUCKET}.{layout.open_incident_key('<fingerprint>')}",
+            "",
+            "whoever opens an incident (the incident's id, as text); removed when it is "
+            "resolved",
+            "whoever reports an error, to add to its open incident",
         ),
     ]
     add("## Subjects")
@@ -816,15 +1020,29 @@ def section_subjects(c: Code) -> list[str]:
     table = ["| Subject | Stream | Message | Written by | Read by |", "|---|---|---|---|---|"]
     for subject, record_name, writer, reader in rows:
         message = (
-            anchor(record_name)
-            if record_name
-            else "the job's message, byte for byte as it was in the job stream"
+            "the job's message, byte for byte as it was in the job stream"
+            if not record_name
+            else record_name
+            if " " in record_name
+            else anchor(record_name)
         )
+        if record_name:
+            message = anchor(record_name)
+        elif subject.startswith("$KV."):
+            message = "an incident id, as text"
+        else:
+            message = "the job's message, byte for byte as it was in the job stream"
         table.append(
             f"| `{subject}` | {stream_of(subject, created.streams)} | {message} | "
             f"{cell(writer)} | {cell(reader)} |"
         )
     add("\n".join(table))
+    add(
+        f"Alerts are also published, as {anchor('Alert')} JSON, on the subject a monitor's "
+        f"NATS sink names (`{layout.ALERT_SUBJECT}` unless configured): plain NATS, no "
+        "stream stores them unless you make one on that subject. A webhook sink POSTs the "
+        "same JSON."
+    )
     return out
 
 
@@ -846,7 +1064,7 @@ def section_streams(c: Code) -> list[str]:
         table.append(
             f"| `{name}` | {', '.join(f'`{s}`' for s in config.subjects or ())} | "
             f"{settings(config, ('name', 'subjects'))} | "
-            f"{cell(layout_docs.get(constant_of[name], ''))} |"
+            f"{cell(layout_docs.get(constant_of.get(name, 'COUNT_SUBJECTS'), ''))} |"
         )
     add("\n".join(table))
     return out
@@ -895,6 +1113,18 @@ def section_buckets(c: Code) -> list[str]:
         layout.ATTEMPT_BUCKET: (
             "the job id; each entry expires after 7 days (a per-message TTL)",
             anchor("Ledger"),
+        ),
+        layout.MONITOR_BUCKET: (
+            f"`{layout.LEADER_KEY}`; `{layout.rule_state_key('x')[:-1]}<rule>` (the rule's name "
+            "with every character other than a letter, digit, `-`, `_` or `=` replaced by "
+            "`_`), expiring 60 s after the rule's cooldown",
+            f"{anchor('MonitorLease')}, {anchor('RuleState')}",
+        ),
+        layout.INCIDENT_BUCKET: (
+            f"`{layout.incident_key('<incident_id>')}`; "
+            f"`{layout.open_incident_key('<fingerprint>')}` while it is open; a resolved "
+            "incident expires after `incidents_max_age` (90 days)",
+            f"{anchor('Incident')}; the open incident's id as text",
         ),
     }
     add("## Key-value buckets")
@@ -969,6 +1199,17 @@ def section_records(c: Code) -> list[str]:
     for status in JobStatus:
         table.append(f"| `{status.value}` | {cell(status_docs.get(status.name, ''))} |")
     add("\n".join(table))
+    incident_docs = model_docs.get("IncidentStatus", {})
+    add("### IncidentStatus")
+    add(inspect.cleandoc(IncidentStatus.__doc__ or ""))
+    table = ["| Value | Meaning |", "|---|---|"]
+    for incident_status in IncidentStatus:
+        meaning = incident_docs.get(incident_status.name, "")
+        table.append(f"| `{incident_status.value}` | {cell(meaning)} |")
+    add("\n".join(table))
+    add("### Severity")
+    add(inspect.cleandoc(Severity.__doc__ or ""))
+    add(", ".join(f"`{severity.value}`" for severity in Severity) + ", least urgent first.")
     return out
 
 

@@ -77,6 +77,12 @@ if TYPE_CHECKING:
     RETRYABLE_ERRORS: tuple[type[BaseException], ...]
     NON_RETRYABLE_ERRORS: tuple[type[BaseException], ...]
     CRITICAL_ERRORS: tuple[type[BaseException], ...]
+    from naq_resilience.jetstream.analytics import (
+        BudgetStatus,
+        BurnRate,
+        ErrorPattern,
+        ErrorRate,
+    )
     from naq_resilience.jetstream.client import (
         Client,
         Job,
@@ -90,6 +96,8 @@ if TYPE_CHECKING:
         enqueue,
         enqueue_many,
         enqueue_sync,
+        error_patterns,
+        error_rate,
         get_dead_letter,
         get_dead_letter_jobs,
         get_failed_jobs,
@@ -115,6 +123,11 @@ if TYPE_CHECKING:
         NotReplayableError,
         ReplayReport,
         analyze_failure,
+    )
+    from naq_resilience.jetstream.incidents import (
+        IncidentNotFoundError,
+        on_incident,
+        remove_incident_hook,
     )
     from naq_resilience.jetstream.publisher import PublishTimeoutError, StreamFullError
     from naq_resilience.jetstream.registry import UnroutableJob
@@ -151,13 +164,48 @@ if TYPE_CHECKING:
         current_job,
     )
     from naq_resilience.models import (
+        Alert,
         DeadLetter,
         FailureRecord,
+        Incident,
+        IncidentStatus,
         JobEnvelope,
         JobRecord,
         JobStatus,
+        PatternRecord,
+        Severity,
+    )
+    from naq_resilience.ops.alerts import (
+        AlertRule,
+        BreakerOpenRule,
+        BudgetBurnRule,
+        DeadLetterDepthRule,
+        ErrorPatternRule,
+        ErrorRateRule,
+        IncidentRule,
+        Rule,
+        RuleUnavailable,
+    )
+    from naq_resilience.ops.budget import ErrorBudget
+    from naq_resilience.ops.incidents import (
+        acknowledge_incident,
+        get_incident,
+        handle_critical_error,
+        handle_critical_error_async,
+        list_incidents,
+        resolve_incident,
     )
     from naq_resilience.ops.logging import setup_logging
+    from naq_resilience.ops.monitor import (
+        Monitor,
+    )
+    from naq_resilience.ops.sinks import (
+        CallbackSink,
+        LoggingSink,
+        NatsSink,
+        Sink,
+        WebhookSink,
+    )
 
 _LIVE = frozenset({"RETRYABLE_ERRORS", "NON_RETRYABLE_ERRORS", "CRITICAL_ERRORS"})
 
@@ -235,6 +283,42 @@ _LAZY = {
     "JobEnvelope": "naq_resilience.models",
     "JobStatus": "naq_resilience.models",
     "setup_logging": "naq_resilience.ops.logging",
+    "BudgetStatus": "naq_resilience.jetstream.analytics",
+    "BurnRate": "naq_resilience.jetstream.analytics",
+    "ErrorPattern": "naq_resilience.jetstream.analytics",
+    "ErrorRate": "naq_resilience.jetstream.analytics",
+    "error_patterns": "naq_resilience.jetstream.client",
+    "error_rate": "naq_resilience.jetstream.client",
+    "ErrorBudget": "naq_resilience.ops.budget",
+    "PatternRecord": "naq_resilience.models",
+    "IncidentNotFoundError": "naq_resilience.jetstream.incidents",
+    "on_incident": "naq_resilience.jetstream.incidents",
+    "remove_incident_hook": "naq_resilience.jetstream.incidents",
+    "Alert": "naq_resilience.models",
+    "Incident": "naq_resilience.models",
+    "IncidentStatus": "naq_resilience.models",
+    "Severity": "naq_resilience.models",
+    "AlertRule": "naq_resilience.ops.alerts",
+    "BreakerOpenRule": "naq_resilience.ops.alerts",
+    "BudgetBurnRule": "naq_resilience.ops.alerts",
+    "DeadLetterDepthRule": "naq_resilience.ops.alerts",
+    "ErrorPatternRule": "naq_resilience.ops.alerts",
+    "ErrorRateRule": "naq_resilience.ops.alerts",
+    "IncidentRule": "naq_resilience.ops.alerts",
+    "Rule": "naq_resilience.ops.alerts",
+    "RuleUnavailable": "naq_resilience.ops.alerts",
+    "acknowledge_incident": "naq_resilience.ops.incidents",
+    "get_incident": "naq_resilience.ops.incidents",
+    "handle_critical_error": "naq_resilience.ops.incidents",
+    "handle_critical_error_async": "naq_resilience.ops.incidents",
+    "list_incidents": "naq_resilience.ops.incidents",
+    "resolve_incident": "naq_resilience.ops.incidents",
+    "Monitor": "naq_resilience.ops.monitor",
+    "CallbackSink": "naq_resilience.ops.sinks",
+    "LoggingSink": "naq_resilience.ops.sinks",
+    "NatsSink": "naq_resilience.ops.sinks",
+    "Sink": "naq_resilience.ops.sinks",
+    "WebhookSink": "naq_resilience.ops.sinks",
 }
 
 
@@ -265,6 +349,8 @@ __all__ = [
     "BreakerPolicy",
     "BreakerSnapshot",
     "BreakerStore",
+    "BudgetStatus",
+    "BurnRate",
     "cancel_scheduled_job",
     "cancel_scheduled_job_sync",
     "chaos",
@@ -309,6 +395,11 @@ __all__ = [
     "enqueue_sync",
     "EnrichedError",
     "error_context",
+    "error_patterns",
+    "error_rate",
+    "ErrorBudget",
+    "ErrorPattern",
+    "ErrorRate",
     "FailureRecord",
     "fallback",
     "FallbackPolicy",
@@ -343,6 +434,7 @@ __all__ = [
     "on_critical",
     "pause_scheduled_job",
     "pause_scheduled_job_sync",
+    "PatternRecord",
     "policies_of",
     "ProcessingError",
     "PublishTimeoutError",
@@ -384,4 +476,32 @@ __all__ = [
     "UnroutableJob",
     "Worker",
     "WorkerConnectionLost",
+    "IncidentNotFoundError",
+    "on_incident",
+    "remove_incident_hook",
+    "Alert",
+    "Incident",
+    "IncidentStatus",
+    "Severity",
+    "AlertRule",
+    "BreakerOpenRule",
+    "BudgetBurnRule",
+    "DeadLetterDepthRule",
+    "ErrorPatternRule",
+    "ErrorRateRule",
+    "IncidentRule",
+    "Rule",
+    "RuleUnavailable",
+    "acknowledge_incident",
+    "get_incident",
+    "handle_critical_error",
+    "handle_critical_error_async",
+    "list_incidents",
+    "resolve_incident",
+    "Monitor",
+    "CallbackSink",
+    "LoggingSink",
+    "NatsSink",
+    "Sink",
+    "WebhookSink",
 ]

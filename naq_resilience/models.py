@@ -20,22 +20,30 @@ import msgspec
 from naq_resilience.policies.delays import STRATEGIES
 
 __all__ = [
-    "ENVELOPE_VERSION",
+    "Alert",
     "BreakerRecord",
     "DeadLetter",
+    "ENVELOPE_VERSION",
     "EXCEPTION_TAG",
     "EXCEPTION_TAG_FIELD",
     "ExceptionRecord",
     "FailureRecord",
+    "Incident",
+    "IncidentStatus",
     "JobEnvelope",
     "JobRecord",
     "JobResult",
     "JobStatus",
     "Ledger",
+    "LogRecord",
+    "MonitorLease",
+    "PatternRecord",
     "ReplayRecord",
+    "RuleState",
     "SagaLogRecord",
-    "WorkerInfo",
     "ScheduleRecord",
+    "Severity",
+    "WorkerInfo",
 ]
 
 ENVELOPE_VERSION: Final = 1
@@ -227,6 +235,16 @@ class FailureRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     cut: list[str] = []
     """Fields shortened to fit the record's size limit: "message", "traceback",
     "context"."""
+    where: str = ""
+    """Where the error was raised: the innermost frame of its traceback, as the file
+    (relative to the `sys.path` entry it was imported from, `/`-separated) and the
+    function's qualified name, e.g. `billing/jobs.py:charge`. No line number, so
+    editing the file does not split an error pattern. Absent when the error has no
+    traceback."""
+    fingerprint: str = ""
+    """The error pattern this failure belongs to: 16 hex digits of a BLAKE2b hash of
+    `error_type` and `where`, so failures of one type raised in one place share it
+    (`error_patterns` groups by it)."""
 
 
 class ReplayRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -242,6 +260,39 @@ class ReplayRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     """When a rescheduled replay runs, unix time in seconds; absent: at once."""
     changed: list[str] = []
     """What the replay changed: "args", "kwargs", or the names of changed options."""
+
+
+class PatternRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """An error pattern as one worker saw it during one flush of its outcome counters.
+
+    Published to `naq.patterns.<queue>.<fingerprint>.last` after every flush in which
+    the worker saw the pattern (the stream keeps the latest), and once to
+    `naq.patterns.<queue>.<fingerprint>.first` with `Nats-Expected-Last-Subject-Sequence:
+    0`, so the first record written stays until it ages out. The counts themselves are
+    in the counter streams (`e.<queue>.<fingerprint>` scopes).
+    """
+
+    version: int = _written(1)
+    """Record format version."""
+    fingerprint: str
+    """The pattern, as in `FailureRecord.fingerprint`."""
+    error_type: str
+    """The exception's class, `module:qualname`."""
+    where: str
+    """Where it was raised, as in `FailureRecord.where`."""
+    queue: str
+    """The queue of the jobs that failed so."""
+    function: str
+    """The job function of the latest such failure, `module:qualname`."""
+    message: str = ""
+    """The head (at most 200 characters) of the latest such failure's message."""
+    seen_at: float
+    """When a failure of this pattern last happened (a `first` record: first
+    happened) in the flush interval, unix time in seconds."""
+    count: int = 0
+    """Failed attempts of this pattern the worker counted in the interval."""
+    job_ids: list[str] = []
+    """Ids of the latest jobs (at most 5, newest first) that failed so in the interval."""
 
 
 class DeadLetter(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -551,3 +602,221 @@ class ScheduleRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     """True for a paused schedule's message, which has no `Nats-Schedule` and fires nothing."""
     created_at: float = 0.0
     """When the schedule was created, unix time in seconds."""
+
+
+class LogRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One log line of a worker process, as `naq worker-logs` shows it.
+
+    Published by each worker, without waiting for an acknowledgement, to
+    `naq.logs.<level>.<worker>.<queue>.<job_id>` (stream `NAQ_LOGS`, which keeps them
+    for a day or 256 MiB by default, the oldest going first): `<level>` is `debug`,
+    `info`, `warning`, `error` or `critical`, `<worker>` the `worker_id` with every
+    character other than a letter, digit, `-`, `_`, `:` or `=` replaced by `_`, and
+    `<queue>` and `<job_id>` are `-` for a line logged outside a job. So a reader
+    filters by level, worker, queue or job on the server, with subject wildcards.
+
+    A worker publishes the records that reach its process's root logger at the level
+    it logs at, including those of the job code's own `logging` calls; at most 50 a
+    second of DEBUG and INFO, and apart from those 50 a second of WARNING and above,
+    in bursts of up to 500. What it sheds is counted in a record of its own (`dropped`).
+    A message, traceback or field longer than a record takes is cut, saying so, and
+    named in `cut`.
+    """
+
+    version: int = _written(1)
+    """Record format version."""
+    time: float
+    """When the line was logged, unix time in seconds."""
+    level: str
+    """The level's name (`WARNING`; a custom level's own name)."""
+    levelno: int
+    """The level's number (10 DEBUG, 20 INFO, 30 WARNING, 40 ERROR, 50 CRITICAL)."""
+    logger: str
+    """The logger's name (`naq_resilience.worker`, `myapp.billing`)."""
+    message: str
+    """The message, its arguments filled in."""
+    worker_id: str
+    """The worker that published it (`host:pid:random` unless named)."""
+    host: str = ""
+    """The worker's host name."""
+    pid: int = 0
+    """The worker's process id."""
+    job_id: str | None = None
+    """The job the line was logged in (by the job's code or the worker about it)."""
+    function: str | None = None
+    """That job's function, `module:qualname`."""
+    queue: str | None = None
+    """That job's queue."""
+    attempt: int | None = None
+    """That job's attempt, from 1."""
+    error_type: str | None = None
+    """The error the line reports, `module:qualname`: its exception's, or the failed
+    attempt's."""
+    traceback: str | None = None
+    """The exception's traceback, for people; do not parse it."""
+    fields: dict[str, Any] = {}
+    """Every other field of the record (`extra=`, structlog's key-values, the worker's
+    `max_attempts`, `next_retry_at`, `error_message`, ...); values that are not JSON
+    become their `repr`."""
+    dropped: int = 0
+    """In a record the worker adds itself: how many log records its rate limit shed
+    since the last such record."""
+    cut: list[str] = []
+    """What was shortened to fit: "message", "traceback", "fields"."""
+
+
+class Severity(enum.StrEnum):
+    """How urgent an alert or an incident is; the names of Python's logging levels, as
+    NAQ's guide writes them (`level="WARNING"`, `"severity": "CRITICAL"`)."""
+
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+    CRITICAL = "CRITICAL"
+
+    @property
+    def rank(self) -> int:
+        """For comparing: INFO 0 < WARNING 1 < ERROR 2 < CRITICAL 3."""
+        return _SEVERITY_RANK[self]
+
+
+_SEVERITY_RANK: Final = {s: i for i, s in enumerate(Severity)}
+
+
+class Alert(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What an alert rule found, as every sink receives it.
+
+    Sent by the one monitor that holds the `naq-monitor` lease: the JSON body of a
+    webhook POST, the payload of the NATS sink (`naq.alerts` unless configured), the
+    argument of a callback sink, a log line. A rule fires at most once per `key` in its
+    cooldown, fleet-wide.
+    """
+
+    version: int = _written(1)
+    """Record format version."""
+    id: str
+    """Unique per alert (32 hex digits)."""
+    rule: str
+    """The name of the rule that fired."""
+    severity: Severity
+    """How urgent: "INFO", "WARNING", "ERROR" or "CRITICAL"."""
+    title: str
+    """One line for a person (a chat message, a page's subject)."""
+    message: str
+    """What was found and what it was compared with, in a sentence or two."""
+    fired_at: float
+    """When the rule fired, unix time in seconds."""
+    key: str = ""
+    """What the alert is about within its rule (a breaker's name, a dead-letter queue, an
+    incident id); the cooldown is kept per rule and key. Empty for a rule about one thing."""
+    value: float | None = None
+    """The measured value (a count, a rate), when the rule measures one."""
+    threshold: float | None = None
+    """The value it was compared with, when there is one."""
+    details: dict[str, Any] = {}
+    """Rule-specific facts as JSON values (e.g. a breaker's `opened_at`, an incident's
+    `error_type`)."""
+    monitor: str = ""
+    """The monitor that sent it (`host:pid:random` unless named)."""
+
+
+class MonitorLease(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Which monitor evaluates the alert rules now: the `leader` key of `naq-monitor`.
+
+    Created with compare-and-set (only when the key is absent) and renewed with
+    compare-and-set on its revision, every third of `ttl`, each write carrying a
+    per-message TTL of `ttl` seconds: when the holder dies the key expires and a standby
+    monitor creates it.
+    """
+
+    version: int = _written(1)
+    """Record format version."""
+    holder: str
+    """The monitor holding the lease (`host:pid:random` unless named)."""
+    acquired_at: float
+    """When it took the lease, unix time in seconds."""
+    renewed_at: float
+    """When it last renewed the lease, unix time in seconds."""
+    ttl: float
+    """Seconds the lease lasts after each renewal unless renewed again."""
+
+
+class RuleState(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """When an alert rule last fired, per alert key: the `rule.<rule>` key of `naq-monitor`.
+
+    Written with compare-and-set by the monitor about to send the alerts, before it
+    sends them, so two monitors never both send one alert and a new leader keeps the
+    cooldowns of the old one. Entries older than the rule's cooldown whose condition is
+    gone are dropped; the key expires once no entry can matter.
+    """
+
+    version: int = _written(1)
+    """Record format version."""
+    rule: str
+    """The rule's name."""
+    fired: dict[str, float] = {}
+    """Alert key (see `Alert.key`) to when it last fired, unix time in seconds."""
+
+
+class IncidentStatus(enum.StrEnum):
+    """Where an incident is in its life, as NAQ's guide writes it (`"status": "OPEN"`)."""
+
+    OPEN = "OPEN"
+    """Opened by a critical error; nobody has said they are on it."""
+    ACKNOWLEDGED = "ACKNOWLEDGED"
+    """Someone is on it (`naq incidents ack`). The same error still adds to it."""
+    RESOLVED = "RESOLVED"
+    """Over (`naq incidents resolve`): the same error again opens a new incident."""
+
+
+class Incident(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A critical error that needs a person: the `inc.<id>` key of `naq-incidents`.
+
+    Opened by a worker when a job fails with a critical error, or by
+    `handle_critical_error`. While it is open (or acknowledged), the same error (same
+    `fingerprint`) adds to it, with compare-and-set on its revision, instead of opening
+    another: `open.<fingerprint>` holds its id until it is resolved.
+    """
+
+    version: int = _written(1)
+    """Record format version."""
+    id: str
+    """The incident's id: the day it opened and 6 hex digits (`20261130-4f9a2c`)."""
+    status: IncidentStatus
+    """"OPEN", "ACKNOWLEDGED" or "RESOLVED"."""
+    severity: Severity
+    """How urgent: "CRITICAL" for a critical error unless the caller says otherwise."""
+    error_type: str
+    """The error's class, `module:qualname`."""
+    message: str
+    """The first error's message (at most 4 KiB)."""
+    fingerprint: str
+    """What makes two errors the same incident: 16 hex digits of a hash of `error_type`
+    and `where`."""
+    opened_at: float
+    """When it opened, unix time in seconds."""
+    last_seen: float
+    """When the error last happened, unix time in seconds."""
+    where: str = ""
+    """Where the error was raised: the innermost frame of its traceback as
+    `<dir>/<file>:<function>` (no line number, so a deploy does not change it); empty
+    when there was no traceback."""
+    count: int = 1
+    """How many times the error happened while the incident was open."""
+    context: dict[str, Any] = {}
+    """The first error's context (`error_context`, the caller's `context`, the job's
+    queue and function); values that are not JSON become their `repr`."""
+    job_ids: list[str] = []
+    """The first jobs that failed with it (at most 20), when jobs did."""
+    sources: list[str] = []
+    """Who reported it (worker ids, `handle_critical_error` callers), the first 20."""
+    acknowledged_by: str | None = None
+    """Who acknowledged it, as they said (`naq incidents ack --by NAME`)."""
+    acknowledged_at: float | None = None
+    """When it was acknowledged, unix time in seconds."""
+    resolved_by: str | None = None
+    """Who resolved it."""
+    resolved_at: float | None = None
+    """When it was resolved, unix time in seconds."""
+    note: str | None = None
+    """What the person who acknowledged or resolved it wrote."""

@@ -36,3 +36,13 @@ def test_dead_letter_benchmark_runs() -> None:
     out = run("bench_dead_letters.py", "--letters", "600", "--replay", "200", "--runs", "1")
     assert "| first page of 50 | naq-resilience ms | raw nats-py ms |" in out
     assert "| every letter of one dead-letter queue, rate=None | 200 |" in out
+
+
+def test_monitoring_benchmark_runs() -> None:
+    out = run(
+        "bench_monitoring.py", "--outcomes", "3000", "--hours", "2", "--naive-jobs", "300",
+        "--runs", "1",
+    )  # fmt: skip
+    assert "| read | naq-resilience ms | client CPU ms | answer |" in out
+    assert "| error_patterns(24h) |" in out
+    assert "target: error_rate over an hour under 100 ms: " in out

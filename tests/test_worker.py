@@ -400,7 +400,7 @@ def test_a_name_no_worker_could_run_is_dead_lettered_at_once(
 
     run(main())
     assert [r.levelno for r in caplog.records if "worker_jobs:calls" in r.getMessage()] == [
-        logging.WARNING
+        logging.ERROR  # a dead letter
     ]
 
 

@@ -13,8 +13,13 @@ import sys
 from collections.abc import Callable, Sequence
 
 from naq_resilience.cli.breakers import add_breakers_command
+from naq_resilience.cli.demo import add_demo_command
 from naq_resilience.cli.dlq import add_dlq_command
+from naq_resilience.cli.errors import add_errors_command
+from naq_resilience.cli.incidents import add_incidents_command
 from naq_resilience.cli.jobs import add_jobs_command
+from naq_resilience.cli.logs import add_worker_logs_command
+from naq_resilience.cli.monitor import add_monitor_command
 from naq_resilience.cli.schedule import add_schedule_command
 from naq_resilience.cli.server import add_server_command
 from naq_resilience.cli.status import add_status_command
@@ -27,13 +32,18 @@ AddCommand = Callable[["Subparsers[argparse.ArgumentParser]"], None]
 Handler = Callable[[argparse.Namespace], int]
 
 COMMANDS: tuple[AddCommand, ...] = (
+    add_demo_command,
     add_server_command,
     add_worker_command,
+    add_worker_logs_command,
     add_dlq_command,
     add_jobs_command,
     add_schedule_command,
     add_status_command,
     add_breakers_command,
+    add_errors_command,
+    add_monitor_command,
+    add_incidents_command,
 )
 
 

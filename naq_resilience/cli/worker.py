@@ -1,5 +1,13 @@
 """`naq worker QUEUE... [--concurrency N] [--import MODULE]... [--strict]
-[--unroutable-after SECONDS] [--metrics-port PORT [--metrics-host HOST]] [--log-level LEVEL]`."""
+[--unroutable-after SECONDS] [--monitor FILE] [--no-incidents]
+[--metrics-port PORT [--metrics-host HOST]] [--log-level LEVEL] [--log-json]
+[--no-publish-logs]`.
+
+`--log-level` and `--log-json` configure logging for the whole process (the root
+logger), so the job code's own `logging` calls come out at that level, in that format,
+each with the job's id and attempt; the worker also publishes them to `NAQ_LOGS` for
+`naq worker-logs`. `--metrics-port` serves Prometheus metrics from a thread of their
+own (`naq_resilience.ops.metrics`)."""
 
 from __future__ import annotations
 
@@ -105,9 +113,29 @@ def add_worker_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
         "scraper on another host; 127.0.0.1 keeps them to this one)",
     )  # fmt: skip
     parser.add_argument(
-        "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default: %(default)s)"
-    )
-    parser.add_argument("--log-json", action="store_true", help="one JSON object per log line")
+        "--monitor", metavar="FILE", default=None,
+        help="also run an alert monitor with this config (TOML, as `naq monitor --config`): "
+        "it contends for the fleet's monitor lease, so one process alerts however many run",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-incidents", action="store_true",
+        help="do not open incidents for jobs that fail with a critical error",
+    )  # fmt: skip
+    parser.add_argument(
+        "--log-level", default="INFO", metavar="LEVEL",
+        help="DEBUG, INFO, WARNING, ERROR or CRITICAL, for the whole process: the worker, "
+        "the jobs' own logging, nats-py (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--log-json", action="store_true",
+        help="one JSON object per log line (timestamp, level, logger, message, job_id, "
+        "attempt, error_type, error_message, context, traceback, ...)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-publish-logs", dest="publish_logs", action="store_false", default=None,
+        help="do not publish log records to NAQ_LOGS for `naq worker-logs` (also "
+        "NAQ_PUBLISH_LOGS=0)",
+    )  # fmt: skip
     parser.set_defaults(handler=_run)
 
 
@@ -129,7 +157,19 @@ def _run(args: argparse.Namespace) -> int:
             print(f"naq worker: {METRICS_MISSING}", file=sys.stderr)
             return 2
         metrics_class = metrics_module.WorkerMetrics
-    setup_logging(args.log_level, json=args.log_json)
+    try:
+        setup_logging(args.log_level, json=args.log_json, process=True)
+    except ValueError as exc:
+        print(f"naq worker: --log-level: {exc}", file=sys.stderr)
+        return 2
+
+    def say(level: int, text: str) -> None:
+        """A line of the command's own: with --log-json a JSON line like every other."""
+        if args.log_json:
+            logging.getLogger("naq_resilience.cli").log(level, "%s", text)
+        else:
+            print(f"naq worker: {text}", file=sys.stderr)
+
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     project = find_pyproject()
@@ -147,36 +187,47 @@ def _run(args: argparse.Namespace) -> int:
             unroutable_after=args.unroutable_after,
             storage=StorageSettings.from_env().with_replicas(args.replicas),
             strict=args.strict,
+            publish_logs=args.publish_logs,
+            incidents=not args.no_incidents,
         )
-    except (ImportError, ValueError) as exc:
-        print(f"naq worker: {exc}", file=sys.stderr)
+        monitor = None
+        if args.monitor:
+            from naq_resilience.cli.monitor import build_monitor
+
+            monitor = build_monitor(argparse.Namespace(config=args.monitor, nats_url=args.nats_url))
+    except (ImportError, AttributeError, TypeError, ValueError) as exc:
+        say(logging.ERROR, str(exc))
         return 2
-    if not worker.has_jobs:
-        print(f"naq worker: warning: {NO_MODULES_WARNING}", file=sys.stderr)
+    if not worker.has_jobs and not args.log_json:  # the worker logs it as it starts
+        say(logging.WARNING, f"warning: {NO_MODULES_WARNING}")
     metrics: WorkerMetrics | None = None
     if metrics_class is not None:
-        try:
+        try:  # before the monitor's thread: a port in use leaves nothing running
             metrics = metrics_class(worker).serve(args.metrics_port, args.metrics_host)
         except OSError as exc:
-            print(
-                f"naq worker: cannot serve metrics on {args.metrics_host} port "
-                f"{args.metrics_port}: {exc.strerror or exc}",
-                file=sys.stderr,
+            say(
+                logging.ERROR,
+                f"cannot serve metrics on {args.metrics_host} port {args.metrics_port}: "
+                f"{exc.strerror or exc}",
             )
             return 2
         logging.getLogger("naq_resilience.worker").info("serving metrics at %s", metrics.url)
+    thread = monitor.start_in_thread() if monitor is not None else None
     try:
         worker.run_forever()
     except (NatsUnavailableError, JetStreamUnavailableError) as exc:
-        print(f"naq worker: {exc}", file=sys.stderr)
+        say(logging.ERROR, str(exc))
         return 1
     except WorkerConnectionLost as exc:
         # Threads of sync jobs may still run; they cannot be settled and must not keep
         # the process (and their duplicates) alive, so exit now.
-        print(f"naq worker: {exc}; exiting so a supervisor restarts it", file=sys.stderr)
+        say(logging.ERROR, f"{exc}; exiting so a supervisor restarts it")
         logging.shutdown()
         os._exit(3)
     finally:
+        if monitor is not None and thread is not None:
+            monitor.stop()  # gives the lease up, so a standby need not wait for its TTL
+            thread.join(10)
         if metrics is not None:
             metrics.close()
     return 0

@@ -87,6 +87,7 @@ from naq_resilience.policies.errors import ProcessingError
 from naq_resilience.policies.pipeline import qualified_name
 
 if TYPE_CHECKING:
+    from naq_resilience.jetstream.analytics import BudgetStatus, ErrorPattern, ErrorRate
     from naq_resilience.jetstream.schedules import ScheduledJob, ScheduleInfo
     from naq_resilience.jetstream.status import FleetStatus
 
@@ -113,6 +114,8 @@ __all__ = [
     "get_failed_jobs",
     "get_job",
     "get_jobs_in_timeframe",
+    "error_patterns",
+    "error_rate",
 ]
 
 T = TypeVar("T")
@@ -314,6 +317,7 @@ class Client:
         self._buckets: Buckets | None = None
         self._publisher: Publisher | None = None
         self._lock = asyncio.Lock()
+        self._count_keep: dict[str, float] | None = None  # analytics.Reader's, read once
 
     async def __aenter__(self) -> Client:
         await self.connect()
@@ -531,6 +535,14 @@ class Client:
             self._buckets = await ensure_layout(self._js, self._storage)
         except Exception as exc:  # unavailable for now: the publish is asked again
             log.debug("stream_info(%s) failed: %r", layout.JOB_STREAM, exc)
+
+    async def _recreate_layout(self) -> None:
+        """A stream of the layout did not answer a read (deleted under a live client):
+        create the missing ones again, so what comes next finds them."""
+        if self._js is None:
+            return
+        log.warning("a stream of the job layer is gone; creating the streams again")
+        self._buckets = await ensure_layout(self._js, self._storage)
 
     async def _stream_missing(self, exc: NotFoundError) -> bool:
         """A read found a stream gone (deleted under a live client): create the streams
@@ -983,6 +995,41 @@ class Client:
         await purge_messages(self, layout.DEAD_STREAM, originals)
         return removed
 
+    # ------------------------------------------------------------------ error analytics
+    # Read from the counters workers keep as they work; the code is in jetstream/analytics.py.
+    async def error_rate(
+        self,
+        window: float | timedelta,
+        *,
+        queue: str | None = None,
+        function: str | Callable[..., Any] | None = None,
+    ) -> ErrorRate:
+        """How many jobs ended in the last `window` (seconds or a `timedelta`) and how many
+        of them failed for good, for every queue or one `queue` and/or `function`. A
+        few dozen counters are read, however many jobs there were."""
+        from naq_resilience.jetstream.analytics import Reader
+
+        return await Reader(self).error_rate(window, queue=queue, function=function)
+
+    async def error_patterns(
+        self, window: float | timedelta, *, queue: str | None = None, limit: int = 20
+    ) -> list[ErrorPattern]:
+        """The `limit` most frequent error patterns (an error type raised in one place) of
+        the failed attempts in the last `window`, most frequent first, with their
+        share, first and last time seen, trend against the window before, and jobs."""
+        from naq_resilience.jetstream.analytics import Reader
+
+        return await Reader(self).error_patterns(window, queue=queue, limit=limit)
+
+    async def error_budget(
+        self, target_success_rate: float = 0.999, window: float | timedelta = 86400.0
+    ) -> BudgetStatus:
+        """Where a success-rate target stands over `window`: the error budget, how much
+        of it is left, and the SRE workbook's fast and slow burn-rate alerts."""
+        from naq_resilience.jetstream.analytics import Reader
+
+        return await Reader(self).error_budget(target_success_rate, window)
+
     # ------------------------------------------------------------------ scheduled jobs
     # Kept and fired by nats-server (ADR-51); the code is in jetstream/schedules.py.
     async def enqueue_at(
@@ -1343,6 +1390,26 @@ class SyncClient:
         window = self._runner.run(self._client.get_failed_jobs(hours, since=since))
         return JobList(window, self._runner)
 
+    # Error analytics: `Client`'s methods of the same names, for synchronous code.
+    def error_rate(
+        self,
+        window: float | timedelta,
+        *,
+        queue: str | None = None,
+        function: str | Callable[..., Any] | None = None,
+    ) -> ErrorRate:
+        return self._runner.run(self._client.error_rate(window, queue=queue, function=function))
+
+    def error_patterns(
+        self, window: float | timedelta, *, queue: str | None = None, limit: int = 20
+    ) -> list[ErrorPattern]:
+        return self._runner.run(self._client.error_patterns(window, queue=queue, limit=limit))
+
+    def error_budget(
+        self, target_success_rate: float = 0.999, window: float | timedelta = 86400.0
+    ) -> BudgetStatus:
+        return self._runner.run(self._client.error_budget(target_success_rate, window))
+
 
 # --------------------------------------------------------------------------- module-level API
 
@@ -1421,6 +1488,30 @@ def get_failed_jobs(
 ) -> JobList:
     """The jobs that failed for good in the last `hours`, as records."""
     return _default_sync_client(nats_url).get_failed_jobs(hours, since=since)
+
+
+# Error analytics, as NAQ's guide monitors errors: synchronous, on a shared connection.
+def error_rate(
+    window: float | timedelta,
+    *,
+    queue: str | None = None,
+    function: str | Callable[..., Any] | None = None,
+    nats_url: str | None = None,
+) -> ErrorRate:
+    """`Client.error_rate`: jobs ended and failed for good in the last `window` (seconds
+    or a `timedelta`), from the workers' counters: `error_rate(timedelta(hours=1)).rate`."""
+    return _default_sync_client(nats_url).error_rate(window, queue=queue, function=function)
+
+
+def error_patterns(
+    window: float | timedelta,
+    *,
+    queue: str | None = None,
+    limit: int = 20,
+    nats_url: str | None = None,
+) -> list[ErrorPattern]:
+    """`Client.error_patterns`: the most frequent error patterns of the last `window`."""
+    return _default_sync_client(nats_url).error_patterns(window, queue=queue, limit=limit)
 
 
 # Dead letters, as NAQ's guide calls them: synchronous, on a shared connection to

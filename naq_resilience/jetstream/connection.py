@@ -23,6 +23,18 @@ JetStream raises `JetStreamNotEnabledError` at once.
 
 Secrets (password, token, credentials inside a URL) never reach a repr, a log line or
 an error message.
+
+nats-py reports through callbacks, which go to the `naq_resilience` logger at levels a
+person can act on. A connection lost while running is a WARNING once it has been away
+for `LOST_AFTER` seconds (a blip is only the INFO line of its reconnect), then at most
+every `STILL_LOST_EVERY` seconds while it stays away, with the count of attempts;
+each failed attempt (one every `reconnect_time_wait`, 2 s) is DEBUG. In a process with
+several connections to the same servers (a worker has two), one outage is reported
+once. A connection closed by its owner is DEBUG, also when the server went away first
+(an application exiting after its embedded server stopped says nothing); one that
+nats-py closed for good (reconnect attempts used up, reconnecting off) is a WARNING.
+Other errors the server reports (a slow consumer, a permission denied) are WARNINGs,
+one a minute per kind, counting the rest.
 """
 
 from __future__ import annotations
@@ -31,12 +43,19 @@ import asyncio
 import logging
 import os
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import KW_ONLY, dataclass, field, fields, replace
 from typing import Any, TypeVar
 
 from nats.aio.client import Client
-from nats.errors import AuthorizationError, NoRespondersError
+from nats.errors import (
+    AuthorizationError,
+    NoRespondersError,
+    NoServersError,
+    StaleConnectionError,
+    UnexpectedEOF,
+)
 from nats.errors import Error as NatsError
 from nats.js.api import AccountInfo
 from nats.js.errors import APIError, ServiceUnavailableError
@@ -92,6 +111,15 @@ _NOT_ENABLED = 10076
 _TRANSIENT_CODES = frozenset({10008, 10004, 10163})
 _FIRST_PAUSE = 0.1
 _LONGEST_PAUSE = 1.0
+LOST_AFTER = 5.0
+"""Seconds a connection may be away before it is reported (a WARNING): a server
+restart that takes less is only the INFO line of the reconnect."""
+STILL_LOST_EVERY = 60.0
+"""Seconds between two WARNINGs about a connection that stays away."""
+_ERRORS_EVERY = 60.0
+_reporting: dict[str, int] = {}
+"""Servers (display URL) whose current outage a connection of this process reports,
+and which connection (`id` of its callbacks): the others say it at DEBUG."""
 
 # X509_V_ERR_* verify codes from OpenSSL's x509_vfy.h.
 _CERT_NAME_MISMATCH = frozenset({62, 63, 64})  # host name, e-mail, IP address
@@ -255,7 +283,8 @@ def _redact_url(url: str) -> str:
 
 
 class _Callbacks:
-    """nats-py's event callbacks, sent to the naq_resilience logger.
+    """nats-py's event callbacks, sent to the naq_resilience logger (see the module's
+    docstring for what is said at which level).
 
     While the first connect runs, errors are only remembered (the last one becomes the
     reason in `NatsUnavailableError`); afterwards they are logged.
@@ -266,28 +295,142 @@ class _Callbacks:
         self.client = client
         self.connected = False
         self.last_error: BaseException | None = None
+        self.lost_since: float | None = None
+        self.attempts = 0
+        self.reported = False
+        self.said_at = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._errors: dict[str, tuple[float, int]] = {}
 
     def _where(self) -> str:
         current = self.client.connected_url
         return _redact_url(current.geturl()) if current is not None else self.settings.display_url
+
+    def _name(self) -> str:
+        name = self.settings.name
+        return f" ({name})" if name else ""
 
     async def error(self, error: Exception) -> None:
         if not self.connected:
             self.last_error = error
             logger.debug("NATS connect attempt to %s failed: %r", self.settings.display_url, error)
             return
-        logger.warning("NATS error on %s: %s", self._where(), self.settings.scrub(str(error)))
+        if self.client.is_closed:
+            logger.debug("NATS error on a closed connection to %s: %r", self._where(), error)
+            return
+        if self.lost_since is not None or self.client.is_reconnecting or _is_lost(error):
+            self.last_error = error
+            if self.lost_since is not None:
+                self.attempts += 1
+            logger.debug(
+                "NATS connection to %s%s: %s", self._where(), self._name(), self._said(error)
+            )
+            if self.reported and time.monotonic() - self.said_at >= STILL_LOST_EVERY:
+                self._report_lost(still=True)
+            return
+        kind = type(error).__name__
+        now = time.monotonic()
+        last, held = self._errors.get(kind, (-_ERRORS_EVERY, 0))
+        if now - last < _ERRORS_EVERY:
+            self._errors[kind] = (last, held + 1)
+            return
+        self._errors[kind] = (now, 0)
+        more = f" ({held} more since the last such line)" if held else ""
+        logger.warning("NATS error on %s%s: %s%s", self._where(), self._name(),
+                       self._said(error), more)  # fmt: skip
 
     async def disconnected(self) -> None:
-        if self.connected and not self.client.is_closed:
-            logger.warning("disconnected from NATS at %s", self._where())
+        if not self.connected or self.client.is_closed:
+            return  # our own close(), or a connect that never succeeded
+        if self.lost_since is None:
+            self.lost_since = time.monotonic()
+            self.attempts = 0
+            logger.debug(
+                "disconnected from NATS at %s%s (%s); reconnecting", self._where(),
+                self._name(), self._said(self.last_error),
+            )  # fmt: skip
+            self._timer = asyncio.get_running_loop().call_later(LOST_AFTER, self._report_lost)
+
+    def _report_lost(self, still: bool = False) -> None:
+        self._timer = None
+        if self.lost_since is None or self.client.is_closed:
+            return
+        key = self.settings.display_url
+        owner = _reporting.setdefault(key, id(self))
+        self.reported = True
+        self.said_at = time.monotonic()
+        level = logging.WARNING if owner == id(self) else logging.DEBUG
+        away = time.monotonic() - self.lost_since
+        attempts = self.settings.max_reconnect_attempts
+        logger.log(
+            level,
+            "%s NATS at %s%s for %.0f s (%d reconnect attempts so far, last error: %s); "
+            "reconnecting every %g s%s",
+            "still no connection to" if still else "lost the connection to",
+            self.settings.display_url, self._name(), away, self.attempts,
+            self._said(self.last_error), self.settings.reconnect_time_wait,
+            "" if attempts < 0 else f", at most {attempts} times",
+        )  # fmt: skip
+
+    def _back(self) -> tuple[float, bool]:
+        """The outage is over: how long it lasted, and whether this connection reported it."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        away = 0.0 if self.lost_since is None else time.monotonic() - self.lost_since
+        owned = _reporting.get(self.settings.display_url) == id(self)
+        if owned:
+            del _reporting[self.settings.display_url]
+        reported = self.reported and owned
+        self.lost_since = None
+        self.reported = False
+        return away, reported
 
     async def reconnected(self) -> None:
-        logger.info("reconnected to NATS at %s", self._where())
+        away, reported = self._back()
+        logger.log(
+            logging.INFO if reported or away < LOST_AFTER else logging.DEBUG,
+            "reconnected to NATS at %s%s after %.1f s away", self._where(), self._name(), away,
+        )  # fmt: skip
 
     async def closed(self) -> None:
-        if self.connected:
-            logger.info("NATS connection to %s closed", self.settings.display_url)
+        _, _ = self._back()
+        if not self.connected:
+            return
+        if _closed_by_nats(self.client):
+            logger.warning(
+                "the NATS connection to %s%s was closed for good (%s)",
+                self.settings.display_url, self._name(),
+                self._said(self.client.last_error or self.last_error),
+            )  # fmt: skip
+        else:
+            logger.debug(
+                "NATS connection to %s%s closed", self.settings.display_url, self._name()
+            )
+
+    def _said(self, error: BaseException | None) -> str:
+        if error is None:
+            return "no error given"
+        if isinstance(error, NoServersError):
+            return "no server left to try: the reconnect attempts are used up"
+        return self.settings.scrub(_describe(error, self.settings))
+
+
+def _is_lost(error: BaseException) -> bool:
+    """An error that means the connection went (what a reconnect answers), not a complaint
+    about what this client did."""
+    return isinstance(error, (UnexpectedEOF, StaleConnectionError, OSError, TimeoutError))
+
+
+def _closed_by_nats(client: Client) -> bool:
+    """Whether nats-py closed the connection itself (its reconnect attempts used up, or
+    reconnecting off), rather than its owner: it does so from a task of its own."""
+    current = asyncio.current_task()
+    own = (
+        getattr(client, name, None)
+        for name in ("_reconnection_task", "_reading_task", "_flusher_task", "_ping_interval_task")
+    )
+    return current is not None and any(task is current for task in own)
 
 
 async def connect(settings: ConnectionSettings | None = None, **overrides: Any) -> Client:

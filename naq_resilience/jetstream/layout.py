@@ -12,25 +12,44 @@ import re
 from typing import Final
 
 __all__ = [
+    "ALERT_SUBJECT",
     "ATTEMPT_BUCKET",
     "WORKER_BUCKET",
     "BREAKER_BUCKET",
+    "COUNT_TIERS",
     "DEAD_STREAM",
     "FAILURE_STREAM",
     "HISTORY_STREAM",
+    "INCIDENT_BUCKET",
     "JOB_STREAM",
+    "LOG_STREAM",
+
+    "PATTERN_STREAM",
+    "LEADER_KEY",
+    "MONITOR_BUCKET",
     "RESULT_BUCKET",
     "SAGA_BUCKET",
     "SCHEDULE_STREAM",
     "check_dead_letter_queue",
     "check_queue_name",
+    "count_stream",
+    "count_subject",
     "dead_letter_queue_for",
     "dead_subject",
     "failure_subject",
     "history_subject",
+    "incident_key",
+    "kv_key",
     "job_subject",
+    "log_filter",
+    "log_level_token",
+    "log_subject",
+    "log_token",
+    "open_incident_key",
     "original_subject",
+    "pattern_subject",
     "queue_of_subject",
+    "rule_state_key",
     "run_subject",
     "schedule_filter",
     "schedule_subject",
@@ -65,6 +84,28 @@ RUN_COPY_TTL: Final = 24 * 3600
 """Seconds a fired copy stays in `NAQ_SCHEDULES` (`Nats-Schedule-TTL`): long enough for
 `NAQ_JOBS` to take it after an outage of its own, short enough not to pile up."""
 
+LOG_STREAM: Final = "NAQ_LOGS"
+"""Workers' log records (`LogRecord`), at each worker's level, rate-limited; the oldest
+go first past the stream's age and size limits."""
+LOG_SUBJECTS: Final = "naq.logs.>"
+LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+"""The level tokens of log subjects, lowest first."""
+NO_TOKEN: Final = "-"
+"""A log subject's queue and job tokens for a line logged outside a job."""
+
+COUNT_TIERS: Final = (("1m", 60), ("10m", 600), ("1h", 3600), ("6h", 21600))
+"""The time buckets outcomes are counted in: a name and its length in seconds. Every
+outcome is added to one bucket of each tier, so any window is the sum of a few dozen
+aligned buckets, the larger the window the coarser its edges (docs/design.md)."""
+COUNT_SUBJECTS: Final = "naq.counts.{tier}.>"
+"""Each tier has its own counter stream (ADR-49 `allow_msg_counter`), `NAQ_COUNTS_<TIER>`,
+so each keeps its buckets as long as the windows read from it need them."""
+
+PATTERN_STREAM: Final = "NAQ_PATTERNS"
+"""For each error pattern of each queue, the first and the latest `PatternRecord` (what
+the error is, where it was raised, a few job ids), one message per subject."""
+PATTERN_SUBJECTS: Final = "naq.patterns.>"
+
 BREAKER_BUCKET: Final = "naq-breakers"
 """Circuit-breaker state shared by every worker: one key per breaker name."""
 SAGA_BUCKET: Final = "naq-sagas"
@@ -78,6 +119,20 @@ WORKER_TTL: Final = 30.0
 ATTEMPT_BUCKET: Final = "naq-attempts"
 """How a redelivered job's earlier deliveries ended (`Ledger`), so a worker tells a crash
 from a failed attempt, a breaker deferral or a hand-back."""
+
+MONITOR_BUCKET: Final = "naq-monitor"
+"""The alert monitors' election and memory: `leader` holds the lease of the one monitor
+that evaluates the rules (a `MonitorLease` with a per-key TTL, so it goes when its holder
+dies), and `rule.<rule>` each rule's `RuleState` (when it last fired, per alert key), so a
+cooldown survives a change of leader."""
+LEADER_KEY: Final = "leader"
+INCIDENT_BUCKET: Final = "naq-incidents"
+"""Incidents opened by critical errors: `inc.<id>` holds an `Incident`; `open.<fingerprint>`
+holds the id of the incident still open for that error, so the same error again adds to
+it. A resolved incident expires after `StorageSettings.incidents_max_age`."""
+ALERT_SUBJECT: Final = "naq.alerts"
+"""Where the NATS alert sink publishes each `Alert` unless told otherwise (plain NATS: a
+subscriber sees it, nothing stores it unless a stream is made to)."""
 
 QUEUE_PATTERN: Final = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
@@ -154,3 +209,78 @@ def schedule_filter(schedule_id: str, queue: str = "*") -> str:
 def run_subject(queue: str) -> str:
     """Where the server puts a schedule's fired copies; `NAQ_JOBS` sources them."""
     return f"naq.runs.{queue}"
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_:=-]")
+
+
+def log_token(text: str) -> str:
+    """`text` as one subject token: a worker id's host may hold dots (`web-1.example`)."""
+    return _UNSAFE.sub("_", text) or NO_TOKEN
+
+
+def log_level_token(levelno: int) -> str:
+    """The level token of a record: its standard level, or the one just below a custom one."""
+    if levelno >= 50:
+        return "critical"
+    if levelno >= 40:
+        return "error"
+    if levelno >= 30:
+        return "warning"
+    if levelno >= 20:
+        return "info"
+    return "debug"
+
+
+def log_subject(level: str, worker: str, queue: str | None, job_id: str | None) -> str:
+    """Where a worker publishes a log record: level, worker, queue and job are tokens, so
+    readers filter on the server. (A queue or job id is a token already, unless a caller
+    put another value in a record's `extra=`.)"""
+    queue_token = NO_TOKEN if queue is None else log_token(queue)
+    job_token = NO_TOKEN if job_id is None else log_token(job_id)
+    return f"naq.logs.{level}.{log_token(worker)}.{queue_token}.{job_token}"
+
+
+def log_filter(
+    level: str = "*", worker: str = "*", queue: str = "*", job_id: str = "*"
+) -> str:
+    """A filter on log subjects; `*` matches any token."""
+    return f"naq.logs.{level}.{worker}.{queue}.{job_id}"
+def count_stream(tier: str) -> str:
+    """The counter stream of one tier of time buckets: `NAQ_COUNTS_1M`, `NAQ_COUNTS_6H`..."""
+    return f"NAQ_COUNTS_{tier.upper()}"
+
+
+def count_subject(tier: str, bucket: int | str, scope: str) -> str:
+    """One counter: the outcomes of `scope` in bucket `bucket` (unix time // the tier's
+    seconds) of `tier`. Scopes: `all.<outcome>` (every queue), `q.<queue>.<outcome>`,
+    `f.<queue>.<function token>.<outcome>`; failed attempts of one error pattern,
+    `e.<fingerprint>` (every queue) and `eq.<queue>.<fingerprint>`; outcomes
+    `completed`, `failed` (for good) and `retried`. A
+    read asks for the same with wildcards in `scope`."""
+    return f"naq.counts.{tier}.{bucket}.{scope}"
+
+
+def pattern_subject(queue: str, fingerprint: str, which: str) -> str:
+    """The first (`first`) or latest (`last`) `PatternRecord` of a pattern of `queue`."""
+    return f"naq.patterns.{queue}.{fingerprint}.{which}"
+
+
+def kv_key(name: str) -> str:
+    """`name` as a KV key token: every character but `[-_=a-zA-Z0-9]` becomes `_`."""
+    return "".join(c if c.isascii() and (c.isalnum() or c in "-_=") else "_" for c in name)
+
+
+def rule_state_key(rule: str) -> str:
+    """A rule's `RuleState` in `naq-monitor`."""
+    return f"rule.{kv_key(rule)}"
+
+
+def incident_key(incident_id: str) -> str:
+    """An `Incident` in `naq-incidents`."""
+    return f"inc.{incident_id}"
+
+
+def open_incident_key(fingerprint: str) -> str:
+    """The id of the open incident of an error fingerprint, in `naq-incidents`."""
+    return f"open.{fingerprint}"

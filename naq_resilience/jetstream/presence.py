@@ -63,22 +63,30 @@ async def worker_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
 
 
 async def announce(
-    kv: KeyValue, snapshot: Callable[[], WorkerInfo], stopped: asyncio.Event
+    js: JetStreamContext, replicas: int, snapshot: Callable[[], WorkerInfo], stopped: asyncio.Event
 ) -> None:
-    """Write the worker's record every `EVERY` seconds until `stopped`, then delete it."""
+    """Write the worker's record every `EVERY` seconds until `stopped`, then delete it.
+
+    Presence is for looking: a bucket that cannot be made yet (a cluster electing its
+    leader, a server away) is asked for again next round, and never stops the worker.
+    """
     info = snapshot()
     key = _key(info.worker_id)
+    kv: KeyValue | None = None
     try:
         while not stopped.is_set():
             try:
+                if kv is None:
+                    kv = await worker_bucket(js, replicas)
                 await kv.put(key, _encode(snapshot()))
-            except Exception as exc:  # the server is away: the next round tries again
+            except Exception as exc:  # the next round tries again
                 log.debug("could not write the presence of %s: %r", info.worker_id, exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopped.wait(), EVERY)
     finally:
-        with contextlib.suppress(Exception):
-            await kv.delete(key)
+        if kv is not None:
+            with contextlib.suppress(Exception):
+                await kv.delete(key)
 
 
 async def live_workers(js: JetStreamContext) -> list[WorkerInfo]:

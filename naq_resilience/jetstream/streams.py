@@ -10,7 +10,8 @@ Every stream and bucket has a limit (`StorageSettings`, from `NAQ_*` variables).
 a full store must not lose anything, it refuses new writes (discard "new"): a full job
 stream refuses the enqueue with `StreamFullError`, a full dead-letter stream refuses
 the dead letter and the worker keeps the job in its queue. Only failure records, which
-are history and also travel inside each dead letter, drop their oldest first.
+are history and also travel inside each dead letter, and the outcome counters (whose
+streams the server allows no other way) drop their oldest first.
 """
 
 from __future__ import annotations
@@ -40,7 +41,16 @@ from nats.js.kv import KeyValue
 from naq_resilience.jetstream import layout
 from naq_resilience.policies.durations import SecondsField
 
-__all__ = ["Buckets", "StorageSettings", "ensure_layout", "parse_size", "read_messages"]
+__all__ = [
+    "Buckets",
+    "StorageSettings",
+    "count_tier_max_age",
+    "ensure_layout",
+    "ensure_incident_bucket",
+    "ensure_monitor_bucket",
+    "parse_size",
+    "read_messages",
+]
 
 log = logging.getLogger("naq_resilience.streams")
 
@@ -120,6 +130,12 @@ class StorageSettings:
     """Attempt ledgers of redelivered jobs (`naq-attempts`)."""
     breakers_max_bytes: int = 16 * _MiB
     """Shared circuit-breaker states."""
+    monitor_max_bytes: int = 16 * _MiB
+    """The alert monitors' lease and rule cooldowns (`naq-monitor`)."""
+    incidents_max_bytes: int = 64 * _MiB
+    """Incidents (`naq-incidents`); when reached, new incidents are refused (logged)."""
+    incidents_max_age: SecondsField = SecondsField(90 * _DAY, positive=True)
+    """How long a resolved incident is kept (open ones are kept until resolved)."""
     history_max_age: SecondsField = SecondsField(7 * _DAY, positive=True)
     """How long a job's record (`get_job`, `Job.status()`, `get_jobs_in_timeframe`) is
     kept after its last change."""
@@ -132,6 +148,19 @@ class StorageSettings:
     """Scheduled jobs and their fired copies (`NAQ_SCHEDULES`). The server refuses
     discard-new for a stream of schedules, so a new schedule is refused by the client
     once the stream is 90% full instead (`StreamFullError`)."""
+    logs_max_age: SecondsField = SecondsField(_DAY, positive=True)
+    """How long workers' log records (`NAQ_LOGS`, `naq worker-logs`) are kept."""
+    logs_max_bytes: int = 256 * _MiB
+    """Workers' log records; when reached the oldest go first."""
+    counts_max_age: SecondsField = SecondsField(8 * _DAY, positive=True)
+    """How long the outcome counters of the hour and six-hour buckets, and the error
+    patterns' records, are kept: the longest window `error_rate`, `error_patterns` and
+    `error_budget` can read (a pattern's trend needs twice its window). The minute and
+    ten-minute buckets are kept 12 hours and 3 days (or this, if shorter): only short
+    windows and the edges of longer ones read them."""
+    counts_max_bytes: int = 256 * _MiB
+    """Each counter stream (`NAQ_COUNTS_1M`, `_10M`, `_1H`, `_6H`) and `NAQ_PATTERNS`;
+    when reached the oldest buckets go first (a counter stream cannot discard new)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.replicas, bool) or not 1 <= self.replicas <= 5:
@@ -188,6 +217,42 @@ def _schedule_stream(settings: StorageSettings) -> StreamConfig:
         max_bytes=settings.schedules_max_bytes,
         discard=DiscardPolicy.OLD,
     )
+
+
+_FINE_TIER_KEEP = {"1m": 12 * 3600.0, "10m": 3 * _DAY}
+"""How long the fine buckets are kept: a window reads minute buckets only when it is
+shorter than 5 hours (and its trend the 5 hours before), ten-minute buckets only when
+shorter than 30 hours (docs/design.md, "Error analytics")."""
+
+
+def count_tier_max_age(settings: StorageSettings, tier: str) -> float:
+    """The `max_age` of the counter stream of `tier` (a name of `layout.COUNT_TIERS`)."""
+    keep = _FINE_TIER_KEEP.get(tier)
+    return settings.counts_max_age if keep is None else min(keep, settings.counts_max_age)
+
+
+def _count_streams(settings: StorageSettings) -> list[StreamConfig]:
+    """One counter stream per tier (ADR-49: only increments, `Nats-Incr: +N`, are
+    accepted). One message per subject, the running total: a bucket costs the server
+    one message however often it is incremented. Counters refuse discard new and
+    per-message TTLs; `max_age` ages whole buckets out, oldest first."""
+    return [
+        StreamConfig(
+            name=layout.count_stream(tier),
+            subjects=[layout.COUNT_SUBJECTS.format(tier=tier)],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            num_replicas=settings.replicas,
+            allow_msg_counter=True,
+            allow_direct=True,
+            max_msgs_per_subject=1,
+            max_age=count_tier_max_age(settings, tier),
+            max_bytes=settings.counts_max_bytes,
+            duplicate_window=settings.duplicate_window,
+            discard=DiscardPolicy.OLD,
+        )
+        for tier, _ in layout.COUNT_TIERS
+    ]
 
 
 def _run_source() -> StreamSource:
@@ -249,6 +314,29 @@ def _streams(settings: StorageSettings) -> list[StreamConfig]:
             max_bytes=settings.history_max_bytes,
             discard=DiscardPolicy.OLD,
             max_msgs_per_subject=1,  # a job's latest state replaces the one before
+        ),
+        StreamConfig(
+            name=layout.LOG_STREAM,
+            subjects=[layout.LOG_SUBJECTS],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            num_replicas=settings.replicas,
+            max_age=settings.logs_max_age,
+            max_bytes=settings.logs_max_bytes,
+            discard=DiscardPolicy.OLD,
+        ),
+        *_count_streams(settings),
+        StreamConfig(
+            name=layout.PATTERN_STREAM,
+            subjects=[layout.PATTERN_SUBJECTS],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            num_replicas=settings.replicas,
+            allow_direct=True,
+            max_age=settings.counts_max_age,
+            max_bytes=settings.counts_max_bytes,
+            discard=DiscardPolicy.OLD,
+            max_msgs_per_subject=1,  # a pattern's first record, and its latest
         ),
     ]
 
@@ -346,3 +434,28 @@ async def ensure_layout(
                 per_key_ttl=True),
     )  # fmt: skip
     return Buckets(breakers, sagas, results, attempts)
+
+
+# The buckets of the operations floor are opened by what uses them (a monitor, the first
+# critical error), not by `ensure_layout`: a worker that never meets a critical error
+# and a fleet without a monitor pay nothing for them.
+
+
+async def ensure_monitor_bucket(
+    js: JetStreamContext, settings: StorageSettings | None = None
+) -> KeyValue:
+    """`naq-monitor`, created when missing; per-key TTLs carry the leader's lease."""
+    settings = settings if settings is not None else StorageSettings.from_env()
+    return await _bucket(
+        js, layout.MONITOR_BUCKET, settings, settings.monitor_max_bytes, per_key_ttl=True
+    )
+
+
+async def ensure_incident_bucket(
+    js: JetStreamContext, settings: StorageSettings | None = None
+) -> KeyValue:
+    """`naq-incidents`, created when missing; resolved incidents expire by per-key TTL."""
+    settings = settings if settings is not None else StorageSettings.from_env()
+    return await _bucket(
+        js, layout.INCIDENT_BUCKET, settings, settings.incidents_max_bytes, per_key_ttl=True
+    )

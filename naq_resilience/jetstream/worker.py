@@ -4,7 +4,13 @@ The success path of a message is: decode the envelope (msgspec, typed), look the
 function up (a dict hit after the first time), run it, `ack()` (a publish into the
 connection's write buffer, not a round trip). Fetching is batched up to the free
 slots, so a fetched message is always started at once and never handed back unrun.
-Nothing is logged per job above DEBUG.
+Nothing is logged for a job that went well above DEBUG; a failed attempt logs a
+WARNING, a dead letter an ERROR (with the traceback of an error the classification
+does not name), a critical error a CRITICAL, each at most `FAILURE_LINES` a minute per
+function, the lines held back counted in the next one and in the shutdown summary.
+While a job runs, every log line of the process carries its id and attempt
+(`ops.logging.running_job`), and the worker publishes its log records to `NAQ_LOGS`
+for `naq worker-logs` (`jetstream.logstream`).
 
 Failures are handled by what the function's policy and the job's options say:
 
@@ -90,8 +96,11 @@ from naq_resilience.jetstream.connection import (
     while_jetstream_starts,
 )
 from naq_resilience.jetstream.heartbeat import Heartbeats
+from naq_resilience.jetstream.incidents import IncidentRecorder
+from naq_resilience.jetstream.logstream import LogPublisher, publish_logs_from_env
 from naq_resilience.jetstream.observers import JobObserver, Observers
-from naq_resilience.jetstream.presence import LIBRARY_VERSION, announce, worker_bucket
+from naq_resilience.jetstream.outcomes import OutcomeRecorder, fingerprint_of, where_of
+from naq_resilience.jetstream.presence import LIBRARY_VERSION, announce
 from naq_resilience.jetstream.project import NO_MODULES_WARNING, import_sources
 from naq_resilience.jetstream.publisher import Publisher, StreamFullError
 from naq_resilience.jetstream.puller import Puller
@@ -116,12 +125,14 @@ from naq_resilience.models import (
     Ledger,
     WorkerInfo,
 )
+from naq_resilience.ops.logging import iso_time, running_job, running_worker
 from naq_resilience.policies.chaos import is_injected
 from naq_resilience.policies.classify import (
     Classification,
     classify,
     classify_by_name,
     context_of,
+    is_expected,
     report_critical,
 )
 from naq_resilience.policies.compensate import Saga, reset_action_log, use_action_log
@@ -136,10 +147,6 @@ if TYPE_CHECKING:
 __all__ = ["ResultTooLargeError", "Worker", "WorkerConnectionLost", "current_job"]
 
 log = logging.getLogger("naq_resilience.worker")
-
-_current_job: contextvars.ContextVar[JobEnvelope | None] = contextvars.ContextVar(
-    "naq_current_job", default=None
-)
 
 MAX_FETCH = 256
 LEDGER_TTL: Final = 7 * 24 * 3600.0
@@ -158,6 +165,9 @@ UNKNOWN_DEFERRAL: Final = (1.0, 60.0)
 the job, at most 60 s. A deferral uses no attempt, so a fixed short wait would redeliver
 a job every second for as long as the breaker stays open; a fixed long one would keep
 it waiting long after the breaker closed."""
+RECORD_OUTCOMES_ENV: Final = "NAQ_RECORD_OUTCOMES"
+"""`0` (or `false`, `no`, `off`): workers that do not say otherwise count no outcomes for
+`error_rate`, `error_patterns` and `error_budget`."""
 UNROUTABLE_AFTER_ENV: Final = "NAQ_UNROUTABLE_AFTER"
 DEFAULT_UNROUTABLE_AFTER: Final = 300.0
 """Seconds a job no worker can route (its function's module not imported by the workers
@@ -175,6 +185,11 @@ UNROUTABLE_ERROR: Final = qualified_name(UnroutableJob)
 LOG_EVERY: Final = 60.0
 """Seconds between two log lines about the same function's refused or handed-back jobs
 (the lines held back in between are counted in the next one)."""
+FAILURE_LINES: Final = 10
+"""Log lines a minute per function and kind (failed attempts, dead letters, critical
+errors): a burst of that many, then one every six seconds. A failing job logs each of
+its attempts; a flood of failures of one function logs ten lines a minute, each saying
+how many like it were held back, and does not hide the failures of other functions."""
 _NO_LEDGER: Final = Ledger()
 _NO_SCHEDULE = DelaySchedule("fixed", 0.0, None, None)
 
@@ -194,7 +209,8 @@ class WorkerConnectionLost(ConnectionError):
 
 def current_job() -> JobEnvelope | None:
     """The envelope of the job the calling code runs in (None outside a worker)."""
-    return _current_job.get()
+    run = running_job.get()
+    return run[0] if run is not None else None
 
 
 def unroutable_after_from_env() -> float:
@@ -216,10 +232,11 @@ class _Every:
     """Lets through one log line per key every `period` seconds, and counts the rest, so
     a flood of one function's jobs logs a line a minute, not a line a job."""
 
-    __slots__ = ("_last", "period")
+    __slots__ = ("_last", "held", "period")
 
     def __init__(self, period: float) -> None:
         self.period = period
+        self.held = 0
         self._last: dict[str, tuple[float, int]] = {}
 
     def __call__(self, key: str) -> int | None:
@@ -228,11 +245,50 @@ class _Every:
         last = self._last.get(key)
         if last is not None and now - last[0] < self.period:
             self._last[key] = (last[0], last[1] + 1)
+            self.held += 1
             return None
         if last is None and len(self._last) >= 1024:  # names from a flood of garbage
             self._last.clear()
         self._last[key] = (now, 0)
         return last[1] if last is not None else 0
+
+
+class _Budget:
+    """Lets through a burst of `burst` log lines per key, then one every `period / burst`
+    seconds (a token bucket), and counts the rest: every failure of a failing job is
+    logged, a flood of them is not."""
+
+    __slots__ = ("_state", "burst", "held", "period")
+
+    def __init__(self, burst: int, period: float) -> None:
+        self.burst = burst
+        self.period = period
+        self.held = 0
+        self._state: dict[str, tuple[float, float, int]] = {}
+
+    def __call__(self, key: str) -> int | None:
+        """None to hold this line back; else how many were held back since the last."""
+        now = time.monotonic()
+        state = self._state.get(key)
+        if state is None:
+            if len(self._state) >= 1024:  # names from a flood of garbage
+                self._state.clear()
+            tokens, held = float(self.burst), 0
+        else:
+            tokens = min(self.burst, state[0] + (now - state[1]) * self.burst / self.period)
+            held = state[2]
+        if tokens < 1.0:
+            self._state[key] = (tokens, now, held + 1)
+            self.held += 1
+            return None
+        self._state[key] = (tokens - 1.0, now, 0)
+        return held
+
+
+def _about(env: JobEnvelope, queue: str | None = None) -> dict[str, Any]:
+    """The job a line is about, for a line logged outside the job's context, so that
+    `naq worker-logs --job` finds it."""
+    return {"job_id": env.id, "function": env.function, "queue": queue or env.queue}
 
 
 def _held_back(count: int, what: str) -> str:
@@ -318,11 +374,22 @@ class Worker:
     `functions`. Durations are seconds or `timedelta`s. `format` is what results are
     stored as: by default what `NAQ_JOB_SERIALIZER` says (json when unset; `pickle` is
     refused here, at start). `observers` are told of every change of a job's state and
-    every failed attempt (`JobObserver`): metrics, counters, logs. `tracing` runs each
-    job in an OpenTelemetry span joined to the trace that enqueued it: by default when
-    the process has configured a tracer provider by the time the worker is built; True
-    (the global provider), False, or a `TracerProvider` of its own
-    (`naq_resilience.jetstream.tracing`).
+    every failed attempt (`JobObserver`): metrics, counters, logs. `publish_logs`
+    (default: on unless `NAQ_PUBLISH_LOGS=0`) publishes the log records of the process
+    that reach the root logger while the worker runs to `NAQ_LOGS`, at most
+    `logstream.RATE` a second, for `naq worker-logs`.
+    Every worker also
+    counts its outcomes and error patterns for `error_rate`, `error_patterns` and
+    `error_budget` (`outcomes`, an `OutcomeRecorder`, sending its counts once a second);
+    `record_outcomes=False` (default: `NAQ_RECORD_OUTCOMES`, on unless `0`) leaves them
+    out.
+    With `incidents`
+    (the default), a job that fails with a critical error opens an incident in
+    `naq-incidents`, or adds to the open one of the same error (`IncidentRecorder`).
+    `tracing` runs each job in an OpenTelemetry span joined to the trace that enqueued
+    it: by default when the process has configured a tracer provider by the time the
+    worker is built; True (the global provider), False, or a `TracerProvider` of its
+    own (`naq_resilience.jetstream.tracing`).
     """
 
     def __init__(
@@ -344,6 +411,9 @@ class Worker:
         worker_id: str | None = None,
         unroutable_after: Duration | None = None,
         observers: Iterable[JobObserver] = (),
+        publish_logs: bool | None = None,
+        record_outcomes: bool | None = None,
+        incidents: bool = True,
         tracing: bool | TracerProvider | None = None,
     ) -> None:
         names = [queues] if isinstance(queues, str) else list(queues)
@@ -397,14 +467,36 @@ class Worker:
         self._log_handed_back = _Every(LOG_EVERY)
         self._log_refused = _Every(LOG_EVERY)
         self._log_unroutable = _Every(LOG_EVERY)
-        self.observers = Observers(tuple(observers))
+        self._log_failures = _Budget(FAILURE_LINES, 60.0)
+        self.publish_logs = publish_logs_from_env() if publish_logs is None else publish_logs
+        self._logs: LogPublisher | None = None
         self._started_at = time.time()
+        if record_outcomes is None:
+            record_outcomes = os.environ.get(RECORD_OUTCOMES_ENV, "").strip().lower() not in (
+                "0", "false", "no", "off",
+            )  # fmt: skip
+        self.outcomes = OutcomeRecorder() if record_outcomes else None
+        self.observers = Observers(
+            (*observers, self.outcomes) if self.outcomes is not None else tuple(observers)
+        )
+        self._incidents: IncidentRecorder | None = None
+        if incidents:
+            self._incidents = IncidentRecorder(self.worker_id, self._storage)
+            self.observers.add(self._incidents)
         # After the registry: the job modules it imported may have set up OpenTelemetry.
         self._tracing = job_tracing(tracing)
         if self._tracing is not None:
             self.observers.add(self._tracing)  # the records fill in the job's span
         self.processed = 0
+        """Jobs that completed."""
         self.failed = 0
+        """Attempts that failed (retried, or the last one)."""
+        self.retried = 0
+        self.dead = 0
+        """Jobs dead-lettered, for any reason."""
+        self.critical = 0
+        self.deferred = 0
+        self.handed_back = 0
 
     def _info(self) -> WorkerInfo:
         """This worker as `naq status` shows it."""
@@ -444,24 +536,47 @@ class Worker:
         """
         self._loop = asyncio.get_running_loop()
         self._started_at = time.time()
+        worker_token = running_worker.set(self.worker_id)  # inherited by its tasks and jobs
+        try:
+            await self._run()
+        finally:
+            running_worker.reset(worker_token)
+        if self._lost is not None:
+            raise WorkerConnectionLost(self._lost)
+
+    async def _run(self) -> None:
         async with contextlib.AsyncExitStack() as stack:
             self._nc = nc = await connect(self._settings, max_reconnect_attempts=-1)
             stack.push_async_callback(self._close_connection, nc)
+            if self.publish_logs:
+                # Closed last but the connection, so the shutdown's lines are published.
+                self._logs = LogPublisher(self.worker_id, self.host, self.pid)
+                stack.push_async_callback(self._logs.stop)
             wait = self._settings.jetstream_timeout
             await ensure_jetstream(nc, wait)
             self._js = js = nc.jetstream()
             self._buckets = await while_jetstream_starts(
                 lambda: ensure_layout(js, self._storage), timeout=wait, what="the job streams"
             )
+            if self._logs is not None:
+                self._logs.start(nc)
             self._publisher = Publisher(nc)
             await self._publisher.start()
             stack.push_async_callback(self._publisher.close)
+            if self.outcomes is not None:
+                await self.outcomes.start(self._publisher)
+                # Before the publisher closes, after the last jobs were settled.
+                stack.push_async_callback(self.outcomes.stop)
+            if self._incidents is not None:
+                self._incidents.bind(js)
+                stack.push_async_callback(self._incidents.close)
             breakers = BreakerSync(self._buckets.breakers, self.worker_id)
             await breakers.start()
             stack.push_async_callback(breakers.stop)
-            presence = await worker_bucket(js, self._storage.replicas)
             gone = asyncio.Event()
-            announcer = asyncio.create_task(announce(presence, self._info, gone))
+            announcer = asyncio.create_task(
+                announce(js, self._storage.replicas, self._info, gone)
+            )
             stack.push_async_callback(_finish, announcer, gone)
             heartbeats = Heartbeats(
                 self._settings,
@@ -508,12 +623,33 @@ class Worker:
                     await self._drain_in_flight()
                 else:
                     await self._abandon_in_flight()
-        log.info(
-            "worker %s stopped: %d jobs processed, %d failures",
-            self.worker_id, self.processed, self.failed,
+                log.info("worker %s stopped: %s", self.worker_id, self.summary())
+
+    def summary(self) -> str:
+        """What happened while the worker ran, as its last log line says it."""
+        said = [f"{self.processed} jobs completed", f"{self.failed} attempts failed"]
+        if self.failed:
+            said[-1] += f" ({self.retried} retried)"
+        said.append(
+            f"{self.dead} dead-lettered" + (f" ({self.critical} critical)" if self.critical else "")
+        )
+        if self.deferred:
+            said.append(f"{self.deferred} deferred by open circuit breakers")
+        if self.handed_back:
+            said.append(f"{self.handed_back} handed back")
+        held = (
+            self._log_failures.held + self._log_handed_back.held + self._log_refused.held
+            + self._log_unroutable.held
         )  # fmt: skip
-        if self._lost is not None:
-            raise WorkerConnectionLost(self._lost)
+        text = ", ".join(said)
+        if held:
+            text += f"; {held} log lines held back by rate limits"
+        if self._logs is not None and self._logs.dropped_total:
+            text += (
+                f"; {self._logs.dropped_total} log records not published to "
+                f"{layout.LOG_STREAM} (rate limit)"
+            )
+        return text
 
     @staticmethod
     async def _close_connection(nc: NatsClient) -> None:
@@ -742,10 +878,11 @@ class Worker:
         except UnknownFunction as exc:
             held = self._log_refused(env.function)
             if held is not None:
-                log.warning(
+                log.error(
                     "job %s dead-lettered to %s: %s%s", env.id,
                     env.dead_letter_queue or layout.dead_letter_queue_for(queue), exc.reason,
                     _held_back(held, "jobs of this function"),
+                    extra=_about(env, queue),
                 )  # fmt: skip
             await self._dead(msg, env, queue, exc.reason, [])
             return
@@ -760,7 +897,7 @@ class Worker:
                 # hand-back, after a failed attempt, starts a new one).
                 ledger = msgspec.structs.replace(ledger, unroutable=0, unroutable_since=None)
                 await self._write_ledger(env.id, ledger)
-        token = _current_job.set(env)
+        token = running_job.set((env, ledger.failed + 1))
         logs: list[KVActionLog] | None = None
         if fn.has_saga:
             logs = []
@@ -806,21 +943,31 @@ class Worker:
                 attempts=ledger.failed + 1,
             )  # fmt: skip
         finally:
-            _current_job.reset(token)
+            running_job.reset(token)
             if fn.has_saga:
                 reset_action_log(log_token)
 
     async def _dead_poison(
         self, msg: Msg, env: JobEnvelope, queue: str, crashes: int, ledger: Ledger
     ) -> None:
-        await self._dead(
-            msg, env, queue,
+        reason = (
             f"a worker crashed (was killed, ran out of memory or lost its connection) "
             f"during {crashes} deliveries of this job, the limit of max_crashes="
             f"{self.max_crashes}: a poison job. It failed {ledger.failed} attempts "
-            "before that",
-            await self._history(env) if ledger.failed else [],
-        )  # fmt: skip
+            "before that"
+        )
+        stored = await self._dead(
+            msg, env, queue, reason, await self._history(env) if ledger.failed else []
+        )
+        held = self._log_failures(f"poison:{env.function}") if stored else None
+        if held is not None:
+            log.error(
+                "job %s (%s) dead-lettered to %s: %s%s", env.id, env.function,
+                env.dead_letter_queue or layout.dead_letter_queue_for(queue), reason,
+                _held_back(held, "such lines of this function"),
+                extra={"job_id": env.id, "function": env.function, "queue": queue,
+                       "crashes": crashes, "held_back": held},
+            )  # fmt: skip
 
     async def _run_on_thread(
         self, fn: JobFunction, env: JobEnvelope, args: list[Any], kwargs: dict[str, Any]
@@ -907,7 +1054,10 @@ class Worker:
             status = decode(entry.value, JobResult).status
         except msgspec.DecodeError:
             return None
-        log.info("job %s was redelivered but had already ended (%s): acked", env.id, status)
+        log.info(
+            "job %s was redelivered but had already ended (%s): acked", env.id, status,
+            extra=_about(env),
+        )  # fmt: skip
         return JobStatus.FAILED if status is JobStatus.DEAD else status
 
     # ------------------------------------------------------------------ history
@@ -979,7 +1129,8 @@ class Worker:
         await msg.nak(delay=delay or None)
         if self._tracing is not None:
             self._tracing.outcome("handed_back")
-        log.info("job %s handed back (%s)", env.id, why)
+        self.handed_back += 1
+        log.info("job %s handed back (%s)", env.id, why, extra=_about(env))
 
     async def _defer(
         self, msg: Msg, env: JobEnvelope, exc: CircuitBreakerOpenError, ledger: Ledger
@@ -995,6 +1146,7 @@ class Worker:
         await msg.nak(delay=max(delay, 0.001))
         if self._tracing is not None:
             self._tracing.outcome("deferred")
+        self.deferred += 1
         log.debug("job %s deferred %.3fs: breaker %s open", env.id, delay, exc.name or "-")
 
     async def _unroutable(
@@ -1028,6 +1180,7 @@ class Worker:
                     "job %s dead-lettered to %s: %s%s", env.id,
                     env.dead_letter_queue or layout.dead_letter_queue_for(queue), reason,
                     _held_back(held, "unroutable jobs of this function"),
+                    extra=_about(env, queue),
                 )  # fmt: skip
             return
         first, longest = UNROUTABLE_DELAY
@@ -1047,6 +1200,7 @@ class Worker:
         await msg.nak(delay=max(delay, 0.001))
         if self._tracing is not None:
             self._tracing.outcome("handed_back")
+        self.handed_back += 1
         held = self._log_handed_back(env.function)
         if held is not None:
             log.warning(
@@ -1055,6 +1209,7 @@ class Worker:
                 "it is dead-lettered as unroutable%s",
                 env.id, exc.reason, self.unroutable_after, round(waited, 1),
                 _held_back(held, "hand-backs of this function"),
+                extra=_about(env, queue),
             )  # fmt: skip
 
     # ------------------------------------------------------------------ failures
@@ -1084,13 +1239,15 @@ class Worker:
                 delay = policy.schedule.delay(attempt)
         now = time.time()
         message = _message(exc)
+        error_type = qualified_name(type(exc))
+        where = where_of(exc)
         record = FailureRecord(
             job_id=env.id,
             function=env.function,
             queue=queue,
             attempt=attempt,
             max_attempts=policy.max_attempts,
-            error_type=qualified_name(type(exc)),
+            error_type=error_type,
             message=message,
             traceback=_format_traceback(exc),
             classification=kind.value,
@@ -1105,6 +1262,8 @@ class Worker:
             context=context_of(exc),
             next_retry_at=None if delay is None else now + delay,
             crashes=crashes,
+            where=where,
+            fingerprint=fingerprint_of(error_type, where),
         )
         subject = layout.failure_subject(record.queue, record.job_id)
         assert self._nc is not None
@@ -1123,11 +1282,13 @@ class Worker:
                 ),
             )
             await msg.nak(delay=delay)
+            self.retried += 1
             await self._record(
                 env, JobStatus.RETRYING, started_at=started, attempts=attempt,
                 error_type=record.error_type, error=record.message[:512],
                 next_retry_at=record.next_retry_at,
             )  # fmt: skip
+            self._log_failure(record, kind, exc, None)
             return
         # The job is dead: the dead letter, stored before the ack, carries this record
         # too, so the copy for the failures stream does not wait for its own ack.
@@ -1142,7 +1303,65 @@ class Worker:
             reason = f"out of attempts ({attempt} of {policy.max_attempts}): {error_type}"
         earlier = await self._history(env) if attempt > 1 else []
         history = [h for h in earlier if h.attempt < attempt] + [record]
-        await self._dead(msg, env, queue, reason, history, error=f"{error_type}: {record.message}")
+        if kind is Classification.CRITICAL:
+            self.critical += 1
+        stored = await self._dead(
+            msg, env, queue, reason, history, error=f"{error_type}: {record.message}"
+        )
+        if stored:
+            dead_queue = env.dead_letter_queue or layout.dead_letter_queue_for(queue)
+            self._log_failure(record, kind, exc, dead_queue)
+
+    def _log_failure(
+        self, record: FailureRecord, kind: Classification, exc: Exception, dead_queue: str | None
+    ) -> None:
+        """A failed attempt's line: a WARNING saying when it runs again, or an ERROR (a
+        CRITICAL for a critical error) saying where its dead letter is, with the
+        traceback when the error is critical or unexpected (`is_expected`). Every field
+        is also given apart (`extra`), for JSON lines and `naq worker-logs`."""
+        if dead_queue is None:
+            level, what = logging.WARNING, "retry"
+        elif kind is Classification.CRITICAL:
+            level, what = logging.CRITICAL, "critical"
+        else:
+            level, what = logging.ERROR, "dead"
+        if not log.isEnabledFor(level):
+            return
+        held = self._log_failures(f"{what}:{record.function}")
+        if held is None:
+            return
+        next_at = None if record.next_retry_at is None else iso_time(record.next_retry_at)
+        if next_at is not None:
+            assert record.next_retry_at is not None
+            wait = record.next_retry_at - record.failed_at
+            then = f"; it runs again in {wait:.3g}s, at {next_at}"
+        elif kind is Classification.CRITICAL:
+            then = f"; a critical error is not retried: dead-lettered to {dead_queue}"
+        elif kind is Classification.NON_RETRYABLE:
+            then = f"; not retryable: dead-lettered to {dead_queue}"
+        else:
+            then = f"; out of attempts: dead-lettered to {dead_queue}"
+        extra: dict[str, Any] = {
+            "job_id": record.job_id, "function": record.function, "queue": record.queue,
+            "attempt": record.attempt, "max_attempts": record.max_attempts,
+            "error_type": record.error_type, "error_message": record.message,
+            "classification": record.classification, "outcome": record.outcome,
+            "next_retry_at": next_at, "dead_letter_queue": dead_queue,
+        }  # fmt: skip
+        if record.context:
+            extra["context"] = record.context
+        if held:
+            extra["held_back"] = held
+        log.log(
+            level, "job %s (%s) attempt %d of %d failed: %s: %s%s%s",
+            record.job_id, record.function, record.attempt, record.max_attempts,
+            record.error_type, cut_text(record.message, 500), then,
+            _held_back(held, "such lines of this function"),
+            exc_info=exc if level == logging.CRITICAL or (
+                level == logging.ERROR and not is_expected(exc)
+            ) else None,
+            extra=extra,
+        )  # fmt: skip
 
     async def _history(self, env: JobEnvelope) -> list[FailureRecord]:
         """The job's earlier failure records, read back from the failures stream."""
@@ -1192,12 +1411,17 @@ class Worker:
             error_type=error_type,
         )
         stored = await self._publish_dead(msg, letter, env.id, env.dead_letter_ttl)
+        if stored:
+            self.dead += 1
         if stored and env.result_ttl is not None:
             with contextlib.suppress(Exception):  # the letter is stored: that is the outcome
                 await self._store_result(env, JobStatus.DEAD, None, error or reason)
         if stored:
             await msg.ack()
-            log.debug("job %s dead-lettered to %s: %s", env.id, dead_queue, reason)
+            log.debug(
+                "job %s dead-lettered to %s: %s", env.id, dead_queue, reason,
+                extra=_about(env, queue),
+            )  # fmt: skip
             last = failures[-1] if failures else None
             await self._record(
                 env, JobStatus.FAILED, finished_at=letter.dead_at,
@@ -1218,7 +1442,14 @@ class Worker:
         )  # fmt: skip
         if await self._publish_dead(msg, letter, letter.letter_id, None):
             await msg.ack()
-            log.warning("message %d on %s dead-lettered: %s", seq, queue, reason)
+            self.dead += 1
+            held = self._log_refused(f"unreadable:{queue}")
+            if held is not None:
+                log.error(
+                    "message %d on %s dead-lettered as %s: %s%s", seq, queue, letter.letter_id,
+                    reason, _held_back(held, "unreadable messages on this queue"),
+                    extra={"queue": queue, "job_id": letter.letter_id},
+                )  # fmt: skip
 
     async def _publish_dead(
         self, msg: Msg, letter: DeadLetter, name: str, ttl: float | None

@@ -1,1 +1,2 @@
-"""Floor 4: operations around failure (logging now; monitoring, alerts, incidents next)."""
+"""Floor 4: operations around failure: logging, alert rules, sinks and the monitor,
+incidents."""

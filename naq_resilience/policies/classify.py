@@ -46,6 +46,7 @@ __all__ = [
     "context_of",
     "error_context",
     "exception_types",
+    "is_expected",
     "on_critical",
     "report_critical",
 ]
@@ -200,6 +201,14 @@ def classify(
     if retry_on is not None:
         return _R if issubclass(cls, retry_on) else _N
     return kind
+
+
+def is_expected(exc: BaseException) -> bool:
+    """Whether the configured errors name `exc`'s class or a base of it: an error the
+    code was written to meet (a timeout, bad input), whose traceback tells a person
+    little. Any other (a `KeyError`, a bug) is unexpected, and its traceback is what
+    to read first: the worker logs it with the dead letter."""
+    return any(base in _by_class for base in type(exc).__mro__)
 
 
 def classify_by_name(

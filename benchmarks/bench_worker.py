@@ -64,10 +64,14 @@ Run from the repository root (the script puts its own checkout first on
 
     python benchmarks/bench_worker.py [--quick] [--n 20000] [--rounds 3]
         [--memory-jobs 100000] [--cases raw,naq,taskiq,faststream] [--json PATH]
-        [--log-dir DIR] [--profile-dir DIR]
+        [--log-dir DIR] [--profile-dir DIR] [--metrics]
 
 ``--profile-dir`` attaches py-spy (250 Hz, collapsed stacks) to the producer and to
-each worker during the timed windows; such a run's timings are perturbed. The peers
+each worker during the timed windows; such a run's timings are perturbed.
+``--metrics`` adds a case: the same end to end with the worker serving Prometheus
+metrics (``--metrics-port``, loopback), scraped once a second throughout, fifteen
+times as often as Prometheus does by default; it runs in every round beside the
+plain one, so the two are paired against raw nats-py in the same rounds. The peers
 need ``pip install -e '.[bench]'``; without them their rows are ``n/a``.
 """
 
@@ -89,6 +93,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -776,13 +781,51 @@ async def naq_enqueue(ctx: Ctx, n: int) -> Sample:
     return Sample(n, seconds, cpu)
 
 
-def naq_worker_command() -> list[str]:
-    """``python -m naq_resilience.cli worker bench --import bench_jobs --concurrency 256``."""
-    return [sys.executable, "-m", "naq_resilience.cli", "worker", *NAQ_WORKER_ARGS]
+METRICS_PORT: list[int] = []
+"""The port the metrics case's worker serves metrics on, with --metrics (set in run())."""
 
 
-def _naq_worker(ctx: Ctx) -> WorkerProcess:
-    return ctx.worker("naq-worker", naq_worker_command())
+def naq_worker_command(metrics: bool = False) -> list[str]:
+    """``python -m naq_resilience.cli worker bench --import bench_jobs --concurrency 256``
+    (``--metrics-port P --metrics-host 127.0.0.1`` added for the metrics case)."""
+    extra = [
+        arg for port in (METRICS_PORT if metrics else [])
+        for arg in ("--metrics-port", str(port), "--metrics-host", "127.0.0.1")
+    ]  # fmt: skip
+    return [sys.executable, "-m", "naq_resilience.cli", "worker", *NAQ_WORKER_ARGS, *extra]
+
+
+class Scraper:
+    """GETs the workers' metrics endpoint once a second, as a (busy) Prometheus would;
+    counts the scrapes a worker answered (none is running between cases)."""
+
+    def __init__(self, port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}/metrics"
+        self.answered = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="scraper", daemon=True)
+
+    def __enter__(self) -> Scraper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        import urllib.request
+
+        while not self._stop.wait(1.0):
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(self.url, timeout=5) as response:
+                    response.read()
+                self.answered += 1
+
+
+def _naq_worker(ctx: Ctx, metrics: bool = False) -> WorkerProcess:
+    name = "naq-worker-metrics" if metrics else "naq-worker"
+    return ctx.worker(name, naq_worker_command(metrics))
 
 
 async def _naq_started(ctx: Ctx, client: Any, noop: Any) -> None:
@@ -801,10 +844,10 @@ async def _stream_messages(js: JetStreamContext, stream: str) -> int:
         return 0
 
 
-async def naq_e2e(ctx: Ctx, n: int) -> Sample:
+async def naq_e2e(ctx: Ctx, n: int, metrics: bool = False) -> Sample:
     client_cls, noop, _ = _naq_api()
     await _naq_reset(ctx.js)
-    with running(_naq_worker(ctx)) as worker:
+    with running(_naq_worker(ctx, metrics)) as worker:
         async with client_cls(ctx.url) as client:
             await _naq_started(ctx, client, noop)
             args = [(i,) for i in range(n)]
@@ -821,6 +864,11 @@ async def naq_e2e(ctx: Ctx, n: int) -> Sample:
             raise RuntimeError(f"{dead} no-op jobs ended as dead letters")
     await _naq_reset(ctx.js)
     return sample
+
+
+async def naq_e2e_metrics(ctx: Ctx, n: int) -> Sample:
+    """`naq_e2e` with the worker serving metrics, scraped every second (`Scraper`)."""
+    return await naq_e2e(ctx, n, metrics=True)
 
 
 async def naq_dead(ctx: Ctx, n: int) -> Sample:
@@ -1054,13 +1102,16 @@ PEERS = (TASKIQ, FASTSTREAM)
 GROUPS = {"raw": RAW, "naq": NAQ, "taskiq": TASKIQ, "faststream": FASTSTREAM}
 
 
-def build_cases(groups: Sequence[str] = tuple(GROUPS)) -> list[Case]:
+def build_cases(groups: Sequence[str] = tuple(GROUPS), metrics: bool = False) -> list[Case]:
     """Every timed case of a round, in the order of the first round."""
+    how = "the same, metrics on, scraped every 1 s"
+    with_metrics = [Case("naq.e2e-metrics", NAQ, "e2e", how, naq_e2e_metrics)]
     cases = [
         Case("raw.enqueue", RAW, "enqueue", "publish_async, gather acks", raw_enqueue),
         Case("naq.enqueue", NAQ, "enqueue", "client.enqueue_many", naq_enqueue),
         Case("raw.e2e", RAW, "e2e", "publish_async -> fetch(256) + ack", raw_e2e),
         Case("naq.e2e", NAQ, "e2e", "enqueue_many -> worker, no-op", naq_e2e),
+        *(with_metrics if metrics else []),
         Case("naq.dead", NAQ, "dead", "enqueue_many -> worker, ValueError", naq_dead),
         Case("taskiq.enqueue", TASKIQ, "enqueue", "kiq, gather 256", taskiq_enqueue),
         Case("taskiq.e2e", TASKIQ, "e2e", "kiq -> fetch(256)", taskiq_e2e),
@@ -1280,6 +1331,14 @@ def render(result: RunResult) -> str:
             if meta.get("profiled")
             else []
         ),
+        *(
+            [
+                "METRICS: the e2e-metrics case's worker served Prometheus metrics, scraped "
+                f"once a second ({meta['metrics_scrapes']:,} scrapes answered)."
+            ]
+            if meta.get("metrics_scrapes") is not None
+            else []
+        ),
         "",
         "| library | case | how | jobs/s | best | vs raw | producer us | worker us "
         "| server us | wall us | notes |",
@@ -1428,18 +1487,25 @@ async def _run_all(
 def run(args: argparse.Namespace) -> RunResult:
     """Start the server, run every round and the memory case; never raises for a bad case."""
     meta = environment()
-    cases = build_cases(args.cases)
+    cases = build_cases(args.cases, args.metrics)
     store = tempfile.mkdtemp(prefix="bench-worker-")
     log_dir = Path(args.log_dir) if args.log_dir else Path(store) / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     server, server_kind = make_server(str(Path(store) / "jetstream"))
     memory: Case | None = None
+    scraper: Scraper | contextlib.nullcontext[None] = contextlib.nullcontext()
+    if args.metrics:
+        METRICS_PORT[:] = [free_port("127.0.0.1")]
+        scraper = Scraper(METRICS_PORT[0])
     try:
-        with server:
+        with server, scraper:
             memory = asyncio.run(_run_all(cases, server, args, log_dir))
     finally:
         _stop_live_workers()
         shutil.rmtree(store, ignore_errors=True)
+    meta.update(
+        metrics_scrapes=scraper.answered if isinstance(scraper, Scraper) else None,
+    )
     meta.update(
         server=server_kind,
         n=args.n,
@@ -1478,6 +1544,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=Path,
         help="py-spy the producer and each worker during the timed windows, writing collapsed "
         "stacks here (needs py-spy in the venv; perturbs the timings)",
+    )
+    parser.add_argument(
+        "--metrics",
+        action="store_true",
+        help="add an end-to-end case whose worker serves metrics (--metrics-port), scraped "
+        "every second (needs prometheus_client: pip install -e '.[metrics]')",
     )
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     args = parser.parse_args(argv)

@@ -40,6 +40,7 @@ from naq_resilience.jetstream import layout, streams  # noqa: E402
 from naq_resilience.jetstream.outcomes import fingerprint_of  # noqa: E402
 from naq_resilience.jetstream.registry import UnroutableJob  # noqa: E402
 from naq_resilience.jetstream.stores import _key as breaker_key  # noqa: E402
+from naq_resilience.jetstream.tracing import TRACEPARENT, TRACESTATE  # noqa: E402
 from naq_resilience.jetstream.worker import (  # noqa: E402
     DEFAULT_UNROUTABLE_AFTER,
     MAX_FETCH,
@@ -825,6 +826,19 @@ def section_producers(c: Code) -> list[str]:
                 "came can be sent again safely, as the same message. (The Python client "
                 "sends every job's id this way; with `idempotency_key=`, the job id is "
                 "derived from the key, so the same key gives the same id.)",
+                f"- **Trace context (optional).** A job may carry the W3C trace-context "
+                f"headers `{TRACEPARENT}` (`00-<trace id>-<parent span id>-<flags>`) and "
+                f"`{TRACESTATE}` of the request that enqueued it; a worker with "
+                "OpenTelemetry tracing on runs the job in a span that is a child of it "
+                "(`naq.job <function>`), so the job's run joins that request's trace. The "
+                "Python client writes them whenever the caller is in an OpenTelemetry "
+                "span, for an enqueue and a one-shot schedule (whose fired job keeps them); "
+                "another language writes them with its OpenTelemetry propagator (Go: "
+                "`otel.GetTextMapPropagator().Inject(ctx, propagation.HeaderCarrier(msg.Header))`"
+                ", whose `Traceparent` and `Tracestate` spellings a worker reads too: NATS "
+                "header names are case-sensitive). Without them the job's span starts a "
+                "trace of its own. Only W3C trace context is read: baggage and other "
+                "propagators' headers are ignored.",
                 "- **Size.** The message, headers included, must fit the server's "
                 "`max_payload` (1 MiB unless configured): a server closes the connection "
                 "of a client that sends more.",

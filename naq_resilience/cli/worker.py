@@ -1,11 +1,13 @@
 """`naq worker QUEUE... [--concurrency N] [--import MODULE]... [--strict]
-[--unroutable-after SECONDS] [--monitor FILE] [--no-incidents] [--log-level LEVEL]
-[--log-json] [--no-publish-logs]`.
+[--unroutable-after SECONDS] [--monitor FILE] [--no-incidents]
+[--metrics-port PORT [--metrics-host HOST]] [--log-level LEVEL] [--log-json]
+[--no-publish-logs]`.
 
 `--log-level` and `--log-json` configure logging for the whole process (the root
 logger), so the job code's own `logging` calls come out at that level, in that format,
 each with the job's id and attempt; the worker also publishes them to `NAQ_LOGS` for
-`naq worker-logs`."""
+`naq worker-logs`. `--metrics-port` serves Prometheus metrics from a thread of their
+own (`naq_resilience.ops.metrics`)."""
 
 from __future__ import annotations
 
@@ -13,8 +15,30 @@ import argparse
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING
 
-__all__ = ["add_worker_command"]
+if TYPE_CHECKING:
+    from naq_resilience.ops.metrics import WorkerMetrics
+
+__all__ = ["METRICS_HOST", "add_worker_command"]
+
+METRICS_HOST = "0.0.0.0"
+"""`naq_resilience.ops.metrics.DEFAULT_HOST`, written out so that parsing the command
+line does not need prometheus_client (a test keeps the two equal)."""
+METRICS_MISSING = (
+    "--metrics-port needs prometheus_client, which is not installed: "
+    "pip install 'naq-resilience[metrics]'"
+)
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0 to 65535)")
+    return port
 
 
 def add_worker_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -77,6 +101,18 @@ def add_worker_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
         "(default: $NAQ_REPLICAS or 1; 3 in a 3-node cluster)",
     )  # fmt: skip
     parser.add_argument(
+        "--metrics-port", type=_port, default=None, metavar="PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics: jobs completed, failed, "
+        "retried and dead-lettered, durations, in-flight jobs, breaker states, queue and "
+        "dead-letter depths (needs naq-resilience[metrics]; 0: any free port, logged; "
+        "default: no metrics)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--metrics-host", default=METRICS_HOST, metavar="HOST",
+        help="the address to serve metrics on (default: %(default)s, every interface, for a "
+        "scraper on another host; 127.0.0.1 keeps them to this one)",
+    )  # fmt: skip
+    parser.add_argument(
         "--monitor", metavar="FILE", default=None,
         help="also run an alert monitor with this config (TOML, as `naq monitor --config`): "
         "it contends for the fleet's monitor lease, so one process alerts however many run",
@@ -113,6 +149,14 @@ def _run(args: argparse.Namespace) -> int:
     from naq_resilience.jetstream.worker import Worker, WorkerConnectionLost
     from naq_resilience.ops.logging import setup_logging
 
+    metrics_class: type[WorkerMetrics] | None = None
+    if args.metrics_port is not None:
+        try:  # before anything starts: a missing extra is a one-line error
+            from naq_resilience.ops import metrics as metrics_module
+        except ImportError:
+            print(f"naq worker: {METRICS_MISSING}", file=sys.stderr)
+            return 2
+        metrics_class = metrics_module.WorkerMetrics
     try:
         setup_logging(args.log_level, json=args.log_json, process=True)
     except ValueError as exc:
@@ -156,6 +200,18 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     if not worker.has_jobs and not args.log_json:  # the worker logs it as it starts
         say(logging.WARNING, f"warning: {NO_MODULES_WARNING}")
+    metrics: WorkerMetrics | None = None
+    if metrics_class is not None:
+        try:  # before the monitor's thread: a port in use leaves nothing running
+            metrics = metrics_class(worker).serve(args.metrics_port, args.metrics_host)
+        except OSError as exc:
+            say(
+                logging.ERROR,
+                f"cannot serve metrics on {args.metrics_host} port {args.metrics_port}: "
+                f"{exc.strerror or exc}",
+            )
+            return 2
+        logging.getLogger("naq_resilience.worker").info("serving metrics at %s", metrics.url)
     thread = monitor.start_in_thread() if monitor is not None else None
     try:
         worker.run_forever()
@@ -172,4 +228,6 @@ def _run(args: argparse.Namespace) -> int:
         if monitor is not None and thread is not None:
             monitor.stop()  # gives the lease up, so a standby need not wait for its TTL
             thread.join(10)
+        if metrics is not None:
+            metrics.close()
     return 0

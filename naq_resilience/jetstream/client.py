@@ -68,6 +68,7 @@ from naq_resilience.jetstream.registry import function_name
 from naq_resilience.jetstream.signatures import call_shape, check_call
 from naq_resilience.jetstream.stores import read_breakers, set_breaker
 from naq_resilience.jetstream.streams import Buckets, StorageSettings, ensure_layout
+from naq_resilience.jetstream.tracing import trace_headers
 from naq_resilience.models import (
     BreakerRecord,
     DeadLetter,
@@ -470,7 +471,13 @@ class Client:
         # Always the job id (derived from an idempotency key when one is given): a retry
         # with job_id= then carries the same Nats-Msg-Id as the first publish.
         headers = {"Nats-Msg-Id": envelope.id}
-        self._check_size(envelope.function, len(payload) + _MSG_ID_HEADER + len(envelope.id))
+        trace = trace_headers()  # None unless the caller is in an OpenTelemetry span
+        if trace is None:
+            size = len(payload) + _MSG_ID_HEADER + len(envelope.id)
+        else:
+            headers.update(trace)
+            size = len(payload) + headers_size(headers)
+        self._check_size(envelope.function, size)
         try:
             sequence = await self._store(layout.job_subject(envelope.queue), payload, headers)
         except PublishTimeoutError as exc:
@@ -594,6 +601,8 @@ class Client:
         assert self._publisher is not None
         envelopes: list[JobEnvelope] = []
         payloads: list[bytes] = []
+        trace = trace_headers()  # the batch's caller's span: the same for every job
+        trace_size = headers_size(_job_headers("", trace)) - _MSG_ID_HEADER if trace else 0
         for call in calls:
             if not isinstance(call, (tuple, list)):
                 raise TypeError(
@@ -604,18 +613,18 @@ class Client:
                 shape.check(name, call, shared_kwargs, ENQUEUE_OPTIONS)
             envelope, payload = self._envelope(name, options, call, shared_kwargs)
             # An id is ASCII: its length is its size in the Nats-Msg-Id header.
-            self._check_size(name, len(payload) + _MSG_ID_HEADER + len(envelope.id))
+            self._check_size(name, len(payload) + _MSG_ID_HEADER + len(envelope.id) + trace_size)
             envelopes.append(envelope)
             payloads.append(payload)
         publish = self._publisher.publish
         futures = [
-            await publish(subject, payload, {"Nats-Msg-Id": envelope.id}, resend=True)
+            await publish(subject, payload, _job_headers(envelope.id, trace), resend=True)
             for envelope, payload in zip(envelopes, payloads, strict=True)
         ]
         outcomes: list[int | BaseException] = await asyncio.gather(*futures, return_exceptions=True)
         for i, outcome in enumerate(outcomes):
             if isinstance(outcome, BaseException):
-                message = (payloads[i], {"Nats-Msg-Id": envelopes[i].id})
+                message = (payloads[i], _job_headers(envelopes[i].id, trace))
                 outcomes[i] = await self._publish_again(
                     subject, message, envelopes[i], outcome, outcomes
                 )
@@ -1080,6 +1089,10 @@ class Client:
 _history_encode = msgspec.json.Encoder().encode
 _FIRST_RECORD = {"Nats-Expected-Last-Subject-Sequence": "0"}
 _STREAM_NOT_FOUND = 10059
+
+
+def _job_headers(job_id: str, trace: dict[str, str] | None) -> dict[str, str]:
+    return {"Nats-Msg-Id": job_id} if trace is None else {"Nats-Msg-Id": job_id, **trace}
 
 
 def _window_start(hours: float, since: float | dt.datetime | None) -> float:

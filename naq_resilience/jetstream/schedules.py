@@ -62,6 +62,7 @@ from naq_resilience.jetstream.cron import CronError, parse_cron, zone
 from naq_resilience.jetstream.publisher import StreamFullError
 from naq_resilience.jetstream.registry import function_name
 from naq_resilience.jetstream.streams import ensure_layout, read_messages
+from naq_resilience.jetstream.tracing import trace_headers
 from naq_resilience.models import JobEnvelope, JobStatus, ScheduleRecord
 
 __all__ = [
@@ -345,6 +346,10 @@ def _messages(
     runs = range(record.run, record.last_run + 1)
     times = _run_times(record, len(runs), time.time())
     once = _kind(record) == "once"
+    # A one-shot's run joins the trace that scheduled it (the server copies the header
+    # into the job it fires). A repeating schedule's runs start traces of their own: one
+    # that fires for months would otherwise make every run a child of one old request.
+    trace = trace_headers() if once else None
     messages: list[Message] = []
     for run, at in zip(runs, times, strict=False):
         rec = msgspec.structs.replace(record, run=run, at=at)
@@ -356,6 +361,8 @@ def _messages(
             "Nats-Schedule-Target": target,
             "Nats-Schedule-TTL": ttl,
         })  # fmt: skip
+        if trace is not None:
+            head.update(trace)
         messages.append((layout.schedule_subject(record.queue, record.id, run), body, head))
     return messages, times[0] if times else None
 

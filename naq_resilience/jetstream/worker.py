@@ -63,7 +63,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 import nats.errors
@@ -114,6 +114,7 @@ from naq_resilience.jetstream.registry import (
 from naq_resilience.jetstream.schedules import run_envelope
 from naq_resilience.jetstream.stores import BreakerSync, KVActionLog, load_action_log
 from naq_resilience.jetstream.streams import Buckets, StorageSettings, ensure_layout
+from naq_resilience.jetstream.tracing import job_tracing
 from naq_resilience.models import (
     DeadLetter,
     FailureRecord,
@@ -139,6 +140,9 @@ from naq_resilience.policies.delays import DelaySchedule
 from naq_resilience.policies.durations import Duration, seconds
 from naq_resilience.policies.errors import CircuitBreakerOpenError, NonRetryable
 from naq_resilience.policies.pipeline import qualified_name
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
 
 __all__ = ["ResultTooLargeError", "Worker", "WorkerConnectionLost", "current_job"]
 
@@ -382,6 +386,10 @@ class Worker:
     With `incidents`
     (the default), a job that fails with a critical error opens an incident in
     `naq-incidents`, or adds to the open one of the same error (`IncidentRecorder`).
+    `tracing` runs each job in an OpenTelemetry span joined to the trace that enqueued
+    it: by default when the process has configured a tracer provider by the time the
+    worker is built; True (the global provider), False, or a `TracerProvider` of its
+    own (`naq_resilience.jetstream.tracing`).
     """
 
     def __init__(
@@ -406,6 +414,7 @@ class Worker:
         publish_logs: bool | None = None,
         record_outcomes: bool | None = None,
         incidents: bool = True,
+        tracing: bool | TracerProvider | None = None,
     ) -> None:
         names = [queues] if isinstance(queues, str) else list(queues)
         if not names:
@@ -474,6 +483,10 @@ class Worker:
         if incidents:
             self._incidents = IncidentRecorder(self.worker_id, self._storage)
             self.observers.add(self._incidents)
+        # After the registry: the job modules it imported may have set up OpenTelemetry.
+        self._tracing = job_tracing(tracing)
+        if self._tracing is not None:
+            self.observers.add(self._tracing)  # the records fill in the job's span
         self.processed = 0
         """Jobs that completed."""
         self.failed = 0
@@ -498,6 +511,21 @@ class Worker:
     def has_jobs(self) -> bool:
         """False when no module and no function was given: every job would be refused."""
         return bool(self.registry.modules or self.registry.registered)
+
+    @property
+    def settings(self) -> ConnectionSettings:
+        """How this worker connects (what a metrics reader connects with too)."""
+        return self._settings
+
+    @property
+    def in_flight(self) -> dict[str, int]:
+        """Jobs this worker holds now, by queue. Safe from another thread (a metrics
+        scrape): the running set is copied in one step, as the heartbeat thread does."""
+        counts = dict.fromkeys(self.queues, 0)
+        for msg, _ in self._running.copy().values():
+            queue = layout.queue_of_subject(msg.subject)
+            counts[queue] = counts.get(queue, 0) + 1
+        return counts
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self) -> None:
@@ -814,6 +842,9 @@ class Worker:
             raise
         except Exception as exc:
             await self._backstop(msg, queue, exc)
+        finally:
+            if self._tracing is not None:
+                self._tracing.end()  # the span `_process` started, once the job is settled
 
     async def _process(self, msg: Msg, queue: str) -> None:
         try:
@@ -826,6 +857,8 @@ class Worker:
             # The subject is where the job is: failures and history are filed under it.
             # (Only a hand-written envelope differs, typically by leaving `queue` out.)
             env = msgspec.structs.replace(env, queue=queue)
+        if self._tracing is not None:
+            self._tracing.start(env, queue, msg.headers)
         ledger = _NO_LEDGER
         crashes = 0
         delivered = _delivered(msg)
@@ -1094,6 +1127,8 @@ class Worker:
         handed = msgspec.structs.replace(ledger, handed_back=ledger.handed_back + 1)
         await self._write_ledger(env.id, handed)
         await msg.nak(delay=delay or None)
+        if self._tracing is not None:
+            self._tracing.outcome("handed_back")
         self.handed_back += 1
         log.info("job %s handed back (%s)", env.id, why, extra=_about(env))
 
@@ -1109,6 +1144,8 @@ class Worker:
             env.id, msgspec.structs.replace(ledger, deferred=ledger.deferred + 1)
         )
         await msg.nak(delay=max(delay, 0.001))
+        if self._tracing is not None:
+            self._tracing.outcome("deferred")
         self.deferred += 1
         log.debug("job %s deferred %.3fs: breaker %s open", env.id, delay, exc.name or "-")
 
@@ -1161,6 +1198,8 @@ class Worker:
         )
         await self._write_ledger(env.id, handed)
         await msg.nak(delay=max(delay, 0.001))
+        if self._tracing is not None:
+            self._tracing.outcome("handed_back")
         self.handed_back += 1
         held = self._log_handed_back(env.function)
         if held is not None:

@@ -31,9 +31,10 @@ _CONSUMER_PREFIX = layout.worker_consumer("")
 class QueueStatus(msgspec.Struct, kw_only=True):
     name: str
     waiting: int
-    """Jobs stored and not yet taken by a worker (scheduled retries included)."""
+    """Jobs stored and not yet delivered to a worker."""
     in_flight: int
-    """Jobs a worker holds: running, or handed back to be redelivered after a delay."""
+    """Jobs delivered and not yet settled: running, or waiting out a retry's delay (a
+    `nak` with a delay keeps the job unacknowledged until it is delivered again)."""
     workers_waiting: int
     """Pull requests waiting for jobs: idle capacity of the workers on this queue."""
 

@@ -17,12 +17,9 @@ operations are `naq dlq list|show|replay|reschedule|archive|discard` on the comm
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -30,12 +27,10 @@ import msgspec
 
 from naq_resilience import (
     AuthenticationError,
-    ConnectionSettings,
     DeadLetter,
-    EmbeddedServer,
-    NatsUnavailableError,
     Worker,
     analyze_failure,
+    configured_or_embedded,
     discard_dead_letters,
     enqueue_sync,
     get_dead_letter_jobs,
@@ -140,38 +135,6 @@ def process_dead_letter_queue() -> None:
 # --------------------------------------------------------------------------- running it
 
 
-@contextlib.contextmanager
-def nats_server() -> Iterator[str]:
-    """The configured server if one answers, else an embedded one for this run."""
-    settings = ConnectionSettings.from_env()
-    try:
-        from naq_resilience.jetstream.connection import connect
-
-        async def probe() -> None:
-            nc = await connect(settings)
-            await nc.close()
-
-        asyncio.run(probe())
-    except NatsUnavailableError:
-        with EmbeddedServer() as server:
-            print(f"no NATS server at {settings.url}; started one at {server.url}")
-            yield server.url
-        return
-    yield settings.url
-
-
-@contextlib.contextmanager
-def worker_running(url: str) -> Iterator[None]:
-    worker = Worker(["default"], nats_url=url, functions=JOBS, concurrency=4)
-    thread = threading.Thread(target=lambda: asyncio.run(worker.run()), daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        worker.stop()
-        thread.join(30)
-
-
 def wait_for(job_id: str, status: str, seconds: float = 30) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -184,7 +147,9 @@ def wait_for(job_id: str, status: str, seconds: float = 30) -> None:
 
 def main() -> None:
     REVIEW.unlink(missing_ok=True)
-    with nats_server() as url, worker_running(url):
+    with configured_or_embedded() as url, Worker(
+        ["default"], nats_url=url, functions=JOBS, concurrency=4
+    ).running():
         import os
 
         os.environ["NAQ_NATS_URL"] = url

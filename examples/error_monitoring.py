@@ -20,23 +20,17 @@ figures are `naq errors rate|patterns|budget` on the command line.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import os
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
 from naq_resilience import (
-    ConnectionSettings,
-    EmbeddedServer,
     ErrorBudget,
-    NatsUnavailableError,
     Worker,
+    configured_or_embedded,
     enqueue_sync,
     error_patterns,
     error_rate,
@@ -159,39 +153,6 @@ def analyze_error_patterns() -> None:
 # --------------------------------------------------------------------------- running it
 
 
-@contextlib.contextmanager
-def nats_server() -> Iterator[str]:
-    """The configured server if one answers, else an embedded one for this run."""
-    settings = ConnectionSettings.from_env()
-    try:
-        from naq_resilience.jetstream.connection import connect
-
-        async def probe() -> None:
-            nc = await connect(settings)
-            await nc.close()
-
-        asyncio.run(probe())
-    except NatsUnavailableError:
-        with EmbeddedServer() as server:
-            print(f"no NATS server at {settings.url}; started one at {server.url}")
-            yield server.url
-        return
-    yield settings.url
-
-
-@contextlib.contextmanager
-def worker_running(url: str) -> Iterator[None]:
-    """A worker on a thread; stopping it sends the last of its counts."""
-    worker = Worker(["default"], nats_url=url, functions=JOBS, concurrency=4)
-    thread = threading.Thread(target=lambda: asyncio.run(worker.run()), daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        worker.stop()
-        thread.join(30)
-
-
 def wait_until_ended(job_ids: list[str], seconds: float = 60) -> None:
     deadline = time.monotonic() + seconds
     for job_id in job_ids:
@@ -205,9 +166,10 @@ def wait_until_ended(job_ids: list[str], seconds: float = 60) -> None:
 
 
 def main() -> None:
-    with nats_server() as url:
+    with configured_or_embedded() as url:
         os.environ["NAQ_NATS_URL"] = url
-        with worker_running(url):
+        # A worker on a thread; stopping it sends the last of its counts.
+        with Worker(["default"], nats_url=url, functions=JOBS, concurrency=4).running():
             jobs = [enqueue_sync(send_receipt, n) for n in range(1, 21)]
             jobs += [enqueue_sync(charge, n, max_retries=1, retry_delay=0.1) for n in range(1, 13)]
             rows = [

@@ -155,7 +155,7 @@ if TYPE_CHECKING:
         schedule,
         schedule_sync,
     )
-    from naq_resilience.jetstream.server import EmbeddedServer
+    from naq_resilience.jetstream.server import EmbeddedServer, configured_or_embedded
     from naq_resilience.jetstream.streams import StorageSettings
     from naq_resilience.jetstream.worker import (
         ResultTooLargeError,
@@ -276,6 +276,7 @@ _LAZY = {
     "schedule": "naq_resilience.jetstream.schedules",
     "schedule_sync": "naq_resilience.jetstream.schedules",
     "EmbeddedServer": "naq_resilience.jetstream.server",
+    "configured_or_embedded": "naq_resilience.jetstream.server",
     "Worker": "naq_resilience.jetstream.worker",
     "current_job": "naq_resilience.jetstream.worker",
     "DeadLetter": "naq_resilience.models",
@@ -367,6 +368,7 @@ __all__ = [
     "compensate",
     "CompensatePolicy",
     "compensation_of",
+    "configured_or_embedded",
     "CompensationError",
     "configure_errors",
     "ConnectionSettings",

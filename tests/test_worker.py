@@ -700,3 +700,17 @@ def test_when_even_the_dead_letter_fails_a_minimal_one_keeps_the_message_verbati
         assert decode(original.data or b"", JobEnvelope).id == job.job_id
 
     run(main())
+
+
+def test_a_worker_runs_on_a_thread_for_a_block_of_plain_code(nats_url: str) -> None:
+    """`with worker.running():` for synchronous programs: it works during the block and
+    is stopped after it; an error that ended it is raised there."""
+    from naq_resilience import SyncClient
+
+    worker = Worker("default", nats_url=nats_url, imports=["worker_jobs"], shutdown_grace=1)
+    with worker.running(), SyncClient(nats_url) as client:
+        assert client.enqueue(worker_jobs.add, 2, 3, result_ttl=60).result(timeout=30) == 5
+    assert worker._stopping.is_set()
+    broken = Worker("default", nats_url="nats://127.0.0.1:9")
+    with pytest.raises(Exception, match="127.0.0.1:9"), broken.running(timeout=5):
+        pass

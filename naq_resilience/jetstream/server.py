@@ -36,11 +36,14 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
+
+if TYPE_CHECKING:
+    from naq_resilience.jetstream.connection import ConnectionSettings
 
 __all__ = [
     "INSTALL_HINT",
@@ -557,3 +560,33 @@ def _read_tail(path: Path, offset: int, max_bytes: int) -> str:
     except OSError:
         return ""
     return data.decode("utf-8", errors="replace")
+
+
+@contextlib.contextmanager
+def configured_or_embedded(settings: ConnectionSettings | None = None) -> Iterator[str]:
+    """The URL of the configured server (`NAQ_NATS_URL`, or `settings`) when one answers
+    there, else of an `EmbeddedServer` started for the block: what examples and
+    first runs want, a real server either way. For synchronous code (it probes with
+    its own event loop)."""
+    import asyncio
+
+    from naq_resilience.jetstream.connection import (
+        ConnectionSettings,
+        NatsUnavailableError,
+        connect,
+    )
+
+    settings = settings if settings is not None else ConnectionSettings.from_env()
+
+    async def probe() -> None:
+        nc = await connect(settings)
+        await nc.close()
+
+    try:
+        asyncio.run(probe())
+    except NatsUnavailableError:
+        with EmbeddedServer() as server:
+            print(f"no NATS server at {settings.url}; started one at {server.url}")
+            yield server.url
+        return
+    yield settings.url

@@ -57,10 +57,11 @@ import logging
 import os
 import signal
 import socket
+import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final
@@ -690,6 +691,33 @@ class Worker:
             loop.call_soon_threadsafe(self._stopping.set)
         else:
             self._stopping.set()
+
+    @contextlib.contextmanager
+    def running(self, timeout: float = 30.0) -> Iterator[Worker]:
+        """`with worker.running():` runs the worker on a thread of its own (with its own
+        event loop) for the block, for synchronous programs, scripts and tests; on exit
+        it stops as `stop()` does and waits for it. An error that ended the worker is
+        raised at the block's end."""
+        failed: list[BaseException] = []
+
+        def main() -> None:
+            try:
+                asyncio.run(self.run())
+            except BaseException as error:
+                failed.append(error)
+
+        thread = threading.Thread(target=main, name=f"naq-worker {self.worker_id}", daemon=True)
+        thread.start()
+        deadline = time.monotonic() + timeout
+        while self._loop is None and thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        try:
+            yield self
+        finally:
+            self.stop()
+            thread.join(self.shutdown_grace + timeout)
+        if failed:
+            raise failed[0]
 
     def run_forever(self) -> None:
         """`run()` in a new event loop, stopping gracefully on SIGTERM or SIGINT.

@@ -712,5 +712,5 @@ def test_a_worker_runs_on_a_thread_for_a_block_of_plain_code(nats_url: str) -> N
         assert client.enqueue(worker_jobs.add, 2, 3, result_ttl=60).result(timeout=30) == 5
     assert worker._stopping.is_set()
     broken = Worker("default", nats_url="nats://127.0.0.1:9")
-    with pytest.raises(Exception, match="127.0.0.1:9"), broken.running(timeout=5):
+    with pytest.raises(Exception, match=r"127\.0\.0\.1:9"), broken.running(timeout=5):
         pass

@@ -12,7 +12,7 @@ import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from starlette.datastructures import FormData
+from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -64,7 +64,10 @@ async def checked_form(request: Request) -> FormData:
     if kind != "application/x-www-form-urlencoded":
         raise HTTPException(415, "post the page's form (application/x-www-form-urlencoded)")
     raw = await request.body()
-    form = FormData(urllib.parse.parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True))
+    pairs: list[tuple[str, str | UploadFile]] = list(
+        urllib.parse.parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True)
+    )
+    form = FormData(pairs)
     if not csrf_ok(request.scope, form.get("csrf")):
         raise HTTPException(403, "the form's CSRF token is missing or stale: reload the page")
     return form

@@ -164,3 +164,17 @@ def naq_servers() -> Iterator[list[NaqServer]]:
     yield started
     for server in started:
         server.close()
+
+
+@pytest.fixture
+def fleet(nats_url: str, trace: Path, clean_jetstream: str) -> Iterator[tuple[Any, Path]]:
+    """The dashboard (a `naq dashboard` process) over a worker that dead-lettered jobs
+    of several kinds, and schedules; with the worker's trace directory."""
+    from dashboard_helpers import start_fleet
+
+    board, worker = start_fleet(nats_url, trace)
+    try:
+        yield board, trace
+    finally:
+        board.close()
+        worker.stop()

@@ -117,3 +117,28 @@ async def schedules(client: Client) -> None:
     await client.schedule(worker_jobs.add, 1, 2, cron="0 0 3 * * *", job_id="nightly-report")
     await client.schedule(worker_jobs.add, 2, 3, interval=3600, job_id="hourly-sync")
     await client.enqueue_in(7200, worker_jobs.add, 3, 4, job_id="one-off-later")
+
+
+def start_fleet(nats_url: str, trace: Path) -> tuple[DashboardProcess, Any]:
+    """A worker that has dead-lettered `failing_jobs`, the `schedules`, and the
+    dashboard serving them; the caller closes the dashboard and stops the worker."""
+    from processes import WorkerProcess
+
+    worker = WorkerProcess(nats_url, trace)
+
+    async def fill() -> None:
+        async with Client(nats_url) as client:
+            await failing_jobs(client)
+            await schedules(client)
+
+            async def eight() -> bool:
+                return await client.count_dead_letters() >= 8
+
+            await until(eight, "eight dead letters")
+
+    try:
+        asyncio.run(fill())
+        return DashboardProcess(nats_url), worker
+    except BaseException:
+        worker.stop()
+        raise

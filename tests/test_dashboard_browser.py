@@ -14,7 +14,7 @@ import os
 import re
 import shutil
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -24,8 +24,7 @@ import pytest
 from naq_resilience import Client
 
 import worker_jobs
-from dashboard_helpers import NASTY, DashboardProcess, failing_jobs, schedules, until
-from processes import WorkerProcess
+from dashboard_helpers import NASTY, DashboardProcess
 
 pytest.importorskip("playwright", reason="the dev extra installs playwright")
 from playwright.async_api import Page, async_playwright, expect
@@ -79,32 +78,6 @@ def run(test: Callable[[Page], Awaitable[None]], name: str) -> None:
             await test(page)
 
     asyncio.run(main())
-
-
-@pytest.fixture
-def fleet(nats_url: str, trace: Path) -> Iterator[tuple[DashboardProcess, Path]]:
-    """A worker that has dead-lettered the failing jobs, schedules, and the dashboard."""
-    worker = WorkerProcess(nats_url, trace)
-
-    async def fill() -> None:
-        async with Client(nats_url) as client:
-            await failing_jobs(client)
-            await schedules(client)
-            await until(lambda: _at_least(client, 8), "eight dead letters")
-
-    board = None
-    try:
-        asyncio.run(fill())
-        board = DashboardProcess(nats_url)
-        yield board, trace
-    finally:
-        if board is not None:
-            board.close()
-        worker.stop()
-
-
-async def _at_least(client: Client, count: int) -> bool:
-    return await client.count_dead_letters() >= count
 
 
 def test_pages_load_filter_and_show_tracebacks_as_text(

@@ -48,7 +48,8 @@ def query_filter(request: Request) -> dict[str, str]:
 
 
 async def status(request: Request) -> Response:
-    return json_response(await dashboard(request).sampler.status())
+    """Read now, not the last sample: a script asking after an action sees its effect."""
+    return json_response(await dashboard(request).client.fleet_status())
 
 
 async def throughput(request: Request) -> Response:

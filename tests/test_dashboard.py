@@ -46,17 +46,21 @@ def test_openapi_describes_every_api_route(fleet: Fleet) -> None:
     assert served == described
     assert document["openapi"].startswith("3.1")
     listing = document["paths"]["/api/dead-letters"]["get"]
-    assert {"function", "error_type", "after", "limit"} <= {p["name"] for p in listing["parameters"]}
+    names = {p["name"] for p in listing["parameters"]}
+    assert {"function", "error_type", "after", "limit"} <= names
     assert "DeadLetterRow" in document["components"]["schemas"]
 
 
 def test_the_api_lists_filters_and_acts(fleet: Fleet, nats_url: str) -> None:
-    board, trace = fleet
+    board, _trace = fleet
     url = board.url
     page = get_json(url + "/api/dead-letters?limit=5")
-    assert len(page["letters"]) == 5 and page["total"] == 8 and page["next_after"]
+    assert len(page["letters"]) == 5
+    assert page["total"] == 8
+    assert page["next_after"]
     rest = get_json(url + f"/api/dead-letters?after={page['next_after']}")
-    assert len(rest["letters"]) == 3 and rest["next_after"] is None
+    assert len(rest["letters"]) == 3
+    assert rest["next_after"] is None
     values = get_json(url + "/api/dead-letters?error_type=ValueError")
     assert [r["error_type"] for r in values["letters"]] == ["builtins:ValueError"] * 2
     assert values["total"] is None  # a filter read letter by letter: no total claimed
@@ -65,7 +69,8 @@ def test_the_api_lists_filters_and_acts(fleet: Fleet, nats_url: str) -> None:
     letter_id = values["letters"][0]["id"]
     detail = get_json(url + f"/api/dead-letters/{letter_id}")
     assert detail["analysis"] == "data_issue"
-    assert len(detail["history"]) == 1 and "Traceback" in detail["history"][-1]["traceback"]
+    assert len(detail["history"]) == 1
+    assert "Traceback" in detail["history"][-1]["traceback"]
 
     code, _, body = request(url + f"/api/dead-letters/{letter_id}/replay", "POST", {})
     assert code == 200, body
@@ -87,7 +92,8 @@ def test_the_api_lists_filters_and_acts(fleet: Fleet, nats_url: str) -> None:
     )
     assert json.loads(body)["done"] == 1
     code, _, body = request(url + "/api/dead-letters/missing-id")
-    assert code == 404 and json.loads(body)["status"] == 404
+    assert code == 404
+    assert json.loads(body)["status"] == 404
 
     code, _, body = request(url + "/api/breakers/open", "POST", {"name": "payments-api"})
     assert json.loads(body)["state"] == "open"
@@ -95,14 +101,15 @@ def test_the_api_lists_filters_and_acts(fleet: Fleet, nats_url: str) -> None:
     code, _, body = request(url + "/api/schedules/pause", "POST", {"name": "hourly-sync"})
     assert json.loads(body) == {"ok": True}
     paused = {s["id"]: s.get("paused", False) for s in get_json(url + "/api/schedules")}
-    assert paused["hourly-sync"] is True and paused["nightly-report"] is False
+    assert paused["hourly-sync"] is True
+    assert paused["nightly-report"] is False
     status = get_json(url + "/api/status")
     assert status["dead_letters_total"] == get_json(url + "/api/dead-letters/count")["count"]
     assert len(status["workers"]) == 1
 
     async def breaker() -> str:
         async with Client(nats_url) as client:
-            return [b.state for b in await client.list_breakers()][0]
+            return next(b.state for b in await client.list_breakers())
 
     assert asyncio.run(breaker()) == "open"  # the API acted through the library
 
@@ -137,12 +144,14 @@ def test_a_form_with_the_session_token_goes_through(fleet: Fleet) -> None:
     code, headers, body = request(board.url + "/dead-letters")
     cookie = headers["set-cookie"].split(";")[0]
     token = re.search(rb'name="csrf" value="([^"]+)"', body)
-    assert code == 200 and token is not None
+    assert code == 200
+    assert token is not None
     code, _, body = request(
         board.url + "/breakers/open", "POST", form={"name": "search", "csrf": token[1].decode()},
         headers={"Cookie": cookie, "Origin": board.url, "Sec-Fetch-Site": "same-origin"},
     )  # fmt: skip
-    assert code == 200 and b"Breaker opened" in body, body  # after the redirect
+    assert code == 200, body
+    assert b"Breaker opened" in body  # after the redirect
 
 
 def test_an_unknown_host_is_refused(fleet: Fleet) -> None:
@@ -164,7 +173,9 @@ def test_user_data_is_escaped(fleet: Fleet) -> None:
     letter_id = re.search(r'name="ids" value="([^"]+)"', page)
     assert letter_id is not None
     code, _, body = request(board.url + f"/dead-letters/{letter_id[1]}")
-    assert code == 200 and NASTY not in body.decode() and "&lt;script&gt;" in body.decode()
+    assert code == 200
+    assert NASTY not in body.decode()
+    assert "&lt;script&gt;" in body.decode()
 
 
 def test_binding_elsewhere_needs_sign_in(nats_url: str) -> None:
@@ -185,7 +196,8 @@ def test_a_token_or_user_and_password_is_asked_for(nats_url: str, clean_jetstrea
         ok = request(board.url + "/api/status", headers={"Authorization": "Bearer s3cret"})
         assert ok[0] == 200
         code, headers, body = request(board.url + "/login")
-        assert code == 200 and b'name="token"' in body
+        assert code == 200
+        assert b'name="token"' in body
         cookie = headers["set-cookie"].split(";")[0]
         token = re.search(rb'name="csrf" value="([^"]+)"', body)
         assert token is not None
@@ -216,7 +228,8 @@ def test_static_files_ship_inside_the_package(fleet: Fleet) -> None:
     names = sorted(p.name for p in static.iterdir())
     assert {"dashboard.css", "dashboard.js", "favicon.svg"} <= set(names)
     for name in ("dashboard.css", "dashboard.js"):
-        code, headers, body = request(f"{board.url}/static/{name}")
-        assert code == 200 and body == (static / name).read_bytes()
+        code, _headers, body = request(f"{board.url}/static/{name}")
+        assert code == 200
+        assert body == (static / name).read_bytes()
     code, _, page = request(board.url + "/")
     assert b"https://" not in page  # nothing from a CDN: it works offline

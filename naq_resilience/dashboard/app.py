@@ -44,6 +44,7 @@ def templates() -> jinja2.Environment:
     env.filters["utc"] = utc
     env.filters["ago"] = ago
     env.filters["pretty"] = _pretty
+    env.filters["duration"] = _duration
     return env
 
 
@@ -51,6 +52,14 @@ def _pretty(value: Any) -> str:
     import msgspec
 
     return msgspec.json.format(msgspec.json.encode(value), indent=2).decode()
+
+
+def _duration(seconds: float) -> str:
+    """`3600` -> `1h`, `90` -> `90s`: the units `naq` reads."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
 
 
 async def _openapi(request: Request) -> Response:

@@ -78,14 +78,14 @@ def line_chart(
             f'<text class="axis" x="{left + plot_w / 2:.0f}" y="{top + plot_h / 2:.0f}" '
             'text-anchor="middle">collecting samples…</text>'
         )
-    x = left + 120
+    x = left + 7.5 * len(title) + 18  # after the title (about 7.5 px a character)
     for label, values, css in series:
         last = values[-1] if values else 0.0
         parts.append(
-            f'<text class="legend {escape(css)}" x="{x}" y="14">'
+            f'<text class="legend {escape(css)}" x="{x:.0f}" y="14">'
             f"{escape(label)} {escape(f'{last:.3g}')}{escape(unit)}</text>"
         )
-        x += 170
+        x += 7.0 * len(label) + 70
     parts.append("</svg>")
     return Markup("".join(parts))
 

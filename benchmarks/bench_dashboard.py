@@ -27,13 +27,13 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import msgspec  # noqa: E402
 import nats  # noqa: E402
+from bench_dead_letters import fill  # noqa: E402
 
 from naq_resilience import Client, JobRecord, JobStatus  # noqa: E402
 from naq_resilience.jetstream import layout  # noqa: E402
 from naq_resilience.jetstream.server import EmbeddedServer  # noqa: E402
 
 import _machine  # noqa: E402
-from bench_dead_letters import fill  # noqa: E402
 from dashboard_helpers import DashboardProcess, request  # noqa: E402
 
 BUDGET_MS = 300.0

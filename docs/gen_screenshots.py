@@ -20,19 +20,21 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from bench_dead_letters import fill  # noqa: E402
 from playwright.async_api import async_playwright  # noqa: E402
 
 from naq_resilience import Client  # noqa: E402
 from naq_resilience.jetstream.server import EmbeddedServer  # noqa: E402
 
 import worker_jobs  # noqa: E402
-from bench_dead_letters import fill  # noqa: E402
 from dashboard_helpers import DashboardProcess, failing_jobs, request, schedules  # noqa: E402
 from processes import WorkerProcess  # noqa: E402
 
 OUT = ROOT / "docs" / "img"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
 
 
 async def load(url: str, seconds: float) -> None:

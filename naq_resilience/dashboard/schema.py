@@ -136,6 +136,9 @@ class DeadLetterList(msgspec.Struct, kw_only=True):
     total: int | None
     """How many letters the filter names, when the server counts them in one request
     (a filter on the dead-letter queue and `since` only); null otherwise."""
+    stopped_short: bool = False
+    """The page stopped after reading its share of letters (a rare filter), before
+    it was full: `next_after` goes on from there."""
 
 
 class DeadLetterDetail(msgspec.Struct, kw_only=True):

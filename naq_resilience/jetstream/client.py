@@ -805,8 +805,8 @@ class Client:
         names, oldest first; pass the page's `next_after` as `after=` for the next.
 
         `max_scan` bounds the letters read for the page (a rare filter otherwise reads
-        the whole queue), give or take the last request's batch: the page may then stop
-        short (`exhausted`), and its `next_after` goes on from the last letter read."""
+        the whole queue): the page may then stop short (`exhausted`), and its
+        `next_after` goes on from the last letter read."""
         reader, _ = self._dead_letters()
         flt = DeadLetterFilter.of(filter, **filters)
         return await reader.page(flt, limit, after, max_scan)

@@ -471,11 +471,13 @@ class Reader:
         after: int = 0,
         page: int = _PAGE,
         read_to: list[int] | None = None,
+        max_read: int | None = None,
     ) -> AsyncIterator[tuple[int, list[StoredLetter]]]:
         """The letters matching `flt` after stream sequence `after`, oldest first, in
         batches as they are read, each with how many letters were read so far; the
         stream's end is fixed when the scan starts. `read_to`, when given, holds the
-        stream sequence of the last letter read (matching or not) after each batch."""
+        stream sequence of the last letter read (matching or not) after each batch;
+        `max_read` stops the scan once that many letters were read."""
         await self._client._ready()
         nc = self._client._nc
         assert nc is not None
@@ -489,10 +491,11 @@ class Reader:
             await puller.start()
             seen = 0
             sifted = not flt.server_side
+            end = total if max_read is None else min(total, max_read)
             try:
-                while seen < total:
+                while seen < end:
                     got.clear()
-                    await puller.pull(min(page, total - seen))
+                    await puller.pull(min(page, end - seen))
                     if not got:
                         return  # the rest went meanwhile (discarded, expired, replayed)
                     seen += len(got)
@@ -543,7 +546,7 @@ class Reader:
         if max_scan is not None:
             size = min(size, max_scan)
         read_to: list[int] = []
-        scan = self.scan(flt, after, size, read_to)
+        scan = self.scan(flt, after, size, read_to, max_scan)
         try:
             async for seen, batch in scan:
                 scanned = seen

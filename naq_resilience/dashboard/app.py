@@ -19,7 +19,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from naq_resilience.dashboard import api, pages
+from naq_resilience.dashboard import api, insight, pages
 from naq_resilience.dashboard.context import Dashboard
 from naq_resilience.dashboard.openapi import openapi
 from naq_resilience.dashboard.sampler import Sampler
@@ -122,7 +122,8 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         client = Client(nats_url)
         sampler = Sampler(client, every=sample_every)
-        app.state.dashboard = Dashboard(client, sampler, templates(), credentials, pages.VIEWS)
+        views = {**pages.VIEWS, **insight.VIEWS}
+        app.state.dashboard = Dashboard(client, sampler, templates(), credentials, views)
         sampler.start()
         try:
             yield
@@ -131,10 +132,14 @@ def create_app(
             await client.close()
 
     routes: list[Route | Mount] = [
-        Route(path, handler, methods=[method]) for path, handler, method in api.ROUTES
+        Route(path, handler, methods=[method])
+        for path, handler, method in [*api.ROUTES, *insight.API_ROUTES]
     ]
     routes.append(Route("/api/openapi.json", _openapi, methods=["GET"]))
-    routes += [Route(path, handler, methods=[method]) for path, handler, method in pages.ROUTES]
+    routes += [
+        Route(path, handler, methods=[method])
+        for path, handler, method in [*pages.ROUTES, *insight.PAGE_ROUTES]
+    ]
     routes.append(Mount("/static", StaticFiles(packages=[("naq_resilience.dashboard", "static")]),
                         name="static"))  # fmt: skip
     app = Starlette(

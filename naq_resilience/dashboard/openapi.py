@@ -10,6 +10,7 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 from naq_resilience.dashboard import schema
+from naq_resilience.dashboard.insight import ErrorsReport, LogsReport
 from naq_resilience.jetstream.schedules import ScheduleInfo
 from naq_resilience.jetstream.status import FleetStatus
 from naq_resilience.models import BreakerRecord, JobRecord
@@ -75,9 +76,21 @@ DESCRIBED: dict[str, dict[str, tuple[str, Any, Any, list[dict[str, Any]]]]] = {
     "/api/events": {"get": ("Server-sent events: a page's HTML fragments after each sample "
                             "(text/event-stream)", None, None,
                             [{"name": "view", "in": "query", "schema": {
-                                "type": "string", "enum": ["overview", "breakers", "job"]}},
+                                "type": "string", "enum": ["overview", "breakers", "job", "logs"]}},
                              {"name": "id", "in": "query", "schema": {"type": "string"},
-                              "description": "the job id, for view=job"}])},
+                              "description": "view=job: the job id; view=logs: the query"}])},
+    "/api/errors": {"get": ("The window's error rate, error patterns, and the day's error "
+                            "budget (99.9%)", None, ErrorsReport,
+                            [{"name": "window", "in": "query", "schema": {
+                                "type": "string", "enum": ["15m", "1h", "6h", "24h", "7d"],
+                                "default": "1h"}}])},
+    "/api/logs": {"get": ("The newest 200 worker log records the query names, newest first",
+                          None, LogsReport,
+                          [{"name": n, "in": "query", "schema": {"type": "string"},
+                            "description": d} for n, d in (
+                              ("level", "at least: debug, info (default), warning, ..."),
+                              ("worker", "a worker id or glob"), ("queue", "a queue"),
+                              ("job", "a job id"), ("since", "15m (default), 2h or ISO"))])},
     "/api/openapi.json": {"get": ("This description", None, None, [])},
 }  # fmt: skip
 

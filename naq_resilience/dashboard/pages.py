@@ -84,12 +84,19 @@ def back(path: str, done: str, **query: str) -> RedirectResponse:
 def throughput_chart(board: Dashboard) -> str:
     samples = list(board.sampler.samples)
     times = [s.at for s in samples]
+    rated = [s for s in samples if s.error_rate is not None]  # a gap where unread
     return str(
         line_chart(
             "Throughput (jobs/s)", times,
             [("completed", [s.completed_per_second for s in samples], "ok"),
              ("failed attempts", [s.failed_per_second for s in samples], "bad")],
             unit="/s",
+        )
+    ) + str(
+        line_chart(
+            "Error rate, last minute (%)", [s.at for s in rated],
+            [("failed for good", [100 * (s.error_rate or 0.0) for s in rated], "bad")],
+            unit="%",
         )
     ) + str(
         line_chart(
@@ -104,7 +111,8 @@ async def overview_fragments(board: Dashboard, _: str, csrf: str) -> dict[str, s
     status = await board.sampler.status()
     now = time.time()
     return {
-        "fleet": fragment(board, "_fleet.html", status=status, now=now),
+        "fleet": fragment(board, "_fleet.html", status=status, now=now,
+                          budget=board.sampler.budget),
         "charts": throughput_chart(board),
     }
 

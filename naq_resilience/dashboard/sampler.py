@@ -5,7 +5,8 @@ one `Client.fleet_status()` per tick, whatever the number of open pages: a dashb
 left open on ten screens must not cost the server ten times as much. Throughput is
 derived from the workers' own counters (`WorkerInfo.processed` and `.failed`, which
 each worker rewrites every few seconds with `seen_at`): the rate between two records
-of the same worker, summed over the live workers. Nothing is read from the job
+of the same worker, summed over the live workers; the error rate is the last minute's
+`Client.error_rate`, read from the outcome counters. Nothing is read from the job
 history, so the cost does not grow with the number of recorded outcomes.
 """
 
@@ -21,12 +22,15 @@ from typing import TYPE_CHECKING
 import msgspec
 
 if TYPE_CHECKING:
+    from naq_resilience.jetstream.analytics import BudgetStatus
     from naq_resilience.jetstream.client import Client
     from naq_resilience.jetstream.status import FleetStatus
 
 __all__ = ["Sample", "Sampler"]
 
 log = logging.getLogger("naq_resilience.dashboard")
+_BUDGET_EVERY = 15
+"""The day's error budget moves slowly: read it every 15 ticks (30 s by default)."""
 
 
 class Sample(msgspec.Struct, kw_only=True):
@@ -46,6 +50,9 @@ class Sample(msgspec.Struct, kw_only=True):
     """Live workers."""
     dead_letters: int
     """Dead letters in every dead-letter queue."""
+    error_rate: float | None = None
+    """Jobs failed for good over jobs ended in the last minute (`Client.error_rate`),
+    from the workers' outcome counters; None when they could not be read."""
 
 
 class _Seen(msgspec.Struct):
@@ -70,6 +77,8 @@ class Sampler:
         self.error: str | None = None
         """Why the last tick failed (the server unreachable...), shown on every page."""
         self.ticks = 0
+        self.budget: BudgetStatus | None = None
+        """`Client.error_budget(0.999, 1 day)`, read every `_BUDGET_EVERY` ticks."""
         self._seen: dict[str, _Seen] = {}
         self._tick = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
@@ -101,13 +110,27 @@ class Sampler:
 
     async def sample(self) -> FleetStatus:
         status = await self.client.fleet_status()
-        self._record(status)
+        rate = await self._error_rate()
+        if self.ticks % _BUDGET_EVERY == 0:
+            with contextlib.suppress(Exception):
+                self.budget = await self.client.error_budget(0.999, 86400.0)
+        self._record(status, rate)
         async with self._tick:
             self.ticks += 1
             self._tick.notify_all()
         return status
 
-    def _record(self, status: FleetStatus) -> None:
+    async def _error_rate(self) -> float | None:
+        """The last minute's error rate; None when the counters cannot be read (the
+        chart shows a gap rather than the page failing)."""
+        try:
+            found = await self.client.error_rate(60.0)
+        except Exception as exc:
+            log.debug("naq dashboard: error_rate failed: %s", exc)
+            return None
+        return found.rate
+
+    def _record(self, status: FleetStatus, error_rate: float | None = None) -> None:
         completed = failed = 0.0
         seen: dict[str, _Seen] = {}
         for worker in status.workers:
@@ -134,6 +157,7 @@ class Sampler:
                 in_flight=sum(q.in_flight for q in status.queues),
                 workers=len(status.workers),
                 dead_letters=status.dead_letters_total,
+                error_rate=error_rate,
             )
         )
 

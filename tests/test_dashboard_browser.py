@@ -232,3 +232,29 @@ def test_a_cross_site_post_is_refused(
     finally:
         evil.shutdown()
         evil.server_close()
+
+
+def test_errors_drill_down_to_a_traceback_and_logs_arrive_live(
+    fleet: tuple[DashboardProcess, Path], nats_url: str, request: pytest.FixtureRequest
+) -> None:
+    board, _ = fleet
+
+    async def test(page: Page) -> None:
+        await page.goto(board.url + "/errors?window=1h")
+        row = page.locator("tr", has_text="SecurityError")
+        await expect(row).to_contain_text("worker_jobs.py:raises")
+        await row.locator("td").last.locator("a").first.click()  # one of its jobs
+        await expect(page).to_have_url(re.compile(r"/jobs/"))
+        await page.click("text=default.dead")  # the job became a dead letter
+        await expect(page.locator("pre.traceback").first).to_contain_text("SecurityError")
+
+        await page.goto(board.url + "/logs?level=info")
+        await page.evaluate("window.notReloaded = true")
+        logs = page.locator("#logs")
+        await expect(logs).to_contain_text("tampered payload")
+        async with Client(nats_url) as client:
+            await client.enqueue(worker_jobs.raises, "live-log-marker", max_retries=0)
+        await expect(logs).to_contain_text("live-log-marker", timeout=WAIT)
+        assert await page.evaluate("window.notReloaded") is True
+
+    run(test, request.node.name)

@@ -68,6 +68,8 @@ async def shoot(board: DashboardProcess) -> None:
         found = re.search(rb'name="ids" value="([^"]+)"', body)
         assert found is not None
         await snap(f"/dead-letters/{found[1].decode()}", "dead-letter")
+        await snap("/errors", "errors")
+        await snap("/logs?level=warning", "logs")
         await snap("/schedules", "schedules")
         await snap("/breakers", "breakers")
         await page.goto(board.url + "/dead-letters?error_type=ConnectionError")

@@ -108,6 +108,7 @@ def main() -> int:
                 ("errors, last hour", "/errors?window=1h"),
                 ("errors, last day", "/errors?window=24h"),
                 ("worker logs", "/logs"),
+                ("incidents", "/incidents"),
                 ("schedules", "/schedules"),
                 ("circuit breakers", "/breakers"),
                 ("job page", f"/jobs/h{args.outcomes // 2:031x}"),

@@ -70,6 +70,7 @@ async def shoot(board: DashboardProcess) -> None:
         await snap(f"/dead-letters/{found[1].decode()}", "dead-letter")
         await snap("/errors", "errors")
         await snap("/logs?level=warning", "logs")
+        await snap("/incidents", "incidents")
         await snap("/schedules", "schedules")
         await snap("/breakers", "breakers")
         await page.goto(board.url + "/dead-letters?error_type=ConnectionError")

@@ -258,3 +258,24 @@ def test_errors_drill_down_to_a_traceback_and_logs_arrive_live(
         assert await page.evaluate("window.notReloaded") is True
 
     run(test, request.node.name)
+
+
+def test_acknowledge_and_resolve_an_incident(
+    fleet: tuple[DashboardProcess, Path], request: pytest.FixtureRequest
+) -> None:
+    board, _ = fleet
+
+    async def test(page: Page) -> None:
+        # The worker opened an incident for the critical SecurityError it dead-lettered.
+        await page.goto(board.url + "/incidents")
+        row = page.locator("tr", has_text="SecurityError")
+        await expect(row.locator(".tag")).to_have_text("OPEN", timeout=WAIT)
+        await row.locator("button", has_text="Acknowledge").click()
+        await expect(page.locator(".banner.ok")).to_contain_text("acknowledged")
+        await expect(row.locator(".tag")).to_have_text("ACKNOWLEDGED")
+        await row.locator("input[name=note]").fill("rotated the signing key")
+        await row.locator("button", has_text="Resolve").click()
+        await expect(row.locator(".tag")).to_have_text("RESOLVED")
+        await expect(row).to_contain_text("rotated the signing key")
+
+    run(test, request.node.name)

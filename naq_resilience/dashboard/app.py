@@ -19,7 +19,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from naq_resilience.dashboard import api, insight, pages
+from naq_resilience.dashboard import api, incidents, insight, pages
 from naq_resilience.dashboard.context import Dashboard
 from naq_resilience.dashboard.openapi import openapi
 from naq_resilience.dashboard.sampler import Sampler
@@ -133,12 +133,12 @@ def create_app(
 
     routes: list[Route | Mount] = [
         Route(path, handler, methods=[method])
-        for path, handler, method in [*api.ROUTES, *insight.API_ROUTES]
+        for path, handler, method in [*api.ROUTES, *insight.API_ROUTES, *incidents.API_ROUTES]
     ]
     routes.append(Route("/api/openapi.json", _openapi, methods=["GET"]))
     routes += [
         Route(path, handler, methods=[method])
-        for path, handler, method in [*pages.ROUTES, *insight.PAGE_ROUTES]
+        for path, handler, method in [*pages.ROUTES, *insight.PAGE_ROUTES, *incidents.PAGE_ROUTES]
     ]
     routes.append(Mount("/static", StaticFiles(packages=[("naq_resilience.dashboard", "static")]),
                         name="static"))  # fmt: skip

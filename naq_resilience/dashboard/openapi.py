@@ -10,10 +10,11 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 from naq_resilience.dashboard import schema
+from naq_resilience.dashboard.incidents import IncidentAction
 from naq_resilience.dashboard.insight import ErrorsReport, LogsReport
 from naq_resilience.jetstream.schedules import ScheduleInfo
 from naq_resilience.jetstream.status import FleetStatus
-from naq_resilience.models import BreakerRecord, JobRecord
+from naq_resilience.models import BreakerRecord, Incident, JobRecord
 
 __all__ = ["DESCRIBED", "openapi"]
 
@@ -91,6 +92,12 @@ DESCRIBED: dict[str, dict[str, tuple[str, Any, Any, list[dict[str, Any]]]]] = {
                               ("level", "at least: debug, info (default), warning, ..."),
                               ("worker", "a worker id or glob"), ("queue", "a queue"),
                               ("job", "a job id"), ("since", "15m (default), 2h or ISO"))])},
+    "/api/incidents": {"get": ("Incidents, newest first", None, list[Incident],
+                               [{"name": "status", "in": "query", "schema": {
+                                   "type": "string",
+                                   "enum": ["OPEN", "ACKNOWLEDGED", "RESOLVED"]}}])},
+    "/api/incidents/ack": {"post": ("Acknowledge an incident", IncidentAction, Incident, [])},
+    "/api/incidents/resolve": {"post": ("Resolve an incident", IncidentAction, Incident, [])},
     "/api/openapi.json": {"get": ("This description", None, None, [])},
 }  # fmt: skip
 

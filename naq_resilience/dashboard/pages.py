@@ -36,6 +36,8 @@ NOTES = {
     "paused": "Schedule paused.",
     "resumed": "Schedule resumed.",
     "missing": "Nothing by that name (already gone?).",
+    "acknowledged": "Incident acknowledged.",
+    "resolved": "Incident resolved.",
 }
 """Messages shown after an action, by key: a link can pick one, never write one."""
 

@@ -144,7 +144,7 @@ def test_chart_updates_live_and_bulk_discard_asks_first(
     async def test(page: Page) -> None:
         await page.goto(board.url + "/")
         await page.evaluate("window.notReloaded = true")
-        depth = page.locator("#charts svg.chart").nth(1).locator("polyline").first
+        depth = page.locator("#charts svg.chart[aria-label='Queue depth'] polyline").first
         await expect(depth).to_be_attached(timeout=WAIT)
         before = await depth.get_attribute("points")
         async with Client(nats_url) as client:

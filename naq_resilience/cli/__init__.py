@@ -13,8 +13,8 @@ import sys
 from collections.abc import Callable, Sequence
 
 from naq_resilience.cli.breakers import add_breakers_command
-from naq_resilience.cli.demo import add_demo_command
 from naq_resilience.cli.dashboard import add_dashboard_command
+from naq_resilience.cli.demo import add_demo_command
 from naq_resilience.cli.dlq import add_dlq_command
 from naq_resilience.cli.errors import add_errors_command
 from naq_resilience.cli.incidents import add_incidents_command

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,6 +20,15 @@ from naq_resilience.policies import classify
 from processes import WorkerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Keep each phase's report on the test, so a fixture can tell it failed (the
+    browser tests take a screenshot then)."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
 
 
 @pytest.fixture(autouse=True)
@@ -154,3 +164,17 @@ def naq_servers() -> Iterator[list[NaqServer]]:
     yield started
     for server in started:
         server.close()
+
+
+@pytest.fixture
+def fleet(nats_url: str, trace: Path, clean_jetstream: str) -> Iterator[tuple[Any, Path]]:
+    """The dashboard (a `naq dashboard` process) over a worker that dead-lettered jobs
+    of several kinds, and schedules; with the worker's trace directory."""
+    from dashboard_helpers import start_fleet
+
+    board, worker = start_fleet(nats_url, trace)
+    try:
+        yield board, trace
+    finally:
+        board.close()
+        worker.stop()

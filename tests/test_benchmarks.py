@@ -46,3 +46,9 @@ def test_monitoring_benchmark_runs() -> None:
     assert "| read | naq-resilience ms | client CPU ms | answer |" in out
     assert "| error_patterns(24h) |" in out
     assert "target: error_rate over an hour under 100 ms: " in out
+
+
+def test_dashboard_benchmark_runs() -> None:
+    out = run("bench_dashboard.py", "--letters", "300", "--outcomes", "1000", "--runs", "1")
+    assert "| page | path | status | median ms | max ms | under 300 ms |" in out
+    assert "| dead letter with history |" in out

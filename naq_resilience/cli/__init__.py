@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from naq_resilience.cli.breakers import add_breakers_command
+from naq_resilience.cli.dashboard import add_dashboard_command
 from naq_resilience.cli.demo import add_demo_command
 from naq_resilience.cli.dlq import add_dlq_command
 from naq_resilience.cli.errors import add_errors_command
@@ -44,6 +45,7 @@ COMMANDS: tuple[AddCommand, ...] = (
     add_errors_command,
     add_monitor_command,
     add_incidents_command,
+    add_dashboard_command,
 )
 
 

@@ -807,12 +807,18 @@ class Client:
         *,
         limit: int = 50,
         after: int = 0,
+        max_scan: int | None = None,
         **filters: Any,
     ) -> DeadLetterPage:
         """A page of the dead letters `filter` (or the keywords of `DeadLetterFilter`)
-        names, oldest first; pass the page's `next_after` as `after=` for the next."""
+        names, oldest first; pass the page's `next_after` as `after=` for the next.
+
+        `max_scan` bounds the letters read for the page (a rare filter otherwise reads
+        the whole queue): the page may then stop short (`exhausted`), and its
+        `next_after` goes on from the last letter read."""
         reader, _ = self._dead_letters()
-        return await reader.page(DeadLetterFilter.of(filter, **filters), limit, after)
+        flt = DeadLetterFilter.of(filter, **filters)
+        return await reader.page(flt, limit, after, max_scan)
 
     async def iter_dead_letters(
         self, filter: DeadLetterFilter | None = None, **filters: Any
@@ -1315,10 +1321,12 @@ class SyncClient:
 
     def list_dead_letters(
         self, filter: DeadLetterFilter | None = None, *, limit: int = 50, after: int = 0,
-        **filters: Any,
+        max_scan: int | None = None, **filters: Any,
     ) -> DeadLetterPage:  # fmt: skip
         return self._runner.run(
-            self._client.list_dead_letters(filter, limit=limit, after=after, **filters)
+            self._client.list_dead_letters(
+                filter, limit=limit, after=after, max_scan=max_scan, **filters
+            )
         )
 
     def iter_dead_letters(

@@ -341,6 +341,9 @@ class DeadLetterPage:
     next_after: int | None
     scanned: int
     """How many letters were read to fill the page (the filters skipped the rest)."""
+    exhausted: bool = False
+    """True when the page stopped at `max_scan` letters read rather than full: it may
+    hold fewer than `limit` letters (none, even) with more to read after `next_after`."""
 
 
 def _decode_letter(data: bytes) -> DeadLetter | None:
@@ -463,11 +466,18 @@ class Reader:
         return pending
 
     async def scan(
-        self, flt: DeadLetterFilter, after: int = 0, page: int = _PAGE
+        self,
+        flt: DeadLetterFilter,
+        after: int = 0,
+        page: int = _PAGE,
+        read_to: list[int] | None = None,
+        max_read: int | None = None,
     ) -> AsyncIterator[tuple[int, list[StoredLetter]]]:
         """The letters matching `flt` after stream sequence `after`, oldest first, in
         batches as they are read, each with how many letters were read so far; the
-        stream's end is fixed when the scan starts."""
+        stream's end is fixed when the scan starts. `read_to`, when given, holds the
+        stream sequence of the last letter read (matching or not) after each batch;
+        `max_read` stops the scan once that many letters were read."""
         await self._client._ready()
         nc = self._client._nc
         assert nc is not None
@@ -481,13 +491,16 @@ class Reader:
             await puller.start()
             seen = 0
             sifted = not flt.server_side
+            end = total if max_read is None else min(total, max_read)
             try:
-                while seen < total:
+                while seen < end:
                     got.clear()
-                    await puller.pull(min(page, total - seen))
+                    await puller.pull(min(page, end - seen))
                     if not got:
                         return  # the rest went meanwhile (discarded, expired, replayed)
                     seen += len(got)
+                    if read_to is not None:
+                        read_to[:] = [got[-1].metadata.sequence.stream]
                     page = min(page * 2, _PAGE_MAX)  # a long scan: fewer, bigger requests
                     batch = []
                     for msg in got:
@@ -518,15 +531,22 @@ class Reader:
         finally:
             await self._delete(name)
 
-    async def page(self, flt: DeadLetterFilter, limit: int, after: int) -> DeadLetterPage:
+    async def page(
+        self, flt: DeadLetterFilter, limit: int, after: int, max_scan: int | None = None
+    ) -> DeadLetterPage:
         _check_limit(limit)
+        if max_scan is not None:
+            _check_limit(max_scan)
         letters: list[DeadLetter] = []
         sequences: list[int] = []
         scanned = 0
         last_seen = after
-        more = False
+        more = stopped = False
         size = limit + 1 if flt.server_side else max(limit * 2, 100)
-        scan = self.scan(flt, after, size)
+        if max_scan is not None:
+            size = min(size, max_scan)
+        read_to: list[int] = []
+        scan = self.scan(flt, after, size, read_to, max_scan)
         try:
             async for seen, batch in scan:
                 scanned = seen
@@ -539,9 +559,18 @@ class Reader:
                     last_seen = stored.sequence
                 if more:
                     break
+                if max_scan is not None and seen >= max_scan:
+                    # Read as much as allowed: the next page goes on from the last
+                    # letter read, whether this one is full or not.
+                    more = bool(read_to) and await self.pending(flt, read_to[0]) > 0
+                    last_seen = read_to[0] if read_to else last_seen
+                    stopped = more
+                    break
         finally:
             await scan.aclose()  # type: ignore[attr-defined]
-        return DeadLetterPage(letters, sequences, last_seen if more else None, scanned)
+        return DeadLetterPage(
+            letters, sequences, last_seen if more else None, scanned, exhausted=stopped
+        )
 
     async def count(self, flt: DeadLetterFilter) -> int:
         if flt.server_side:

@@ -50,7 +50,9 @@ class FleetStatus(msgspec.Struct, kw_only=True):
     workers: list[WorkerInfo]
     breakers: list[BreakerRecord]
     dead_letters: list[DeadLetterDepth]
-    """The default dead-letter queue of every queue, and any other with letters."""
+    """The default dead-letter queue (`<queue>.dead`) of every queue a worker consumes;
+    a dead-letter queue of another name is counted only in `dead_letters_total` (its
+    name is known only from its letters, and listing them all is not a glance)."""
     dead_letters_total: int
     scheduled: int
     """Schedule messages waiting to fire."""

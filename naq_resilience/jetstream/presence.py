@@ -43,10 +43,6 @@ def _library() -> str:
         return "unknown"
 
 
-def _key(worker_id: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_=" else "_" for c in worker_id)
-
-
 async def worker_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
     try:
         return await js.key_value(layout.WORKER_BUCKET)
@@ -71,7 +67,7 @@ async def announce(
     leader, a server away) is asked for again next round, and never stops the worker.
     """
     info = snapshot()
-    key = _key(info.worker_id)
+    key = layout.kv_key(info.worker_id)
     kv: KeyValue | None = None
     try:
         while not stopped.is_set():

@@ -114,7 +114,7 @@ from naq_resilience.jetstream.registry import (
 )
 from naq_resilience.jetstream.schedules import run_envelope
 from naq_resilience.jetstream.stores import BreakerSync, KVActionLog, load_action_log
-from naq_resilience.jetstream.streams import Buckets, StorageSettings, ensure_layout
+from naq_resilience.jetstream.streams import Buckets, StorageSettings, ensure_layout, read_messages
 from naq_resilience.jetstream.tracing import job_tracing
 from naq_resilience.models import (
     DeadLetter,
@@ -1396,19 +1396,9 @@ class Worker:
         assert self._js is not None
         subject = layout.failure_subject(env.queue, env.id)
         records: list[FailureRecord] = []
-        sub = await self._js.subscribe(subject, ordered_consumer=True, stream=layout.FAILURE_STREAM)
-        try:
-            while True:
-                try:
-                    got = await sub.next_msg(timeout=0.5)
-                except nats.errors.TimeoutError:
-                    break
-                with contextlib.suppress(msgspec.DecodeError):
-                    records.append(decode(got.data, FailureRecord))
-                if got.metadata.num_pending == 0:
-                    break
-        finally:
-            await sub.unsubscribe()
+        for got in await read_messages(self._js, layout.FAILURE_STREAM, subject):
+            with contextlib.suppress(msgspec.DecodeError):
+                records.append(decode(got.data, FailureRecord))
         return records
 
     # ------------------------------------------------------------------ dead letters
